@@ -1,0 +1,94 @@
+"""Binary layers: ordinary layers plus `input_quantizer` and `weight_quantizer` (Larq style)."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bitnas.binary.quantizers import QuantizerLike, get
+from bitnas.errors import ConfigError
+
+WeightScale = Literal["channel", "layer", "learned", "none"]
+WEIGHT_SCALES = ("channel", "layer", "learned", "none")
+
+
+class BinaryConv2d(nn.Conv2d):
+    """`nn.Conv2d` whose input and/or weight are binarised.
+
+    input_quantizer: sign applied to the input (None: full-precision input).
+    weight_quantizer: binarises the latent W to α·q(W), e.g. "ste_sign" (clipped STE, the
+        default of every peer); None keeps full-precision weights.
+    weight_scale: α per output channel = mean|W| (XNOR-Net, detached), one α per layer
+        (PCNN), a learned per-channel α initialised from mean|W|, or none (α = 1).
+    pad_value: value used for spatial padding. 0 (default, as DARTS/Bi-Real code) pads a
+        ±1 input with zeros, i.e. a ternary border; 1.0 keeps it strictly binary (Larq).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        input_quantizer: QuantizerLike = None,
+        weight_quantizer: QuantizerLike = None,
+        weight_scale: WeightScale = "channel",
+        pad_value: float = 0.0,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        if weight_scale not in WEIGHT_SCALES:
+            raise ConfigError(f"weight_scale '{weight_scale}' unknown; known: {', '.join(WEIGHT_SCALES)}")
+        self.input_quantizer = get(input_quantizer)
+        wq = get(weight_quantizer)
+        self.weight_quantizer = wq
+        self.weight_scale = weight_scale
+        self.pad_value = float(pad_value)
+        if wq is not None and weight_scale == "learned":
+            init = self.weight.detach().abs().mean(dim=(1, 2, 3)).view(-1, 1, 1, 1)
+            self.scale = nn.Parameter(init.clone())
+        else:
+            self.register_parameter("scale", None)
+
+    @property
+    def is_binary(self) -> bool:
+        """True when the weights are binarised (the layer counts as 1-bit)."""
+        return self.weight_quantizer is not None
+
+    def alpha(self) -> Tensor:
+        """The scaling factor α (shape C_out×1×1×1), detached unless learned."""
+        w = self.weight
+        if self.weight_scale == "channel":
+            return w.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
+        if self.weight_scale == "layer":
+            return w.detach().abs().mean().expand(w.shape[0], 1, 1, 1)
+        if self.weight_scale == "learned":
+            return self.scale
+        return torch.ones(w.shape[0], 1, 1, 1, dtype=w.dtype, device=w.device)
+
+    def binary_weight(self) -> Tensor:
+        """The reconstructed kernel α·sign(W) actually used in forward (W itself if fp32)."""
+        if self.weight_quantizer is None:
+            return self.weight
+        return self.alpha() * self.weight_quantizer(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        w = self.binary_weight()
+        if self.pad_value != 0.0 and any(p > 0 for p in self.padding):
+            ph, pw = self.padding
+            x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
+            return F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        iq = getattr(self.input_quantizer, "name", None)
+        wq = getattr(self.weight_quantizer, "name", None)
+        return f"{s}, input_quantizer={iq}, weight_quantizer={wq}, weight_scale={self.weight_scale}"

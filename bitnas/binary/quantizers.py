@@ -1,0 +1,158 @@
+"""1-bit quantizers: sign forward (sign(0) = +1), surrogate gradients backward.
+
+Found by name through one registry, as in Larq: `get("approx_sign")`, `get(SteSign(0.5))`
+or `get(callable)`. `None` means full precision (identity).
+"""
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+from torch import Tensor, nn
+
+from bitnas.errors import ConfigError
+from bitnas.registry import Registry
+
+
+def sign(x: Tensor) -> Tensor:
+    """sign with sign(0) = +1 (torch.sign(0) = 0 would leave a third value)."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+class _SteSignFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, clip: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.clip = clip
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return g * (x.abs() <= ctx.clip).to(g.dtype), None
+
+
+class _ApproxSignFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return g * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
+
+
+class _SwishSignFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, beta: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.beta = beta
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        b = ctx.beta
+        bx = b * x
+        grad = b * (2.0 - bx * torch.tanh(bx / 2.0)) / (1.0 + torch.cosh(bx))
+        return g * grad, None
+
+
+class Quantizer(nn.Module):
+    """Base class: a module mapping real tensors to {-1, +1}."""
+
+    name = "quantizer"
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class SteSign(Quantizer):
+    """BNN straight-through sign: gradient 1 where |x| <= clip, else 0."""
+
+    name = "ste_sign"
+
+    def __init__(self, clip: float = 1.0) -> None:
+        super().__init__()
+        self.clip = float(clip)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _SteSignFn.apply(x, self.clip)
+
+    def extra_repr(self) -> str:
+        return f"clip={self.clip}"
+
+
+class ApproxSign(Quantizer):
+    """Bi-Real Net ApproxSign: gradient max(0, 2 - 2|x|) (UBNAS's activation quantizer)."""
+
+    name = "approx_sign"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _ApproxSignFn.apply(x)
+
+
+class SwishSign(Quantizer):
+    """BNN+ SwishSign: gradient β(2 − βx·tanh(βx/2)) / (1 + cosh(βx))."""
+
+    name = "swish_sign"
+
+    def __init__(self, beta: float = 5.0) -> None:
+        super().__init__()
+        self.beta = float(beta)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _SwishSignFn.apply(x, self.beta)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}"
+
+
+class LearnableBiasSign(Quantizer):
+    """ReActNet RSign: a learned per-channel threshold before an ApproxSign."""
+
+    name = "rsign"
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _ApproxSignFn.apply(x + self.bias)
+
+
+class CallableQuantizer(Quantizer):
+    """Wraps a user callable so it can live inside a module tree."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+        self.name = getattr(fn, "__name__", "callable")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+QUANTIZERS: Registry[type[Quantizer]] = Registry("quantizer")
+QUANTIZERS.register("ste_sign", SteSign)
+QUANTIZERS.register("approx_sign", ApproxSign)
+QUANTIZERS.register("swish_sign", SwishSign)
+
+QuantizerLike = Union[str, Quantizer, Callable[[Tensor], Tensor], None]
+
+
+def get(identifier: QuantizerLike) -> Quantizer | None:
+    """Resolve a quantizer from a name, an instance or a callable; None stays None."""
+    if identifier is None or identifier == "none" or identifier == "fp32":
+        return None
+    if isinstance(identifier, Quantizer):
+        return identifier
+    if isinstance(identifier, str):
+        return QUANTIZERS.get(identifier)()
+    if callable(identifier):
+        return CallableQuantizer(identifier)
+    raise ConfigError(
+        f"cannot interpret {identifier!r} as a quantizer; known: {', '.join(QUANTIZERS.names())}"
+    )

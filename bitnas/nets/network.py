@@ -1,0 +1,143 @@
+"""Fixed networks built from a genotype: CIFAR-style and ImageNet-style (DARTS §4.1).
+
+Stem, auxiliary head and classifier are full precision; every conv inside the cells is
+1-bit when `cfg.precision == "binary"`. The same arguments with precision "fp32" build the
+full-precision parent with identical module names and kernel shapes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bitnas.registry import Registry
+from bitnas.space.config import OpConfig
+from bitnas.space.genotypes import Genotype
+from bitnas.nets.cells import Cell
+
+
+class AuxiliaryHead(nn.Module):
+    """DARTS auxiliary head; pools 5×5/stride 3 on 8×8 maps (CIFAR), adaptively to 2×2 on
+    other sizes (e.g. 7×7 maps of 28×28 inputs), so any input resolution works."""
+
+    def __init__(self, c: int, num_classes: int, imagenet: bool = False) -> None:
+        super().__init__()
+        self.imagenet = imagenet
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(x)
+        if not self.imagenet and x.shape[-1] == 8:
+            x = F.avg_pool2d(x, 5, stride=3, padding=0, count_include_pad=False)
+        elif self.imagenet and x.shape[-1] >= 7:
+            x = F.avg_pool2d(x, 5, stride=2, padding=0, count_include_pad=False)
+        else:
+            x = F.adaptive_avg_pool2d(x, 2)
+        return self.classifier(self.features(x).flatten(1))
+
+
+class _GenotypeNetwork(nn.Module):
+    """Shared cell stack; subclasses define the stem."""
+
+    def _build_cells(self, genotype: Genotype, c: int, layers: int, c_stem: int, reduction_prev: bool,
+                     cfg: OpConfig, auxiliary: bool, num_classes: int, reduce_at: tuple[int, ...]) -> int:
+        c_pp, c_p, c_cur = c_stem, c_stem, c
+        self.cells = nn.ModuleList()
+        self.aux_index = 2 * layers // 3
+        c_aux = 0
+        for i in range(layers):
+            reduction = i in reduce_at
+            if reduction:
+                c_cur *= 2
+            edges, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+            cell = Cell(edges, concat, c_pp, c_p, c_cur, reduction, reduction_prev, cfg)
+            reduction_prev = reduction
+            self.cells.append(cell)
+            c_pp, c_p = c_p, cell.multiplier * c_cur
+            if i == self.aux_index:
+                c_aux = c_p
+        self.auxiliary_head = AuxiliaryHead(c_aux, num_classes, self._imagenet) if auxiliary else None
+        self.classifier = nn.Linear(c_p, num_classes)
+        return c_p
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Last feature map (before global pooling) and the auxiliary logits (training only)."""
+        s0, s1 = self.stem_forward(x)
+        aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self.aux_index and self.auxiliary_head is not None and self.training:
+                aux = self.auxiliary_head(s1)
+        return s1, aux
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(logits, auxiliary logits or None), as in DARTS."""
+        feat, aux = self.forward_features(x)
+        pooled = F.adaptive_avg_pool2d(feat, 1).flatten(1)
+        self.last_features = pooled
+        return self.classifier(pooled), aux
+
+
+class NetworkCIFAR(_GenotypeNetwork):
+    """Stem 3×3 conv → 3C channels; reductions at L/3 and 2L/3."""
+
+    _imagenet = False
+
+    def __init__(self, genotype: Genotype, init_channels: int = 36, num_classes: int = 10, layers: int = 20,
+                 in_channels: int = 3, auxiliary: bool = False, cfg: OpConfig | None = None,
+                 drop_path_prob: float = 0.0, stem_multiplier: int = 3) -> None:
+        super().__init__()
+        cfg = cfg or OpConfig()
+        self.cfg, self.genotype, self.drop_path_prob = cfg, genotype, drop_path_prob
+        c_stem = stem_multiplier * init_channels
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
+        self._build_cells(genotype, init_channels, layers, c_stem, False, cfg, auxiliary, num_classes,
+                          (layers // 3, 2 * layers // 3))
+
+    def stem_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        s = self.stem(x)
+        return s, s
+
+
+class NetworkImageNet(_GenotypeNetwork):
+    """Two stride-2 stems (÷8 before the cells), reductions at L/3 and 2L/3."""
+
+    _imagenet = True
+
+    def __init__(self, genotype: Genotype, init_channels: int = 48, num_classes: int = 1000, layers: int = 14,
+                 in_channels: int = 3, auxiliary: bool = False, cfg: OpConfig | None = None,
+                 drop_path_prob: float = 0.0) -> None:
+        super().__init__()
+        cfg = cfg or OpConfig()
+        self.cfg, self.genotype, self.drop_path_prob = cfg, genotype, drop_path_prob
+        c = init_channels
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(in_channels, c // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c // 2),
+            nn.ReLU(inplace=True), nn.Conv2d(c // 2, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.stem1 = nn.Sequential(
+            nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
+        self._build_cells(genotype, c, layers, c, True, cfg, auxiliary, num_classes, (layers // 3, 2 * layers // 3))
+
+    def stem_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        s0 = self.stem0(x)
+        return s0, self.stem1(s0)
+
+
+NETWORKS: Registry[type[_GenotypeNetwork]] = Registry("network")
+NETWORKS.register("cifar", NetworkCIFAR)
+NETWORKS.register("imagenet", NetworkImageNet)
+
+
+def build_network(genotype: Genotype, *, style: str = "cifar", precision: str = "binary", structure: str = "cpnas",
+                  init_channels: int = 36, layers: int = 20, num_classes: int = 10, in_channels: int = 3,
+                  auxiliary: bool = False, drop_path_prob: float = 0.0, **op_kw: Any) -> _GenotypeNetwork:
+    """Build the fixed network of `genotype`; `op_kw` go to OpConfig (activation, weight_scale, ...)."""
+    cfg = OpConfig(precision=precision, structure=structure, **op_kw)
+    cls = NETWORKS.get(style)
+    return cls(genotype, init_channels=init_channels, num_classes=num_classes, layers=layers,
+               in_channels=in_channels, auxiliary=auxiliary, cfg=cfg, drop_path_prob=drop_path_prob)

@@ -141,3 +141,15 @@ def build_network(genotype: Genotype, *, style: str = "cifar", precision: str = 
     cls = NETWORKS.get(style)
     return cls(genotype, init_channels=init_channels, num_classes=num_classes, layers=layers,
                in_channels=in_channels, auxiliary=auxiliary, cfg=cfg, drop_path_prob=drop_path_prob)
+
+
+def arch_spec(genotype: Genotype, **build_kw: Any) -> dict[str, Any]:
+    """A plain dict (genotype + build_network kwargs) stored in checkpoints to rebuild the net."""
+    return {"genotype": genotype.to_dict(), "network": dict(build_kw)}
+
+
+def network_from_spec(spec: dict[str, Any], **override: Any) -> _GenotypeNetwork:
+    """Rebuild a fixed network from `arch_spec` output — no search code involved."""
+    kw = dict(spec["network"])
+    kw.update(override)
+    return build_network(Genotype.from_dict(spec["genotype"], "checkpoint genotype"), **kw)

@@ -1,0 +1,120 @@
+"""`bitnas` command line: search | train | eval | summary | genotypes | recipes | plot | demo."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Callable
+
+from bitnas.errors import BitnasError
+
+# Each module has `register(subparsers)` adding its commands with `set_defaults(func=...)`.
+COMMAND_MODULES = [
+    "bitnas.cli",
+]
+
+
+def _summary_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--genotype", help="registered name, genotype JSON file, or pasted Genotype(...) text")
+    p.add_argument("--checkpoint", help="summarise the network stored in a bitnas checkpoint instead")
+    p.add_argument("--precision", default="binary", choices=("binary", "fp32"))
+    p.add_argument("--structure", default="cpnas", help="module structure of binary ops (default cpnas)")
+    p.add_argument("--init-channels", type=int, default=36)
+    p.add_argument("--layers", type=int, default=20)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=None, help="input side (default 32 cifar, 224 imagenet)")
+    p.add_argument("--style", default="cifar", choices=("cifar", "imagenet"))
+    p.add_argument("--binary-preprocess", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--json", action="store_true", help="print one JSON object (totals and per-layer rows)")
+    p.add_argument("--no-layers", action="store_true", help="totals only")
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from bitnas.nets import build_network, network_from_spec
+    from bitnas.space.genotypes import load_genotype
+    from bitnas.summary import format_table, summarize
+    from bitnas.utils import load_checkpoint
+
+    if bool(args.genotype) == bool(args.checkpoint):
+        raise BitnasError("summary: give exactly one of --genotype or --checkpoint")
+    if args.checkpoint:
+        ck = load_checkpoint(args.checkpoint)
+        if "arch" not in ck:
+            raise BitnasError(f"{args.checkpoint}: no architecture stored in this checkpoint")
+        model = network_from_spec(ck["arch"])
+        net = ck["arch"]["network"]
+        style, c_in = net.get("style", "cifar"), net.get("in_channels", 3)
+        size = args.image_size or ck.get("image_size") or (224 if style == "imagenet" else 32)
+    else:
+        g = load_genotype(args.genotype)
+        style, c_in = args.style, args.in_channels
+        size = args.image_size or (224 if style == "imagenet" else 32)
+        model = build_network(g, style=style, precision=args.precision, structure=args.structure,
+                              init_channels=args.init_channels, layers=args.layers, num_classes=args.num_classes,
+                              in_channels=c_in, auxiliary=True, binary_preprocess=args.binary_preprocess)
+    s = summarize(model, (c_in, size, size))
+    if args.json:
+        print(json.dumps(s.to_dict(per_layer=not args.no_layers)))
+    else:
+        print(format_table(s, per_layer=not args.no_layers))
+    return 0
+
+
+def cmd_genotypes(args: argparse.Namespace) -> int:
+    from bitnas.space.genotypes import GENOTYPES
+
+    if args.json:
+        print(json.dumps({n: GENOTYPES.get(n).to_dict() for n in GENOTYPES}))
+        return 0
+    for n in GENOTYPES:
+        print(f"{n}: {GENOTYPES.get(n)}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("summary", help="parameters/memory by precision, BOPs, FLOPs, OPs of a network",
+                       description="Bit-aware summary of a genotype's fixed network or a checkpoint. "
+                                   "Counting conventions: see README 'Counting conventions'.")
+    _summary_args(p)
+    p.set_defaults(func=cmd_summary)
+    p = sub.add_parser("genotypes", help="list the registered (published) genotypes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_genotypes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bitnas", description="Neural architecture search for binary (1-bit) networks.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--traceback", action="store_true", help="show Python tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bitnas.run import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    setup_logging(args.verbose)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args) or 0)
+    except BitnasError as e:
+        if args.traceback:
+            raise
+        print(f"bitnas: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bitnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,6 +12,7 @@ from bitnas.errors import BitnasError
 # Each module has `register(subparsers)` adding its commands with `set_defaults(func=...)`.
 COMMAND_MODULES = [
     "bitnas.cli",
+    "bitnas.search.cli",
 ]
 
 

@@ -1,0 +1,47 @@
+"""SearchConfig: every option of `bitnas search` (all strategies), with the sources' defaults."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bitnas.config import BaseConfig, opt
+
+
+@dataclass
+class SearchConfig(BaseConfig):
+    strategy: str = opt("cpnas", "search strategy: cpnas, ubnas, pcdarts, darts, random", flag=True)
+    space: str = opt("", "search space: darts, cpnas, ubnas, ubnas_nozero (empty = the strategy's default)", flag=True)
+    epochs: int = opt(50, "search epochs (differentiable and random strategies)", flag=True)
+    val_fraction: float = opt(0.5, "fraction of the training set held out to update α / score candidates")
+    # weights (DARTS §4.2)
+    w_optimizer: str = opt("sgd", "optimizer of supernet weights: sgd or adam", choices=("sgd", "adam"))
+    w_lr: float = opt(0.025, "weight learning rate (cosine to w_lr_min)")
+    w_lr_min: float = opt(0.001, "final weight learning rate")
+    w_momentum: float = opt(0.9, "SGD momentum of weights")
+    w_weight_decay: float = opt(3e-4, "weight decay of weights")
+    grad_clip: float = opt(5.0, "gradient norm clip of weights (0 = off)")
+    # architecture (α, β)
+    arch_lr: float = opt(3e-4, "Adam learning rate of α/β (PC-DARTS: 6e-4)")
+    arch_beta1: float = opt(0.5, "Adam β1 of α/β")
+    arch_beta2: float = opt(0.999, "Adam β2 of α/β")
+    arch_weight_decay: float = opt(1e-3, "weight decay of α/β")
+    unrolled: bool = opt(False, "second-order DARTS (virtual step + finite-difference Hessian-vector product)", flag=True)
+    k_normal: int = opt(0, "partial-channel ratio K in normal cells (0 = strategy default: 1 darts, 4 pcdarts, 8 ubnas)")
+    k_reduce: int = opt(0, "partial-channel ratio K in reduction cells (0 = strategy default: 1 darts, 4 pcdarts/ubnas)")
+    edge_norm: str = opt("auto", "edge normalisation β: auto (strategy default), on, off", choices=("auto", "on", "off"))
+    warmup_epochs: int = opt(-1, "epochs without α updates (-1 = strategy default: 0 darts, 30% of epochs pcdarts/ubnas)")
+    # early stopping (UBNAS, METHODS §4.3)
+    early_stop: str = opt("auto", "early stopping: auto (ubnas: any, else none), none, skip, stable, genotype, any",
+                          choices=("auto", "none", "skip", "stable", "genotype", "any"))
+    early_stop_skips: int = opt(2, "stop when a normal cell holds at least this many skip connections (DARTS+)")
+    early_stop_patience: int = opt(3, "stop when the α ranking / genotype has not changed for this many epochs")
+    early_stop_min_epochs: int = opt(0, "never stop before this many epochs (after warm-up)")
+    # random search
+    random_samples: int = opt(8, "random: genotypes drawn and scored with the shared weights")
+    # CP-NAS (METHODS §4.4)
+    rounds: int = opt(3, "CP-NAS: T, sampling rounds between two removals", flag=True)
+    sample_steps: int = opt(0, "CP-NAS: training steps each sampled path gets (0 = one epoch, as the paper)", flag=True)
+    beta_p: float = opt(1.0, "CP-NAS: β_P weight of the parent-child accuracy gap in the indicator")
+    indicator: str = opt("printed", "CP-NAS indicator: printed z = β_P(A_P − A_C) + A_C, or flipped z = A_C − β_P(A_P − A_C)",
+                         choices=("printed", "flipped"))
+    val_subset: int = opt(1000, "CP-NAS: validation images used to measure A_C and A_P per sample (0 = all)")
+    cp_warmup_epochs: int = opt(0, "CP-NAS: PC-DARTS-style warm-up epochs of both supernets before sampling")

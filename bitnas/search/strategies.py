@@ -1,0 +1,2 @@
+"""Import every strategy module so each registers itself in STRATEGIES."""
+from bitnas.search import cpnas, darts, pcdarts, random_search, ubnas  # noqa: F401

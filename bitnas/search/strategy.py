@@ -1,0 +1,136 @@
+"""Search strategies: a base class, a registry, and the shared context they run in.
+
+A strategy advances in *units* (an epoch, a CP-NAS sample, …): `run_unit()` does one and
+returns its metrics record; the runner checkpoints after every unit, so a killed search
+resumes exactly (all strategy state is in `state_dict()`, RNG states in the checkpoint).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from bitnas.data import BatchLoader, ImageDataset
+from bitnas.registry import Registry
+from bitnas.run import RunDir
+from bitnas.search.config import SearchConfig
+from bitnas.search.supernet import SuperNetwork
+from bitnas.space.config import OpConfig
+from bitnas.space.genotypes import Genotype
+from bitnas.space.spaces import SearchSpace, get_space
+
+STRATEGIES: Registry[type["SearchStrategy"]] = Registry("search strategy")
+
+
+@dataclass
+class SearchContext:
+    """What every strategy gets: config, device, process group, data splits, run directory."""
+
+    cfg: SearchConfig
+    device: torch.device
+    train_set: ImageDataset
+    val_set: ImageDataset
+    run: RunDir
+    rank: int = 0
+    world_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_set.images.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.train_set.num_classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_set.images.shape[-1])
+
+    def loader(self, which: str, shuffle: bool = True, seed_offset: int = 0, batch_size: int | None = None) -> BatchLoader:
+        """Sharded in-memory loader over the train or val split (no augmentation while searching)."""
+        ds = self.train_set if which == "train" else self.val_set
+        return BatchLoader(ds, batch_size or self.cfg.batch_size, shuffle=shuffle, seed=self.cfg.seed + seed_offset,
+                           augment=None, drop_last=False, rank=self.rank, world_size=self.world_size)
+
+    def sync_grads(self, params: list[Tensor]) -> None:
+        """Average gradients over ranks so every rank applies the identical update."""
+        if self.world_size <= 1:
+            return
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad.div_(self.world_size)
+
+    def reduce_sums(self, values: list[float]) -> list[float]:
+        """Sum scalars over ranks (metric totals)."""
+        if self.world_size <= 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
+
+
+class SearchStrategy:
+    """Base class. Subclasses set `name`, `default_space` and implement the abstract methods."""
+
+    name = "strategy"
+    default_space = "darts"
+
+    def __init__(self, ctx: SearchContext) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.images = 0
+        self.stop_reason = ""
+
+    @property
+    def space(self) -> SearchSpace:
+        return get_space(self.cfg.space or self.default_space)
+
+    def op_config(self, precision: str) -> OpConfig:
+        """The space's defaults (structure, activation) overridden by explicit config values."""
+        sp = self.space
+        return OpConfig(
+            precision=precision, structure=self.cfg.structure or sp.structure,
+            activation=self.cfg.activation or sp.activation, weight_quantizer=self.cfg.weight_quantizer,
+            weight_scale=self.cfg.weight_scale, pad_value=self.cfg.pad_value, affine=False,
+            binary_preprocess=self.cfg.binary_preprocess,
+        )
+
+    def build_supernet(self, precision: str, k_normal: int = 1, k_reduce: int = 1, edge_norm: bool = False) -> SuperNetwork:
+        return SuperNetwork(
+            self.space, self.op_config(precision), init_channels=self.cfg.init_channels,
+            num_classes=self.ctx.num_classes, layers=self.cfg.layers, in_channels=self.ctx.in_channels,
+            k_normal=k_normal, k_reduce=k_reduce, edge_norm=edge_norm,
+        ).to(self.ctx.device)
+
+    # -- to implement -------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        raise NotImplementedError
+
+    def run_unit(self) -> dict[str, Any]:
+        """Do the next unit of work and return its metrics record (JSON-serialisable)."""
+        raise NotImplementedError
+
+    def genotype(self) -> Genotype:
+        """The genotype the search has found (so far)."""
+        raise NotImplementedError
+
+    def best_genotype(self) -> Genotype | None:
+        """The genotype of the best-validation unit, if the strategy tracks one."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "stop_reason": self.stop_reason}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.images = int(state["images"])
+        self.stop_reason = str(state["stop_reason"])
+
+    def models(self) -> dict[str, nn.Module]:
+        """Named models whose weights the checkpoint stores (for `bitnas plot` and inspection)."""
+        return {}

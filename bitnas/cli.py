@@ -74,6 +74,36 @@ def cmd_genotypes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    import yaml
+
+    from bitnas.config import RECIPES_DIR, find_recipe
+
+    if args.name:
+        print(find_recipe(args.name).read_text(), end="")
+        return 0
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        print(f"{path.stem:<32} {data.get('command', ''):<7} {data.get('description', '')}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bitnas.plots import plot_run
+
+    run = Path(args.run_dir)
+    if not run.is_dir():
+        raise BitnasError(f"{run}: not a run directory")
+    made = plot_run(run)
+    if not made:
+        raise BitnasError(f"{run}: nothing to plot (no genotype.json or metrics.jsonl)")
+    for p in made:
+        print(p)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="parameters/memory by precision, BOPs, FLOPs, OPs of a network",
                        description="Bit-aware summary of a genotype's fixed network or a checkpoint. "
@@ -83,6 +113,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("genotypes", help="list the registered (published) genotypes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_genotypes)
+    p = sub.add_parser("recipes", help="list the shipped recipes (or print one)",
+                       description="Recipes are YAML files of config keys; use them with --config NAME.")
+    p.add_argument("name", nargs="?", help="print this recipe")
+    p.set_defaults(func=cmd_recipes)
+    p = sub.add_parser("plot", help="redraw the pictures of a run directory into RUN_DIR/plots")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_plot)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,13 +12,12 @@ def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Te
     """Zero-pad by `padding` on each side, then crop back to H×W at a random offset per sample."""
     if padding <= 0:
         return x
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
     oy = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
     ox = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
-    rows = (oy[:, None] + torch.arange(h)).view(n, 1, h, 1).expand(n, c, h, w + 2 * padding)
-    cols = (ox[:, None] + torch.arange(w)).view(n, 1, 1, w).expand(n, c, h, w)
-    return padded.gather(2, rows).gather(3, cols)
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # N×C×(2p+1)×(2p+1)×H×W view, no copy
+    return windows[torch.arange(n), :, oy, ox]
 
 
 def random_hflip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
@@ -57,9 +56,9 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
 class Augment:
     """Training augmentation: random crop with zero padding, horizontal flip, cutout.
 
-    Called on float images in [0, 1]. Given `mean`/`std`, the batch is normalised after the
-    flip and before cutout, so that (as in DARTS) padding is black and the cutout hole is
-    the mean colour; the result is then normalised.
+    Called on uint8 images (0..255) or float images in [0, 1]. Given `mean`/`std`, the batch
+    is converted to float and normalised after the flip and before cutout, so that (as in
+    DARTS) padding is black and the cutout hole is the mean colour; the result is normalised.
     """
 
     crop_padding: int = 0
@@ -73,7 +72,7 @@ class Augment:
         if self.hflip:
             x = random_hflip(x, gen)
         if mean is not None and std is not None:
-            x = normalize(x, mean, std)
+            x = normalize(x.float().div_(255.0) if x.dtype == torch.uint8 else x, mean, std)
         if self.cutout:
             x = cutout(x, self.cutout, gen)
         return x

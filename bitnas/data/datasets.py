@@ -93,7 +93,7 @@ class ImageDataset:
 
     def subset(self, indices: torch.Tensor | Sequence[int] | np.ndarray) -> "ImageDataset":
         """A new dataset with the samples at `indices` (same statistics and metadata)."""
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        idx = torch.as_tensor(indices, dtype=torch.long)
         return ImageDataset(
             images=self.images[idx], labels=self.labels[idx], num_classes=self.num_classes,
             mean=self.mean, std=self.std, name=self.name, source=self.source, classes=self.classes,
@@ -416,8 +416,11 @@ def _load_cifar(spec: _CifarSpec, path: str | None, split: str) -> ImageDataset:
             raise DataError(f"{spec.name}:{path}: {missing} not found in {base}")
     else:
         candidates = _search_dirs(spec.dirname, spec.alias_dir)
-        d = next((r for c in candidates if (r := _resolve_cifar_dir(c, spec, split))), None)
-        if d is None:
+        for cand in candidates:
+            d = _resolve_cifar_dir(cand, spec, split)
+            if d is not None:
+                break
+        else:
             raise DataError(f"{spec.name}: {spec.dirname}/{files[0]} not found; looked in "
                             f"{', '.join(map(str, candidates))} (set $BITNAS_DATA or use "
                             f"{spec.name}:PATH)")
@@ -582,7 +585,7 @@ DATASETS.register("imagefolder", load_imagefolder, aliases=("image-folder",))
 # ---------------------------------------------------------------- splits and subsets
 
 def _labels_tensor(labels: torch.Tensor | Sequence[int] | np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1)
+    return torch.as_tensor(labels, dtype=torch.long).reshape(-1)
 
 
 def train_val_split(labels: torch.Tensor | Sequence[int] | np.ndarray | int, val_fraction: float,

@@ -111,7 +111,7 @@ class BatchLoader:
         if self.augment is None:
             return raw.float().mul_(self._scale).sub_(self._shift), y
         gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank, index))
-        x = self.augment(raw.float().div_(255.0), gen, self.dataset.mean, self.dataset.std)
+        x = self.augment(raw, gen, self.dataset.mean, self.dataset.std)
         return x.contiguous(), y
 
     def iter_from(self, batch_index: int) -> Iterator[Batch]:

@@ -13,6 +13,7 @@ from bitnas.errors import BitnasError
 COMMAND_MODULES = [
     "bitnas.cli",
     "bitnas.search.cli",
+    "bitnas.train.cli",
 ]
 
 
@@ -104,6 +105,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bitnas.config import config_from_args
+    from bitnas.demo import DemoConfig, format_table, run_demo
+
+    res = run_demo(config_from_args(DemoConfig, args))
+    print(format_table(res))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="parameters/memory by precision, BOPs, FLOPs, OPs of a network",
                        description="Bit-aware summary of a genotype's fixed network or a checkpoint. "
@@ -117,6 +127,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Recipes are YAML files of config keys; use them with --config NAME.")
     p.add_argument("name", nargs="?", help="print this recipe")
     p.set_defaults(func=cmd_recipes)
+    from bitnas.config import add_config_args
+    from bitnas.demo import DemoConfig
+
+    p = sub.add_parser("demo", help="search → train (Child-Parent) → evaluate → table, on the embedded data",
+                       description="The whole pipeline at a size that runs in minutes on a laptop CPU: a search "
+                                   "(CP-NAS by default), training of the found 1-bit network with its fp32 parent, "
+                                   "evaluation, a summary table and pictures in the run directory.")
+    add_config_args(p, DemoConfig)
+    p.set_defaults(func=cmd_demo)
     p = sub.add_parser("plot", help="redraw the pictures of a run directory into RUN_DIR/plots")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_plot)

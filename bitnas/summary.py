@@ -103,8 +103,9 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
         return fn
 
     for name, mod in model.named_modules():
-        if name and not _excluded(name):
-            hooks.append(mod.register_forward_hook(hook(name)))
+        # The root is hooked too: a model that is itself one conv/linear layer must be counted.
+        if not _excluded(name):
+            hooks.append(mod.register_forward_hook(hook(name or type(mod).__name__)))
     was_training = model.training
     model.eval()
     try:

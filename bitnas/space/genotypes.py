@@ -125,7 +125,10 @@ def _literal(node: ast.AST, source: str) -> Any:
         args = [_literal(a, source) for a in node.args]
         if node.keywords or not 1 <= len(args) <= 2 or not all(isinstance(a, int) for a in args):
             raise ConfigError(f"{source}: range() takes one or two integers")
-        return list(range(*args))
+        r = range(*args)
+        if r.stop - r.start > 1000:  # a cell has a handful of nodes; refuse before materialising a huge list
+            raise ConfigError(f"{source}: range({', '.join(map(str, args))}) is far too long for a genotype")
+        return list(r)
     raise ConfigError(f"{source}: unsupported expression '{ast.unparse(node)}' in genotype text")
 
 

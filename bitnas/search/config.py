@@ -20,7 +20,7 @@ class SearchConfig(BaseConfig):
     w_weight_decay: float = opt(3e-4, "weight decay of weights")
     grad_clip: float = opt(5.0, "gradient norm clip of weights (0 = off)")
     # architecture (α, β)
-    arch_lr: float = opt(3e-4, "Adam learning rate of α/β (PC-DARTS: 6e-4)")
+    arch_lr: float = opt(0.0, "Adam learning rate of α/β (0 = strategy default: 3e-4 darts, 6e-4 pcdarts/ubnas)")
     arch_beta1: float = opt(0.5, "Adam β1 of α/β")
     arch_beta2: float = opt(0.999, "Adam β2 of α/β")
     arch_weight_decay: float = opt(1e-3, "weight decay of α/β")
@@ -30,7 +30,7 @@ class SearchConfig(BaseConfig):
     edge_norm: str = opt("auto", "edge normalisation β: auto (strategy default), on, off", choices=("auto", "on", "off"))
     warmup_epochs: int = opt(-1, "epochs without α updates (-1 = strategy default: 0 darts, 30% of epochs pcdarts/ubnas)")
     # early stopping (UBNAS, METHODS §4.3)
-    early_stop: str = opt("auto", "early stopping: auto (ubnas: any, else none), none, skip, stable, genotype, any",
+    early_stop: str = opt("auto", "early stopping: auto (ubnas: genotype, else none), none, skip, stable, genotype, any",
                           choices=("auto", "none", "skip", "stable", "genotype", "any"))
     early_stop_skips: int = opt(2, "stop when a normal cell holds at least this many skip connections (DARTS+)")
     early_stop_patience: int = opt(3, "stop when the α ranking / genotype has not changed for this many epochs")
@@ -45,3 +45,24 @@ class SearchConfig(BaseConfig):
                          choices=("printed", "flipped"))
     val_subset: int = opt(1000, "CP-NAS: validation images used to measure A_C and A_P per sample (0 = all)")
     cp_warmup_epochs: int = opt(0, "CP-NAS: PC-DARTS-style warm-up epochs of both supernets before sampling")
+    cp_warmup_mode: str = opt("path", "CP-NAS warm-up: path (a uniformly random single path per batch) or mixed "
+                              "(the softmax mixed op of every edge, α frozen, as PC-DARTS' warm-up)",
+                              choices=("path", "mixed"))
+    cp_partial_channels: bool = opt(False, "CP-NAS: build both supernets with PC-DARTS partial channels (k_normal/"
+                                    "k_reduce, 0 = 4): every sampled op sees C/K channels — faster, less faithful")
+    cp_drop_zero_first: bool = opt(False, "CP-NAS: remove the zero op from every edge at the first removal step; "
+                                   "otherwise it competes like any op and is only kept from surviving alone")
+    cp_temperature: float = opt(1.0, "CP-NAS: softmax temperature of e(·) = softmax(z̄ / τ), z in accuracy points (%)")
+    cp_eval_bn: str = opt("batch", "CP-NAS: BatchNorm statistics when measuring A_C, A_P: batch (the evaluation "
+                          "batch's own, running stats untouched) or running (eval mode)", choices=("batch", "running"))
+    cp_eval_batch: int = opt(250, "CP-NAS: batch size of the A_C / A_P measurement")
+    cp_concurrent: bool = opt(True, "CP-NAS: train and measure the child and the parent at the same time on two threads "
+                              "(CPU, one process; the results are bitwise the same either way)")
+    # supernet execution
+    channels_last: str = opt("auto", "channels-last activations in the supernet: auto (on for CPU), on, off",
+                             choices=("auto", "on", "off"))
+    threads: int = opt(0, "torch intra-op CPU threads (0 = auto: 1 — the supernet runs thousands of small kernels, "
+                          "where 1 thread per process is fastest on a shared CPU and reproducible across machines; "
+                          "use torchrun for more processes)")
+    arch_fd_scale: float = opt(0.01, "unrolled: ε = arch_fd_scale / ‖∇w' L_val‖ of the finite-difference Hessian-vector "
+                               "product (DARTS: 0.01)")

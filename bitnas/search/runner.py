@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from typing import Any
 
@@ -21,6 +22,11 @@ from bitnas.search.strategy import STRATEGIES, SearchContext, SearchStrategy
 from bitnas.utils import load_checkpoint, resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state, truncate_jsonl
 
 log = logging.getLogger("bitnas")
+
+# Test hooks: SIGKILL after computing unit N (before it is logged and checkpointed), and a dump
+# of every rank's final strategy state to DIR/state_rank<r>.pt (multi-process equality tests).
+KILL_AT_UNIT_ENV = "BITNAS_TEST_KILL_AT_UNIT"
+DUMP_STATE_ENV = "BITNAS_TEST_DUMP_STATE"
 
 
 def init_process_group(device: torch.device) -> tuple[int, int]:
@@ -68,6 +74,9 @@ def run_search(cfg: SearchConfig, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a search; returns the summary also written to genotype.json."""
     if not cfg.out:
         cfg.out = default_out("search")
+    if cfg.threads < 0:
+        raise ConfigError(f"threads must be ≥ 0, got {cfg.threads}")
+    torch.set_num_threads(cfg.threads or 1)
     seed_everything(cfg.seed)
     ctx = make_context(cfg)
     strat = STRATEGIES.get(cfg.strategy)(ctx)
@@ -89,10 +98,13 @@ def run_search(cfg: SearchConfig, resume: bool = False) -> dict[str, Any]:
     log.info("search: strategy %s, space %s (%d ops), %d train / %d val images, device %s, %d process(es)",
              strat.name, strat.space.name, len(strat.space.ops), len(ctx.train_set), len(ctx.val_set), ctx.device,
              ctx.world_size)
+    kill_at_unit = int(os.environ.get(KILL_AT_UNIT_ENV) or 0)
     while not strat.finished:
         t0 = time.perf_counter()
         rec = strat.run_unit()
         dt = time.perf_counter() - t0
+        if kill_at_unit and records + 1 == kill_at_unit:
+            os.kill(os.getpid(), signal.SIGKILL)
         elapsed += dt
         rec.setdefault("seconds", dt)
         rec["elapsed"] = elapsed
@@ -109,7 +121,12 @@ def run_search(cfg: SearchConfig, resume: bool = False) -> dict[str, Any]:
         "search_seconds": elapsed, "images_processed": strat.images, "units": records,
         "world_size": ctx.world_size,
     }
+    result.update(strat.result_info())
     ctx.run.write_json("genotype.json", result)
+    dump = os.environ.get(DUMP_STATE_ENV)
+    if dump:
+        save_checkpoint(os.path.join(dump, f"state_rank{ctx.rank}.pt"),
+                        {"strategy": strat.state_dict(), "result": result})
     if ctx.rank == 0:
         log.info("search cost: %.1f s wall, %d images processed (%s)", elapsed, strat.images, result["stop_reason"])
         log.info("genotype: %s", g)

@@ -6,6 +6,8 @@ resumes exactly (all strategy state is in `state_dict()`, RNG states in the chec
 """
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ from bitnas.search.supernet import SuperNetwork
 from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Genotype
 from bitnas.space.spaces import SearchSpace, get_space
+from bitnas.utils import progress_enabled
 
 STRATEGIES: Registry[type["SearchStrategy"]] = Registry("search strategy")
 
@@ -57,13 +60,43 @@ class SearchContext:
                            augment=None, drop_last=False, rank=self.rank, world_size=self.world_size)
 
     def sync_grads(self, params: list[Tensor]) -> None:
-        """Average gradients over ranks so every rank applies the identical update."""
+        """Average gradients over ranks so every rank applies the identical update.
+
+        Parameters without a gradient are left alone; every rank must have gradients for the
+        same parameters (true when all ranks run the same path).
+        """
+        self.average([p.grad for p in params if p.grad is not None])
+
+    def average(self, tensors: list[Tensor]) -> None:
+        """Average tensors in place over ranks, in one all-reduce per dtype (bitwise equal on all ranks)."""
+        if self.world_size <= 1 or not tensors:
+            return
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat.div_(self.world_size)
+            offset = 0
+            for t in group:
+                n = t.numel()
+                t.copy_(flat[offset:offset + n].view_as(t))
+                offset += n
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
         if self.world_size <= 1:
             return
-        for p in params:
-            if p.grad is not None:
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad.div_(self.world_size)
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
+    @property
+    def show_progress(self) -> bool:
+        """tqdm bars: on rank 0 only, when `progress` is on, or auto and `progress_enabled()`."""
+        if self.rank != 0 or self.cfg.progress == "off":
+            return False
+        return self.cfg.progress == "on" or progress_enabled()
 
     def reduce_sums(self, values: list[float]) -> list[float]:
         """Sum scalars over ranks (metric totals)."""
@@ -101,11 +134,13 @@ class SearchStrategy:
         )
 
     def build_supernet(self, precision: str, k_normal: int = 1, k_reduce: int = 1, edge_norm: bool = False) -> SuperNetwork:
-        return SuperNetwork(
+        net = SuperNetwork(
             self.space, self.op_config(precision), init_channels=self.cfg.init_channels,
             num_classes=self.ctx.num_classes, layers=self.cfg.layers, in_channels=self.ctx.in_channels,
             k_normal=k_normal, k_reduce=k_reduce, edge_norm=edge_norm,
         ).to(self.ctx.device)
+        net.channels_last = {"auto": None, "on": True, "off": False}[self.cfg.channels_last]
+        return net
 
     # -- to implement -------------------------------------------------------------------
     @property
@@ -131,6 +166,21 @@ class SearchStrategy:
         self.images = int(state["images"])
         self.stop_reason = str(state["stop_reason"])
 
+    def result_info(self) -> dict[str, Any]:
+        """Extra JSON-serialisable fields for genotype.json (e.g. stop epoch, scored samples)."""
+        return {}
+
     def models(self) -> dict[str, nn.Module]:
         """Named models whose weights the checkpoint stores (for `bitnas plot` and inspection)."""
         return {}
+
+
+KILL_AT_STEP_ENV = "BITNAS_TEST_KILL_AT_STEP"
+
+
+def kill_hook_for_tests(step: int) -> None:
+    """Test hook: SIGKILL this process when global step `step` (1-based) of a search is reached
+    and the environment variable BITNAS_TEST_KILL_AT_STEP equals it (used by the resume tests)."""
+    target = os.environ.get(KILL_AT_STEP_ENV)
+    if target and int(target) == step:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,596 @@
+"""CP-NAS (Zhuo et al., IJCAI 2020): Child-Parent search by sampling without replacement (METHODS §4.4).
+
+Two supernets over the same space and sizes: the *child* (1-bit weights and activations in every
+cell conv) and the *parent* (full precision, identical module names). Each keeps its own weights,
+shared by every sampled architecture, and its own weight optimizer.
+
+The loop, with K ops left on every edge (K = |ops| = 8 at the start):
+
+    while K > 1:
+        repeat T (`rounds`) times:
+            every edge of both cell types draws a permutation of its remaining ops, so the
+            K samples of a round use every remaining op of every edge exactly once;
+            for e = 1..K: the single path made of the e-th op of every edge is trained for
+                `sample_steps` mini-batches in the child and in the parent (the same batches;
+                0 = one pass over the train split), both are measured on the fixed validation
+                subset (`val_subset` images) and z is credited to every op of the sample:
+                    printed: z = β_P·(A_P − A_C) + A_C      (Eq. 4.15 as printed)
+                    flipped: z = A_C − β_P·(A_P − A_C)
+        z̄ = mean of z over the T rounds, e(·) = softmax(z̄ / τ) over each edge's remaining ops;
+        every edge loses the op with the lowest e(·); K ← K − 1; accumulators reset.
+
+Decisions where the sources are silent (METHODS marks them [open]):
+- Accuracies are in percent (0–100), so z is in accuracy points and τ (`cp_temperature`) = 1.
+  τ only shapes e(·) for the records and plots: the removal and the edge ranking depend on the
+  order of z̄ alone.
+- Ties of z̄ on an edge remove the op listed first in the space (lowest op index), so in the
+  DARTS order `none` goes first.
+- The zero op takes part like any op; it can never be chosen for a genotype, so when it is one
+  of the last two ops of an edge it is the one removed (whatever its score), which keeps every
+  edge selectable. `cp_drop_zero_first` instead removes it from every edge at the first removal.
+- Genotype: per node, the 2 incoming edges whose surviving op had the highest e(·) at the last
+  removal step (ties: the lower input index). An edge where zero out-scored the survivor thus
+  ranks low, as a strong zero in DARTS marks a weak edge. Before the search ends, each edge
+  offers its best remaining non-zero op by the latest e(·) (uniform before the first removal).
+- A_C and A_P use the validation split's first `val_subset` images of a seeded permutation
+  (the same images for every sample), in no_grad, with BatchNorm normalising by each evaluation
+  batch's own statistics (`cp_eval_bn: batch`; the running statistics of a weight-sharing
+  supernet mix many paths and are stale for rarely sampled ops).
+- Child and parent train on the same batches and are measured on the same images; with
+  `cp_concurrent` (CPU, one process) they run on two threads at once, bitwise the same as one
+  after the other.
+- Weights: SGD (or `w_optimizer`), lr cosine from `w_lr` to `w_lr_min` over every training step
+  the search will take, gradient clipping `grad_clip`.
+- Optional warm-up (`cp_warmup_epochs`, "introduced to a differentiable NAS"): both supernets are
+  trained for that many epochs on uniformly random single paths (`cp_warmup_mode: path`) or on
+  the mixed op of every edge with α frozen at its near-uniform initialisation (`mixed`, the
+  PC-DARTS warm-up) before sampling starts.
+
+Defaults and the measurements behind them (CPU, Fashion-MNIST, single-threaded; small runs, one
+seed each, so read them as sanity checks rather than results):
+- `cp_eval_bn: batch`. 16 samples (C=4, 3 cells, 500/500 images, 10 steps per sample, 500
+  validation images), each measured three ways; reference = SPOS-style recalibration (fresh
+  running statistics from 8 training batches, then eval mode). Parent: Spearman 0.994 and mean
+  |Δ| 0.5 points for batch statistics, 0.52 and 31.5 points for running statistics (they collapse
+  to ≈18 % against ≈50 %). Child: 0.50 / 2.6 points against 0.37 / 2.7 points. Batch statistics
+  match the recalibrated accuracy at no extra cost.
+- `indicator: printed`, `beta_p: 1`. Searches with both signs and β_P ∈ {0.5, 2} (C=4, 3 cells,
+  500/500 images, T=1, 4 steps per sample, 400 validation images, identical sampling until the
+  first removal), the genotypes then trained 1-bit (C=8, 5 cells, 3 epochs on 3000 images, top-1
+  on 2000 test images): printed 0.5 → 4 convolutions of 16 edges, 52.8 %; printed 2 → 5, 52.4 %;
+  flipped 0.5 → 5, 50.8 %; flipped 2 → 8, 46.7 %. Accuracy falling at β_P = 2 fits the flipped
+  sign, as METHODS suspects, but "fewer convolutions as β_P grows" did not appear for either sign:
+  at this scale the child stays near chance (mean A_C 12–23 % per removal step) and the number
+  of convolutions in a sample does not correlate with the gap A_P − A_C (r = 0.02 over 118
+  samples). With no
+  measurable case for changing the equation, the default is the formula as printed, which also
+  gave the better children here; `indicator: flipped` is one key away. Note that printed with
+  β_P = 1 reduces to z = A_P (the child's accuracy cancels); β_P < 1 mixes in A_C.
+- Weights: SGD lr 0.025 (DARTS). After 10 epochs of uniformly random single paths (C=4, 3 cells,
+  500 images): validation accuracy on random paths child / parent 13.8 / 29.0 % with SGD 0.025,
+  12.1 / 14.9 % with Adam 1e-3 (binary-training practice), 20.0 / 28.0 % with SGD 0.1.
+- `val_subset: 1000`: binomial standard error ≈ 1.6 points at 1000 images (2.2 at 500), below the
+  spread between samples (child 13–25 %, parent 32–60 % in the run above); the measurement costs
+  2 × val_subset forward passes per sample against ≈ 2 × 3 × sample_steps × batch for training.
+- `rounds: 3`, `sample_steps: 0` (one epoch per sample, the book's setting) and no warm-up follow
+  the paper; the CPU recipe (`search_cpnas_fmnist_cpu`) uses T=1 and 10 steps.
+
+One unit = one warm-up epoch, one sample, or one removal step; all state (both supernets,
+optimizers, loader position, sampling generator, permutations, accumulators, history) is in
+`state_dict()`, so a search killed anywhere resumes to the same genotype.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from bitnas.data import BatchLoader, InfiniteLoader
+from bitnas.data.loader import mix_seed
+from bitnas.errors import ConfigError
+from bitnas.search.darts import Meter, make_weight_optimizer, weight_step
+from bitnas.search.strategy import STRATEGIES, SearchContext, SearchStrategy
+from bitnas.search.supernet import SuperNetwork, derive_genotype, fit_partial_ratio, num_edges
+from bitnas.space.genotypes import Genotype
+
+log = logging.getLogger("bitnas")
+
+T = TypeVar("T")
+CELLS = ("normal", "reduce")
+INDICATORS = ("printed", "flipped")
+
+
+def indicator(acc_child: float, acc_parent: float, beta_p: float, kind: str = "printed") -> float:
+    """The performance indicator z of one sample (Eq. 4.15): printed β_P(A_P − A_C) + A_C, or flipped
+    A_C − β_P(A_P − A_C)."""
+    gap = acc_parent - acc_child
+    if kind == "printed":
+        return beta_p * gap + acc_child
+    if kind == "flipped":
+        return acc_child - beta_p * gap
+    raise ConfigError(f"indicator must be one of {', '.join(INDICATORS)}, got {kind!r}")
+
+
+def edge_scores(z_mean: Sequence[float], temperature: float = 1.0) -> list[float]:
+    """e(·) = softmax(z̄ / τ) over one edge's remaining ops."""
+    return torch.softmax(torch.tensor(z_mean, dtype=torch.float64) / temperature, dim=0).tolist()
+
+
+def removal_choice(ops: Sequence[int], z_mean: Sequence[float], zero: int | None, first_step: bool,
+                   drop_zero_first: bool) -> tuple[int, str]:
+    """(op index to remove, reason) on one edge with remaining `ops` and their z̄.
+
+    The lowest z̄ (= lowest e(·)) goes, ties to the lowest op index; the zero op goes instead when
+    it would otherwise survive alone, or at the first step with `drop_zero_first`.
+    """
+    if zero is not None and zero in ops:
+        if drop_zero_first and first_step:
+            return zero, "drop_zero_first"
+        if len(ops) == 2:
+            return zero, "zero_never_survives"
+    low = min(range(len(ops)), key=lambda i: (z_mean[i], ops[i]))
+    return ops[low], "lowest_score"
+
+
+PACKED = "__packed_tensor__"
+
+
+def pack_tensors(obj: Any) -> dict[str, Any]:
+    """Nested dicts/lists/tuples holding tensors → a tensor-free skeleton plus one flat tensor per dtype.
+
+    Two supernets and their optimizers hold thousands of small tensors, which torch.save writes
+    one by one; packed, a per-unit checkpoint is a few large copies. `unpack_tensors` inverts it
+    bitwise."""
+    tensors: list[Tensor] = []
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, Tensor):
+            tensors.append(o.detach())
+            return {PACKED: len(tensors) - 1}
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return type(o)(walk(v) for v in o)
+        return o
+
+    skeleton = walk(obj)
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(str(t.dtype).removeprefix("torch."), []).append(i)
+    flat, meta = {}, [None] * len(tensors)
+    for dtype, idx in groups.items():
+        offset = 0
+        for i in idx:
+            meta[i] = [dtype, offset, list(tensors[i].shape)]
+            offset += tensors[i].numel()
+        flat[dtype] = torch.cat([tensors[i].reshape(-1).cpu() for i in idx])
+    return {"skeleton": skeleton, "flat": flat, "meta": meta}
+
+
+def unpack_tensors(packed: dict[str, Any]) -> Any:
+    """The object `pack_tensors` packed (tensors on the CPU; `load_state_dict` moves them)."""
+    flat, meta = packed["flat"], packed["meta"]
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, dict):
+            if set(o) == {PACKED}:
+                dtype, offset, shape = meta[o[PACKED]]
+                n = math.prod(shape)
+                return flat[dtype][offset:offset + n].view(shape).clone()
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return type(o)(walk(v) for v in o)
+        return o
+
+    return walk(packed["skeleton"])
+
+
+def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
+    """Cosine from `lr` at step 0 to `lr_min` at step `total`."""
+    if total <= 0:
+        return lr
+    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+class CPNASSearch(SearchStrategy):
+    """Child-Parent search: sample without replacement, score by child/parent accuracy, remove the worst."""
+
+    name = "cpnas"
+    default_space = "cpnas"
+
+    def __init__(self, ctx: SearchContext) -> None:
+        super().__init__(ctx)
+        cfg = self.cfg
+        self._check_config()
+        k_normal = k_reduce = 1
+        if cfg.cp_partial_channels:
+            k_normal = fit_partial_ratio(cfg.k_normal or 4, cfg.init_channels)
+            k_reduce = fit_partial_ratio(cfg.k_reduce or 4, cfg.init_channels)
+        self.k = (k_normal, k_reduce)
+        self.child = self.build_supernet("binary", k_normal, k_reduce)
+        self.parent = self.build_supernet("fp32", k_normal, k_reduce)
+        self.nets: dict[str, SuperNetwork] = {"child": self.child, "parent": self.parent}
+        self.params = {n: m.weight_parameters() for n, m in self.nets.items()}
+        self.optimizers = {n: make_weight_optimizer(cfg, self.params[n]) for n in self.nets}
+        self.train_stream = InfiniteLoader(ctx.loader("train", shuffle=True))
+        self.epoch_batches = len(self.train_stream.loader)
+        self.steps_per_sample = cfg.sample_steps or self.epoch_batches
+        self.ops = self.child.ops
+        self.zero = self.ops.index(self.space.zero_op) if self.space.zero_op in self.ops else None
+        self.num_edges = num_edges(self.child.steps)
+        n_ops = len(self.ops)
+        self.total_samples = cfg.rounds * sum(range(2, n_ops + 1))
+        self.total_steps = cfg.cp_warmup_epochs * self.epoch_batches + self.total_samples * self.steps_per_sample
+        self.gen = torch.Generator().manual_seed(mix_seed(cfg.seed, 0xC9A5))
+        self._val_batches: list[tuple[Tensor, Tensor]] | None = None
+        self._val_images = 0
+        concurrent = cfg.cp_concurrent and ctx.world_size == 1 and ctx.device.type == "cpu"
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpnas-parent") if concurrent else None
+        self._batchnorms = {n: [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+                            for n, net in self.nets.items()}
+        # sampling state
+        self.remaining = {c: [list(range(n_ops)) for _ in range(self.num_edges)] for c in CELLS}
+        self.perms: dict[str, list[list[int]]] | None = None
+        self.z_sum = {c: torch.zeros(self.num_edges, n_ops, dtype=torch.float64) for c in CELLS}
+        self.z_count = {c: torch.zeros(self.num_edges, n_ops, dtype=torch.int64) for c in CELLS}
+        self.last_e = {c: torch.full((self.num_edges, n_ops), float("nan"), dtype=torch.float64) for c in CELLS}
+        self.warmup_epoch = 0
+        self.removals = 0
+        self.round = 0
+        self.sample = 0
+        self.samples_done = 0
+        self.pending_removal = False
+        self.step = 0
+        self.units = 0
+        self.stats = {"acc_child": 0.0, "acc_parent": 0.0, "n": 0, "seconds": 0.0}
+        self.history: list[dict[str, Any]] = []
+        log.info("cpnas: %d ops × %d edges per cell, T=%d rounds, %d training steps per sample (batch %d), "
+                 "%d samples, β_P=%g (%s indicator), val subset %d, warm-up %d epoch(s) (%s), K partial %d/%d",
+                 n_ops, self.num_edges, cfg.rounds, self.steps_per_sample, cfg.batch_size, self.total_samples,
+                 cfg.beta_p, cfg.indicator, self._val_size(), cfg.cp_warmup_epochs, cfg.cp_warmup_mode, *self.k)
+
+    def _check_config(self) -> None:
+        cfg = self.cfg
+        if cfg.rounds < 1:
+            raise ConfigError(f"rounds (T) must be at least 1, got {cfg.rounds}")
+        for key in ("sample_steps", "val_subset", "cp_warmup_epochs"):
+            if getattr(cfg, key) < 0:
+                raise ConfigError(f"{key} must be ≥ 0, got {getattr(cfg, key)}")
+        if cfg.cp_eval_batch < 1:
+            raise ConfigError(f"cp_eval_batch must be at least 1, got {cfg.cp_eval_batch}")
+        if not cfg.cp_temperature > 0:
+            raise ConfigError(f"cp_temperature must be > 0, got {cfg.cp_temperature}")
+        if cfg.indicator not in INDICATORS:
+            raise ConfigError(f"indicator must be one of {', '.join(INDICATORS)}, got {cfg.indicator!r}")
+
+    # -- progress -------------------------------------------------------------------------
+    @property
+    def ops_left(self) -> int:
+        """K: the number of ops left on every edge."""
+        return len(self.remaining["normal"][0])
+
+    @property
+    def finished(self) -> bool:
+        return self.warmup_epoch >= self.cfg.cp_warmup_epochs and not self.pending_removal and self.ops_left <= 1
+
+    def run_unit(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        if self.warmup_epoch < self.cfg.cp_warmup_epochs:
+            rec = self._warmup_unit()
+        elif self.pending_removal:
+            rec = self._removal_unit()
+        else:
+            rec = self._sample_unit()
+        self.units += 1
+        rec["seconds"] = time.perf_counter() - t0
+        if rec["kind"] == "sample":
+            self.stats["seconds"] += rec["seconds"]
+        return rec
+
+    # -- training and measuring -----------------------------------------------------------
+    def _lr(self) -> float:
+        return cosine_lr(self.step, self.total_steps, self.cfg.w_lr, self.cfg.w_lr_min)
+
+    def _both(self, fn: Callable[[str], T]) -> dict[str, T]:
+        """fn("child") and fn("parent"): the parent on the second thread when `cp_concurrent` is on.
+
+        The two supernets share nothing but the read-only batch, and every op runs on the thread
+        that calls it, so the results do not depend on the interleaving."""
+        if self._pool is None:
+            return {n: fn(n) for n in self.nets}
+        future = self._pool.submit(fn, "parent")
+        try:
+            child = fn("child")
+        finally:
+            parent = future.result()
+        return {"child": child, "parent": parent}
+
+    def _train(self, steps: int, paths: dict[str, list[int]] | None, random_paths: bool = False) -> dict[str, float]:
+        """`steps` mini-batches for the child and the parent (the same batches and path)."""
+        ctx = self.ctx
+        meters = {n: Meter() for n in self.nets}
+        out: dict[str, float] = {"lr": self._lr()}
+        for _ in range(steps):
+            x, y = next(self.train_stream)
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            path = self._random_path() if random_paths else paths
+            lr = self._lr()
+
+            def step(name: str) -> tuple[Tensor, Tensor]:
+                opt = self.optimizers[name]
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                return weight_step(ctx, self.nets[name], opt, self.params[name], x, y, self.cfg.grad_clip, path)
+
+            for name, (loss, logits) in self._both(step).items():
+                meters[name].add(loss, logits, y)
+                self.images += y.shape[0] * ctx.world_size
+            self.step += 1
+        for net in self.nets.values():
+            ctx.broadcast_buffers(net)
+        for name, m in meters.items():
+            out[f"train_loss_{name}"], out[f"train_acc_{name}"] = m.result(ctx)
+        return out
+
+    def _val_size(self) -> int:
+        n = len(self.ctx.val_set)
+        return min(n, self.cfg.val_subset) if self.cfg.val_subset else n
+
+    def _val(self) -> list[tuple[Tensor, Tensor]]:
+        """The fixed validation subset, batched once (this rank's shard)."""
+        if self._val_batches is None:
+            ctx = self.ctx
+            gen = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 0x5A1))
+            idx = torch.randperm(len(ctx.val_set), generator=gen)[: self._val_size()]
+            loader = BatchLoader(ctx.val_set.subset(idx), self.cfg.cp_eval_batch, shuffle=False, seed=self.cfg.seed,
+                                 rank=ctx.rank, world_size=ctx.world_size)
+            self._val_batches = [(x.to(ctx.device), y.to(ctx.device)) for x, y in loader.iter_from(0)]
+            self._val_images = sum(int(y.shape[0]) for _, y in self._val_batches) * ctx.world_size
+        return self._val_batches
+
+    @torch.no_grad()
+    def measure(self, which: str, paths: dict[str, list[int]] | None) -> float:
+        """Top-1 accuracy (%) of the "child" or "parent" supernet on the fixed validation subset along `paths`.
+
+        The supernets stay in train mode throughout the search; with `cp_eval_bn: batch` the
+        BatchNorm layers normalise by the batch's statistics and leave their running ones alone."""
+        net = self.nets[which]
+        running = self.cfg.cp_eval_bn == "running"
+        bns = [] if running else self._batchnorms[which]
+        if running:
+            net.eval()
+        for m in bns:
+            m.track_running_stats = False
+        correct, n = 0.0, 0.0
+        try:
+            for x, y in self._val():
+                logits = net(x, paths=paths)[0]
+                correct += float((logits.argmax(1) == y).sum())
+                n += y.shape[0]
+        finally:
+            for m in bns:
+                m.track_running_stats = True
+            if running:
+                net.train()
+        correct, n = self.ctx.reduce_sums([correct, n])
+        return 100.0 * correct / n
+
+    def _random_path(self) -> dict[str, list[int]]:
+        """A uniformly random op per edge among its remaining ops (warm-up)."""
+        out = {}
+        for c in CELLS:
+            draws = torch.randint(0, 1 << 30, (self.num_edges,), generator=self.gen).tolist()
+            out[c] = [rem[d % len(rem)] for rem, d in zip(self.remaining[c], draws)]
+        return out
+
+    def _draw_permutations(self) -> dict[str, list[list[int]]]:
+        """Every edge's remaining ops in a fresh random order (sampling without replacement)."""
+        return {c: [[rem[i] for i in torch.randperm(len(rem), generator=self.gen).tolist()]
+                    for rem in self.remaining[c]] for c in CELLS}
+
+    # -- units ----------------------------------------------------------------------------
+    def _warmup_unit(self) -> dict[str, Any]:
+        mode = self.cfg.cp_warmup_mode
+        rec = {"kind": "warmup", "epoch": self.warmup_epoch, "mode": mode}
+        rec.update(self._train(self.epoch_batches, None, random_paths=mode == "path"))
+        log.info("cpnas warm-up epoch %d/%d (%s): child %.3f / %.2f%%, parent %.3f / %.2f%%", self.warmup_epoch + 1,
+                 self.cfg.cp_warmup_epochs, mode, rec["train_loss_child"], rec["train_acc_child"],
+                 rec["train_loss_parent"], rec["train_acc_parent"])
+        self.warmup_epoch += 1
+        return rec
+
+    def _sample_unit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.perms is None:
+            self.perms = self._draw_permutations()
+        k, e = self.ops_left, self.sample
+        paths = {c: [self.perms[c][edge][e] for edge in range(self.num_edges)] for c in CELLS}
+        rec: dict[str, Any] = {"kind": "sample", "removal_step": self.removals, "round": self.round, "sample": e,
+                               "K": k, "index": self.samples_done,
+                               "ops": {c: [self.ops[i] for i in paths[c]] for c in CELLS}}
+        rec.update(self._train(self.steps_per_sample, paths))
+        self._val()
+        acc = self._both(lambda which: self.measure(which, paths))
+        a_c, a_p = acc["child"], acc["parent"]
+        self.images += 2 * self._val_images
+        z = indicator(a_c, a_p, cfg.beta_p, cfg.indicator)
+        for c in CELLS:
+            for edge, op in enumerate(paths[c]):
+                self.z_sum[c][edge, op] += z
+                self.z_count[c][edge, op] += 1
+        self.stats["acc_child"] += a_c
+        self.stats["acc_parent"] += a_p
+        self.stats["n"] += 1
+        rec.update({"acc_child": a_c, "acc_parent": a_p, "z": z})
+        log.info("cpnas sample %d/%d (step %d, round %d/%d, %d/%d): A_C %.2f%%, A_P %.2f%%, z %.2f",
+                 self.samples_done + 1, self.total_samples, self.removals + 1, self.round + 1, cfg.rounds, e + 1, k,
+                 a_c, a_p, z)
+        self.samples_done += 1
+        self.sample += 1
+        if self.sample == k:
+            self.sample = 0
+            self.perms = None
+            self.round += 1
+            if self.round == cfg.rounds:
+                self.round = 0
+                self.pending_removal = True
+        return rec
+
+    def _removal_unit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        k = self.ops_left
+        first = self.removals == 0
+        edges: dict[str, list[dict[str, Any]]] = {}
+        for c in CELLS:
+            edges[c] = []
+            for edge, rem in enumerate(self.remaining[c]):
+                counts = self.z_count[c][edge, rem]
+                if not bool((counts == cfg.rounds).all()):
+                    raise RuntimeError(f"cpnas: {c} edge {edge} scored {counts.tolist()} times, expected {cfg.rounds}")
+                z_mean = (self.z_sum[c][edge, rem] / counts).tolist()
+                e = edge_scores(z_mean, cfg.cp_temperature)
+                victim, reason = removal_choice(rem, z_mean, self.zero, first, cfg.cp_drop_zero_first)
+                self.last_e[c][edge].fill_(float("nan"))
+                self.last_e[c][edge, rem] = torch.tensor(e, dtype=torch.float64)
+                edges[c].append({"edge": edge, "input": edge_position(edge)[0], "node": edge_position(edge)[1],
+                                 "ops": [self.ops[i] for i in rem], "z_mean": z_mean, "e": e,
+                                 "removed": self.ops[victim], "reason": reason})
+                self.remaining[c][edge] = [i for i in rem if i != victim]
+            self.z_sum[c].zero_()
+            self.z_count[c].zero_()
+        n = max(1, self.stats["n"])
+        rec: dict[str, Any] = {
+            "kind": "removal", "removal_step": self.removals, "K_before": k, "K_after": k - 1,
+            "acc_child_mean": self.stats["acc_child"] / n, "acc_parent_mean": self.stats["acc_parent"] / n,
+            "samples": self.stats["n"], "step_seconds": self.stats["seconds"], "edges": edges,
+        }
+        self.history.append(rec)
+        self.removals += 1
+        self.pending_removal = False
+        self.stats = {"acc_child": 0.0, "acc_parent": 0.0, "n": 0, "seconds": 0.0}
+        removed = ", ".join(f"{c}: " + " ".join(_short(r["removed"]) for r in edges[c]) for c in CELLS)
+        log.info("cpnas removal %d: K %d → %d, mean A_C %.2f%%, A_P %.2f%%; removed %s", self.removals, k, k - 1,
+                 rec["acc_child_mean"], rec["acc_parent_mean"], removed)
+        if self.finished:
+            self._write_results()
+        return dict(rec)
+
+    # -- results --------------------------------------------------------------------------
+    def _scores(self, cell: str) -> Tensor:
+        """E×O derivation scores: latest e(·) of the remaining ops (uniform before any removal), −inf elsewhere."""
+        s = torch.full((self.num_edges, len(self.ops)), float("-inf"), dtype=torch.float64)
+        for edge, rem in enumerate(self.remaining[cell]):
+            for i in rem:
+                v = float(self.last_e[cell][edge, i])
+                s[edge, i] = v if not math.isnan(v) else 1.0 / len(rem)
+        return s
+
+    def genotype(self) -> Genotype:
+        return derive_genotype(self._scores("normal"), self._scores("reduce"), self.ops, self.child.steps,
+                               self.child.multiplier, self.space.zero_op)
+
+    def survivors(self) -> dict[str, list[list[str]]]:
+        """The ops still left on every edge."""
+        return {c: [[self.ops[i] for i in rem] for rem in self.remaining[c]] for c in CELLS}
+
+    def history_dict(self) -> dict[str, Any]:
+        """Everything the removal steps decided, for cpnas_history.json and `plot_cpnas_scores`."""
+        return {
+            "strategy": self.name, "space": self.space.name, "ops": list(self.ops),
+            "settings": self.settings(), "removals": self.history, "survivors": self.survivors(),
+            "genotype": self.genotype().to_dict(), "samples": self.samples_done,
+            "scores": {c: self._scores(c).tolist() for c in CELLS},
+        }
+
+    def settings(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"rounds": cfg.rounds, "sample_steps": cfg.sample_steps, "steps_per_sample": self.steps_per_sample,
+                "batch_size": cfg.batch_size, "beta_p": cfg.beta_p, "indicator": cfg.indicator,
+                "val_subset": self._val_size(), "warmup_epochs": cfg.cp_warmup_epochs,
+                "warmup_mode": cfg.cp_warmup_mode, "partial_channels": list(self.k),
+                "drop_zero_first": cfg.cp_drop_zero_first, "temperature": cfg.cp_temperature,
+                "eval_bn": cfg.cp_eval_bn, "w_optimizer": cfg.w_optimizer, "w_lr": cfg.w_lr,
+                "concurrent": self._pool is not None,
+                "total_samples": self.total_samples, "total_steps": self.total_steps}
+
+    def _write_results(self) -> None:
+        if self.ctx.rank != 0:
+            return
+        hist = self.history_dict()
+        self.ctx.run.write_json("cpnas_history.json", hist)
+        from bitnas.plots_cpnas import plot_cpnas_scores
+
+        plot_cpnas_scores(hist, self.ctx.run.file("plots") / "cpnas_scores.png")
+
+    def result_info(self) -> dict[str, Any]:
+        return {"samples": self.samples_done, "removal_steps": self.removals, "survivors": self.survivors(),
+                "settings": self.settings(), "history": self.history, "history_file": "cpnas_history.json"}
+
+    def models(self) -> dict[str, nn.Module]:
+        return {"child": self.child, "parent": self.parent}
+
+    # -- exact resume ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        st = super().state_dict()
+        st.update({
+            "weights": pack_tensors({
+                "nets": {n: net.state_dict() for n, net in self.nets.items()},
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()}}),
+            "train_stream": self.train_stream.state_dict(), "generator": self.gen.get_state(),
+            "remaining": self.remaining, "perms": self.perms,
+            "z_sum": {c: t.clone() for c, t in self.z_sum.items()},
+            "z_count": {c: t.clone() for c, t in self.z_count.items()},
+            "last_e": {c: t.clone() for c, t in self.last_e.items()},
+            "warmup_epoch": self.warmup_epoch, "removals": self.removals, "round": self.round, "sample": self.sample,
+            "samples_done": self.samples_done, "pending_removal": self.pending_removal, "step": self.step,
+            "units": self.units, "stats": dict(self.stats), "history": self.history,
+        })
+        return st
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        weights = unpack_tensors(state["weights"])
+        for n, net in self.nets.items():
+            net.load_state_dict(weights["nets"][n])
+            self.optimizers[n].load_state_dict(weights["optimizers"][n])
+        self.train_stream.load_state_dict(state["train_stream"])
+        self.gen.set_state(state["generator"])
+        self.remaining = {c: [[int(i) for i in rem] for rem in state["remaining"][c]] for c in CELLS}
+        perms = state["perms"]
+        self.perms = None if perms is None else {c: [[int(i) for i in p] for p in perms[c]] for c in CELLS}
+        for name in ("z_sum", "z_count", "last_e"):
+            getattr(self, name).update({c: state[name][c].clone() for c in CELLS})
+        self.warmup_epoch, self.removals = int(state["warmup_epoch"]), int(state["removals"])
+        self.round, self.sample = int(state["round"]), int(state["sample"])
+        self.samples_done, self.step = int(state["samples_done"]), int(state["step"])
+        self.pending_removal = bool(state["pending_removal"])
+        self.units = int(state["units"])
+        self.stats = dict(state["stats"])
+        self.history = list(state["history"])
+
+
+def edge_position(edge: int) -> tuple[int, int]:
+    """(input state, intermediate node) of a DARTS-cell edge index: inputs 0 = c_{k-2}, 1 = c_{k-1},
+    2… = earlier nodes; nodes are numbered from 2."""
+    node, start = 2, 0
+    while edge >= start + node:
+        start += node
+        node += 1
+    return edge - start, node
+
+
+SHORT_NAMES = {"none": "0", "skip_connect": "id", "max_pool_3x3": "max", "avg_pool_3x3": "avg",
+               "sep_conv_3x3": "s3", "sep_conv_5x5": "s5", "dil_conv_3x3": "d3", "dil_conv_5x5": "d5"}
+
+
+def _short(op: str) -> str:
+    """A compact op name for log lines."""
+    return SHORT_NAMES.get(op, op)
+
+
+STRATEGIES.register("cpnas", CPNASSearch, aliases=("cp-nas", "cp_nas"))

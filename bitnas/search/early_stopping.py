@@ -1,0 +1,115 @@
+"""Early stopping of differentiable searches (UBNAS, METHODS §4.3).
+
+Criteria, checked after every epoch in which α was updated (past warm-up):
+
+- `skip` (DARTS+): the derived normal cell holds at least `skips` skip connections.
+- `stable` (DARTS+): the α ranking — the strongest non-zero op of every edge and the order of
+  every node's incoming edges by that strength — has not changed for `patience` epochs.
+- `genotype`: the derived genotype has not changed for `patience` epochs.
+- `any`: the first of them to fire (checked in the order skip, stable, genotype).
+
+"Unchanged for P epochs" means the last P+1 observations are equal. No criterion fires before
+`min_epochs` α-updating epochs have been observed.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import Tensor
+
+from bitnas.space.genotypes import Genotype
+
+CRITERIA = ("skip", "stable", "genotype")
+CHOICES = ("none",) + CRITERIA + ("any",)
+
+Ranking = list[list[int]]
+
+
+def ranking(scores: Tensor, ops: Sequence[str], steps: int, zero_op: str | None) -> Ranking:
+    """Per edge the index of its strongest non-zero op, then per node its edges by that strength."""
+    keep = [k for k, o in enumerate(ops) if o != zero_op]
+    best_op: list[int] = []
+    order: list[int] = []
+    start = 0
+    for i in range(steps):
+        n = 2 + i
+        rows = scores[start:start + n].tolist()
+        strengths = []
+        for j, row in enumerate(rows):
+            k = max(keep, key=lambda c, r=row: r[c])
+            best_op.append(k)
+            strengths.append(row[k])
+        order += sorted(range(n), key=lambda j, s=strengths: -s[j])
+        start += n
+    return [best_op, order]
+
+
+def count_skips(genotype: Genotype, skip_op: str = "skip_connect") -> int:
+    """Skip connections in the normal cell."""
+    return sum(1 for op, _ in genotype.normal if op == skip_op)
+
+
+class EarlyStopping:
+    """Decides when a search may stop; all state is JSON/torch-checkpoint friendly."""
+
+    def __init__(self, criterion: str, skips: int = 2, patience: int = 3, min_epochs: int = 0,
+                 skip_op: str = "skip_connect") -> None:
+        if criterion not in CHOICES:
+            raise ValueError(f"early stopping criterion '{criterion}' unknown; known: {', '.join(CHOICES)}")
+        if patience < 1:
+            raise ValueError(f"early_stop_patience must be at least 1, got {patience}")
+        self.criterion = criterion
+        self.skips = skips
+        self.patience = patience
+        self.min_epochs = min_epochs
+        self.skip_op = skip_op
+        self.observed = 0
+        self.rankings: list[dict[str, Ranking]] = []
+        self.genotypes: list[dict[str, Any]] = []
+        self.reason = ""
+        self.detail = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.criterion != "none"
+
+    def _active(self, name: str) -> bool:
+        return self.criterion in (name, "any")
+
+    @staticmethod
+    def _unchanged_for(history: list[Any]) -> int:
+        """Number of most recent consecutive epochs whose observation equals the previous one."""
+        n = 0
+        for k in range(len(history) - 1, 0, -1):
+            if history[k] != history[k - 1]:
+                break
+            n += 1
+        return n
+
+    def update(self, rank: dict[str, Ranking], genotype: Genotype) -> str:
+        """Record one α-updating epoch; return the criterion that has fired ('' while none has)."""
+        self.observed += 1
+        keep = self.patience + 1
+        self.rankings = (self.rankings + [rank])[-keep:]
+        self.genotypes = (self.genotypes + [genotype.to_dict()])[-keep:]
+        if self.reason or not self.enabled or self.observed < self.min_epochs:
+            return self.reason
+        skips = count_skips(genotype, self.skip_op)
+        if self._active("skip") and skips >= self.skips:
+            self.reason, self.detail = "skip", f"the normal cell holds {skips} skip connections (≥ {self.skips})"
+        elif self._active("stable") and self._unchanged_for(self.rankings) >= self.patience:
+            self.reason, self.detail = "stable", f"the α ranking has not changed for {self.patience} epoch(s)"
+        elif self._active("genotype") and self._unchanged_for(self.genotypes) >= self.patience:
+            self.reason, self.detail = "genotype", f"the derived genotype has not changed for {self.patience} epoch(s)"
+        return self.reason
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"observed": self.observed, "rankings": self.rankings, "genotypes": self.genotypes,
+                "reason": self.reason, "detail": self.detail}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.observed = int(state["observed"])
+        self.rankings = [dict(r) for r in state["rankings"]]
+        self.genotypes = [dict(g) for g in state["genotypes"]]
+        self.reason = str(state["reason"])
+        self.detail = str(state["detail"])

@@ -1,0 +1,216 @@
+"""Random search with weight sharing (Li & Talwalkar, 2019): the control of every NAS result.
+
+1. `epochs` units train the supernet weights, each step on one architecture drawn uniformly
+   from the space (two distinct incoming edges per node, a uniform non-zero op on each; the
+   other edges are left out), run as a single path (`forward(x, paths=...)`).
+2. `random_samples` units each draw one genotype uniformly (seeded) and score it on the whole
+   validation split with the shared weights. BatchNorm uses the batch statistics of the scored
+   architecture (the running statistics are a mixture over all sampled paths) and running
+   statistics are left untouched. The best-scoring genotype is the result.
+
+With `epochs=0` nothing is trained or scored: one unit draws the samples and the result is the
+first draw (pure random sampling).
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from bitnas.data.loader import mix_seed
+from bitnas.errors import ConfigError
+from bitnas.search.darts import Meter, make_weight_optimizer, progress, weight_step
+from bitnas.search.strategy import STRATEGIES, SearchContext, SearchStrategy, kill_hook_for_tests
+from bitnas.search.supernet import SuperNetwork, fit_partial_ratio
+from bitnas.space.genotypes import Genotype
+
+log = logging.getLogger("bitnas")
+
+Paths = dict[str, list[int]]
+
+
+def random_genotype(ops: Sequence[str], zero_op: str | None, gen: torch.Generator, steps: int = 4,
+                    multiplier: int = 4) -> Genotype:
+    """A uniform draw from the space: per node 2 distinct inputs, each with a uniform non-zero op."""
+    keep = [o for o in ops if o != zero_op]
+    if not keep:
+        raise ConfigError("random search: the space has no op besides the zero op")
+    cells = []
+    for _ in range(2):
+        gene = []
+        for i in range(steps):
+            inputs = sorted(torch.randperm(2 + i, generator=gen)[:2].tolist())
+            for j in inputs:
+                gene.append((keep[int(torch.randint(len(keep), (1,), generator=gen))], j))
+        cells.append(tuple(gene))
+    concat = tuple(range(2 + steps - multiplier, steps + 2))
+    return Genotype(normal=cells[0], normal_concat=concat, reduce=cells[1], reduce_concat=concat)
+
+
+def genotype_paths(g: Genotype, ops: Sequence[str]) -> Paths:
+    """The supernet single path of a genotype: op index on kept edges, −1 on the others."""
+    out: Paths = {}
+    for cell in ("normal", "reduce"):
+        edges = getattr(g, cell)
+        path: list[int] = []
+        for i in range(len(edges) // 2):
+            chosen = {inp: op for op, inp in edges[2 * i:2 * i + 2]}
+            path += [ops.index(chosen[j]) if j in chosen else -1 for j in range(2 + i)]
+        out[cell] = path
+    return out
+
+
+@contextmanager
+def batch_statistics(model: torch.nn.Module) -> Iterator[None]:
+    """Evaluate with BatchNorm batch statistics, without changing the running statistics."""
+    saved = {n: b.clone() for n, b in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+        for n, b in model.named_buffers():
+            b.copy_(saved[n])
+
+
+class RandomSearch(SearchStrategy):
+    """Weight-sharing random search; see the module docstring."""
+
+    name = "random"
+    default_space = "darts"
+
+    def __init__(self, ctx: SearchContext) -> None:
+        super().__init__(ctx)
+        cfg = self.cfg
+        if cfg.epochs < 0 or cfg.random_samples < 1:
+            raise ConfigError(f"random search needs epochs ≥ 0 and random_samples ≥ 1, got {cfg.epochs}, "
+                              f"{cfg.random_samples}")
+        kn = fit_partial_ratio(cfg.k_normal or 1, cfg.init_channels)
+        kr = fit_partial_ratio(cfg.k_reduce or 1, cfg.init_channels)
+        self.model: SuperNetwork = self.build_supernet(cfg.precision, kn, kr, edge_norm=False)
+        self.ops = self.model.ops
+        self.zero_op = self.space.zero_op
+        self.w_params = self.model.weight_parameters()
+        self.w_optimizer = make_weight_optimizer(cfg, self.w_params)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, T_max=max(1, cfg.epochs),
+                                                                    eta_min=cfg.w_lr_min)
+        self.train_loader = ctx.loader("train", shuffle=True)
+        self.eval_loader = ctx.loader("val", shuffle=False)
+        self.path_gen = torch.Generator().manual_seed(mix_seed(cfg.seed, 1))
+        self.sample_gen = torch.Generator().manual_seed(mix_seed(cfg.seed, 2))
+        self.epoch = 0
+        self.step = 0
+        self.samples: list[dict[str, Any]] = []
+        log.info("random: %d epochs of uniform single-path training, then %d sampled genotypes scored on %d "
+                 "validation images", cfg.epochs, cfg.random_samples, len(ctx.val_set))
+
+    @property
+    def finished(self) -> bool:
+        if self.cfg.epochs == 0:
+            return bool(self.samples)
+        return self.epoch >= self.cfg.epochs and len(self.samples) >= self.cfg.random_samples
+
+    def draw(self, gen: torch.Generator) -> Genotype:
+        return random_genotype(self.ops, self.zero_op, gen, self.model.steps, self.model.multiplier)
+
+    def score(self, paths: Callable[[int], Paths]) -> tuple[float, float]:
+        """(loss, accuracy %) on the validation split, batch i run on `paths(i)`."""
+        m = Meter()
+        with batch_statistics(self.model):
+            for i, (x, y) in enumerate(self.eval_loader.iter_from(0)):
+                x, y = x.to(self.ctx.device), y.to(self.ctx.device)
+                logits = self.model(x, paths=paths(i))[0]
+                m.add(F.cross_entropy(logits, y), logits, y)
+        self.images += len(self.eval_loader.indices()) * self.ctx.world_size
+        return m.result(self.ctx)
+
+    def run_unit(self) -> dict[str, Any]:
+        if self.epoch < self.cfg.epochs:
+            return self._train_epoch()
+        if self.cfg.epochs == 0:
+            for i in range(self.cfg.random_samples):
+                self.samples.append({"sample": i, "genotype": self.draw(self.sample_gen).to_dict()})
+            return {"samples": self.samples, "note": "epochs=0: pure random sampling, the first draw is the result"}
+        g = self.draw(self.sample_gen)
+        paths = genotype_paths(g, self.ops)
+        val_loss, val_acc = self.score(lambda i: paths)
+        rec = {"sample": len(self.samples), "genotype": g.to_dict(), "val_loss": val_loss, "val_acc": val_acc}
+        self.samples.append(rec)
+        log.info("random sample %d/%d: val %.3f / %.2f%%  %s", len(self.samples), self.cfg.random_samples,
+                 val_loss, val_acc, g)
+        return dict(rec)
+
+    def _train_epoch(self) -> dict[str, Any]:
+        ctx, cfg, model = self.ctx, self.cfg, self.model
+        lr = float(self.scheduler.get_last_lr()[0])
+        model.train()
+        self.train_loader.set_epoch(self.epoch)
+        m = Meter()
+        desc = f"random epoch {self.epoch + 1}/{cfg.epochs}"
+        for x, y in progress(self.train_loader, ctx, desc, len(self.train_loader)):
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            paths = genotype_paths(self.draw(self.path_gen), self.ops)
+            loss, logits = weight_step(ctx, model, self.w_optimizer, self.w_params, x, y, cfg.grad_clip, paths)
+            m.add(loss, logits, y)
+            self.images += y.shape[0] * ctx.world_size
+            self.step += 1
+            kill_hook_for_tests(self.step)
+        self.scheduler.step()
+        ctx.broadcast_buffers(model)
+        train_loss, train_acc = m.result(ctx)
+        eval_gen = torch.Generator().manual_seed(mix_seed(cfg.seed, 3, self.epoch))
+        eval_paths = [genotype_paths(self.draw(eval_gen), self.ops) for _ in range(len(self.eval_loader))]
+        val_loss, val_acc = self.score(lambda i: eval_paths[i])
+        log.info("random epoch %d/%d: train %.3f / %.2f%%, val (random paths) %.3f / %.2f%%, lr %.4g",
+                 self.epoch + 1, cfg.epochs, train_loss, train_acc, val_loss, val_acc, lr)
+        rec = {"epoch": self.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+               "val_loss": val_loss, "val_acc": val_acc, "val_note": "mean over a random path per batch"}
+        self.epoch += 1
+        return rec
+
+    def _best_index(self) -> int:
+        if self.cfg.epochs == 0:
+            return 0
+        return max(range(len(self.samples)), key=lambda i: (self.samples[i]["val_acc"], -i))
+
+    def genotype(self) -> Genotype:
+        if not self.samples:
+            return self.draw(torch.Generator().set_state(self.sample_gen.get_state()))
+        return Genotype.from_dict(self.samples[self._best_index()]["genotype"])
+
+    def best_genotype(self) -> Genotype | None:
+        return self.genotype() if self.samples else None
+
+    def result_info(self) -> dict[str, Any]:
+        return {"samples": self.samples, "best_sample": self._best_index() if self.samples else None,
+                "epochs_run": self.epoch}
+
+    def models(self) -> dict[str, torch.nn.Module]:
+        return {"supernet": self.model}
+
+    def state_dict(self) -> dict[str, Any]:
+        st = super().state_dict()
+        st.update({"model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
+                   "scheduler": self.scheduler.state_dict(), "train_loader": self.train_loader.state_dict(),
+                   "path_gen": self.path_gen.get_state(), "sample_gen": self.sample_gen.get_state(),
+                   "epoch": self.epoch, "step": self.step, "samples": self.samples})
+        return st
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.model.load_state_dict(state["model"])
+        self.w_optimizer.load_state_dict(state["w_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.train_loader.load_state_dict(state["train_loader"])
+        self.path_gen.set_state(state["path_gen"])
+        self.sample_gen.set_state(state["sample_gen"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.samples = [dict(s) for s in state["samples"]]
+
+
+STRATEGIES.register("random", RandomSearch, aliases=("random_search",))

@@ -1,0 +1,109 @@
+"""TrainConfig: every option of `bitnas train` (recipe → flags → key=value overrides).
+
+Defaults are the CPU-scale Fashion-MNIST setting (see recipes/train_fashion_mnist_cpu.yaml
+and README for how they were measured); the paper recipes live in recipes/train_*.yaml.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bitnas.config import BaseConfig, opt
+from bitnas.errors import ConfigError
+
+
+@dataclass
+class TrainConfig(BaseConfig):
+    """Training a fixed genotype from scratch: the 1-bit child, its fp32 parent, or both."""
+
+    genotype: str = opt("DARTS_V2", "registered genotype name, genotype JSON file, or pasted Genotype(...) text", flag=True)
+    epochs: int = opt(10, "training epochs (both stages together when two_stage)", flag=True)
+    init_channels: int = opt(8, "initial channels C", flag=True)
+    layers: int = opt(5, "number of cells", flag=True)
+    batch_size: int = opt(64, "mini-batch size (per process)", flag=True)
+    test_subset: int = opt(0, "evaluate on only N test images (class-balanced; 0 = all) — for quick runs")
+    image_size: int = opt(0, "resize imagefolder images to this side (0 = the dataset's own size)")
+    optimizer: str = opt("adam", "sgd (momentum, nesterov off) or adam", choices=("sgd", "adam"))
+    lr: float = opt(1e-3, "initial learning rate")
+    lr_min: float = opt(0.0, "final learning rate of the schedule")
+    scheduler: str = opt("cosine", "learning-rate schedule per step: cosine, linear (to lr_min) or constant",
+                         choices=("cosine", "linear", "constant"))
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(0.0, "weight decay of full-precision parameters (all parameters of an fp32 net)")
+    binary_weight_decay: float = opt(0.0, "weight decay of the latent weights of binarised convs (binary practice: 0)")
+    grad_clip: float = opt(5.0, "clip the gradient norm to this value (0 = off)")
+    auxiliary: bool = opt(False, "auxiliary head after cell 2L/3 (DARTS)")
+    auxiliary_weight: float = opt(0.4, "weight of the auxiliary head's loss")
+    drop_path_prob: float = opt(0.0, "drop-path probability, ramped linearly from 0 over the epochs (DARTS)")
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
+    crop_padding: int = opt(0, "random crop after zero padding by this many pixels (0 = off)")
+    hflip: bool = opt(False, "random horizontal flips")
+    cutout: int = opt(0, "cutout square side (0 = off)")
+    val_fraction: float = opt(0.0, "hold out this stratified fraction of the train split as validation to choose best.pt (0 = none: best by test top-1)")
+    method: str = opt("plain", "plain: cross-entropy only; cp: kernel-level Child-Parent loss (CP-NAS) with the fp32 parent",
+                      choices=("plain", "cp"))
+    cp_lambda: float = opt(1.0, "weight of the kernel loss Σ_layers MSE(H, Ĥ) (method cp)")
+    cp_mu: float = opt(1e-3, "weight of the centre loss on the last pooled features (method cp)")
+    cp_kernel_target: str = opt("parent", "H of the kernel loss: the parent's fp32 kernel (parent) or the child's own latent kernel (latent)",
+                                choices=("parent", "latent"))
+    cp_center_alpha: float = opt(0.5, "moving-average rate of the class centres of the centre loss")
+    init_from_parent: bool = opt(False, "initialise the child with the trained parent's weights (trains or loads a parent)")
+    parent_checkpoint: str = opt("", "use this trained fp32 parent checkpoint instead of training one")
+    parent_epochs: int = opt(0, "epochs of the parent's training (0 = same as epochs)")
+    kd_weight: float = opt(0.0, "weight of distillation from the parent's logits: KL(p_T ∥ q_T)·T² (0 = off)")
+    kd_temperature: float = opt(4.0, "distillation temperature T")
+    two_stage: bool = opt(False, "stage 1: binary activations with real weights; stage 2: fully binary from stage 1")
+    stage1_fraction: float = opt(0.5, "fraction of the epochs spent in stage 1 (two_stage)")
+    threads: int = opt(0, "torch intra-op CPU threads (0 = torch's default; torchrun sets 1 per process)")
+    resume: bool = opt(False, "continue exactly from <out>/last.pt (and the parent's own last.pt)", flag=True)
+    eval_every: int = opt(1, "evaluate every N epochs and after the last (0 = only after the last)")
+
+    def validate(self) -> "TrainConfig":
+        """Refuse values that would fail later, with the key named; return self."""
+        checks = [
+            (self.epochs >= 1, "epochs", "must be at least 1"),
+            (self.batch_size >= 1, "batch_size", "must be at least 1"),
+            (self.init_channels >= 1, "init_channels", "must be at least 1"),
+            (self.layers >= 1, "layers", "must be at least 1"),
+            (self.lr > 0, "lr", "must be positive"),
+            (self.lr_min >= 0, "lr_min", "must be >= 0"),
+            (self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = off)"),
+            (0.0 <= self.drop_path_prob < 1.0, "drop_path_prob", "must be in [0, 1)"),
+            (0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)"),
+            (0.0 <= self.val_fraction < 1.0, "val_fraction", "must be in [0, 1)"),
+            (self.kd_weight >= 0, "kd_weight", "must be >= 0"),
+            (self.kd_temperature > 0, "kd_temperature", "must be positive"),
+            (self.cp_lambda >= 0 and self.cp_mu >= 0, "cp_lambda/cp_mu", "must be >= 0"),
+            (0.0 < self.cp_center_alpha <= 1.0, "cp_center_alpha", "must be in (0, 1]"),
+            (0.0 < self.stage1_fraction < 1.0, "stage1_fraction", "must be in (0, 1)"),
+            (self.parent_epochs >= 0, "parent_epochs", "must be >= 0"),
+            (self.eval_every >= 0, "eval_every", "must be >= 0"),
+            (self.train_subset >= 0, "train_subset", "must be >= 0"),
+            (self.test_subset >= 0, "test_subset", "must be >= 0"),
+            (self.image_size >= 0, "image_size", "must be >= 0"),
+            (self.threads >= 0, "threads", "must be >= 0"),
+        ]
+        for ok, key, msg in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {msg}")
+        if self.two_stage and self.precision != "binary":
+            raise ConfigError("two_stage: only a binary network has stages (precision is fp32)")
+        if self.two_stage and self.epochs < 2:
+            raise ConfigError("two_stage: needs at least 2 epochs (one per stage)")
+        if self.method == "cp" and self.precision != "binary":
+            raise ConfigError("method cp: the Child-Parent loss trains a binary child (precision is fp32)")
+        if self.needs_parent and self.precision != "binary":
+            raise ConfigError("method cp / kd_weight / init_from_parent: the child must be binary (precision is fp32, it is itself a parent)")
+        return self
+
+    @property
+    def needs_parent(self) -> bool:
+        """True when training uses a full-precision parent (CP kernel loss with H = parent, KD or init)."""
+        cp_parent = self.method == "cp" and self.cp_kernel_target == "parent"
+        return cp_parent or self.kd_weight > 0 or self.init_from_parent
+
+    @property
+    def stage1_epochs(self) -> int:
+        """Epochs of stage 1 (0 without two_stage); each stage gets at least one epoch."""
+        if not self.two_stage:
+            return 0
+        return min(max(1, round(self.epochs * self.stage1_fraction)), self.epochs - 1)

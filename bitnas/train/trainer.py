@@ -1,0 +1,721 @@
+"""Training a fixed genotype: the loop, checkpoints, exact resume, parent/child methods.
+
+`train(cfg)` is the entry point used by `bitnas train`, the demo and the benchmarks. It loads
+the data once, obtains the fp32 parent when the method needs one (trains it in
+`<out>/parent/`, or loads `parent_checkpoint`; the result is `<out>/parent.pt`), then trains
+the network of `cfg.precision` with a `Trainer`.
+
+Exact resume: every batch's content and order are a pure function of (seed, epoch, rank,
+batch) (see `BatchLoader`), the global torch RNG (drop path) is re-seeded at each epoch start
+from (seed, epoch, rank), and `last.pt` is written at epoch ends with the model, optimizer,
+schedule, all RNG states and the loader position. A run killed mid-epoch and resumed with
+`resume=True` redoes that epoch from its start state and ends bitwise identical.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bitnas.binary import binarized_layers
+from bitnas.data import Augment, BatchLoader, ImageDataset, load_dataset, take_subset, train_val_split
+from bitnas.data.loader import mix_seed
+from bitnas.errors import BitnasError, ConfigError, DataError
+from bitnas.nets import arch_spec, build_network, network_from_spec
+from bitnas.run import RunDir, default_out
+from bitnas.space.genotypes import Genotype, load_genotype
+from bitnas.train.config import TrainConfig
+from bitnas.train.distributed import (
+    DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, cleanup, init_distributed, unwrap,
+    wrap_model,
+)
+from bitnas.train.losses import CenterLoss, KernelLoss, distillation_loss
+from bitnas.utils import (
+    atomic_write_bytes, load_checkpoint, progress_enabled, resolve_device, rng_state, save_checkpoint, seed_everything,
+    set_rng_state, truncate_jsonl,
+)
+
+log = logging.getLogger("bitnas")
+
+CHECKPOINT_FORMAT = "bitnas-train/1"
+KILL_HOOK_ENV = "BITNAS_TEST_KILL_AT_STEP"
+# Config keys that may change between a run and its resume without changing the trajectory.
+RESUME_FREE_KEYS = frozenset({"resume", "out", "progress", "device", "eval_every", "num_workers", "threads"})
+
+
+# ---------------------------------------------------------------------------- data
+
+@dataclass
+class TrainData:
+    """The splits of one run plus what the network needs to know about them."""
+
+    train: ImageDataset
+    val: ImageDataset | None
+    test: ImageDataset
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.input_shape[0]
+
+    @property
+    def image_size(self) -> int:
+        return self.train.input_shape[1]
+
+
+def load_train_data(cfg: TrainConfig) -> TrainData:
+    """Train (optionally a class-balanced subset, minus a stratified validation split) and test."""
+    size = cfg.image_size or None
+    kw = {"image_size": size} if size else {}
+    train = load_dataset(cfg.data, "train", **kw)
+    test = load_dataset(cfg.data, "test", **kw)
+    if train.input_shape != test.input_shape or train.num_classes != test.num_classes:
+        raise DataError(f"{cfg.data}: train and test splits differ in shape or classes "
+                        f"({train.input_shape}/{train.num_classes} vs {test.input_shape}/{test.num_classes})")
+    if cfg.train_subset:
+        train = take_subset(train, cfg.train_subset, cfg.seed)
+    if cfg.test_subset:
+        test = take_subset(test, cfg.test_subset, cfg.seed)
+    val = None
+    if cfg.val_fraction > 0:
+        tr_idx, val_idx = train_val_split(train.labels, cfg.val_fraction, cfg.seed, stratified=True)
+        if len(val_idx) == 0 or len(tr_idx) == 0:
+            raise DataError(f"val_fraction {cfg.val_fraction}: leaves an empty train or validation split "
+                            f"of the {len(train)} training images")
+        train, val = train.subset(tr_idx), train.subset(val_idx)
+    return TrainData(train=train, val=val, test=test)
+
+
+def eval_loader(ds: ImageDataset, batch_size: int, info: DistInfo) -> BatchLoader | None:
+    """This rank's contiguous share of `ds` (no padding, so summed counts are exact); None if empty."""
+    n = len(ds)
+    per = -(-n // info.world_size)
+    lo, hi = min(n, info.rank * per), min(n, (info.rank + 1) * per)
+    if hi <= lo:
+        return None
+    return BatchLoader(ds.subset(torch.arange(lo, hi)), batch_size, shuffle=False, seed=0)
+
+
+# ---------------------------------------------------------------------------- network
+
+def build_kwargs(cfg: TrainConfig, data: TrainData, precision: str) -> dict[str, Any]:
+    """build_network kwargs of the run (stored in checkpoints through `arch_spec`)."""
+    kw: dict[str, Any] = dict(
+        style=cfg.style, precision=precision, structure=cfg.structure or "cpnas",
+        init_channels=cfg.init_channels, layers=cfg.layers, num_classes=data.num_classes,
+        in_channels=data.in_channels, auxiliary=cfg.auxiliary, weight_quantizer=cfg.weight_quantizer,
+        weight_scale=cfg.weight_scale, pad_value=cfg.pad_value, binary_preprocess=cfg.binary_preprocess,
+    )
+    if cfg.activation:
+        kw["activation"] = cfg.activation
+    return kw
+
+
+def accuracy_counts(logits: Tensor, y: Tensor, k: int = 5) -> tuple[int, int]:
+    """(# top-1 correct, # top-k correct) with k capped at the number of classes."""
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit = top.eq(y[:, None])
+    return int(hit[:, 0].sum()), int(hit.any(dim=1).sum())
+
+
+class LRSchedule:
+    """Per-step learning rate: cosine or linear from `lr` to `lr_min` over `total_steps`, or constant."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, lr: float, lr_min: float, total_steps: int) -> None:
+        self.optimizer, self.kind, self.lr, self.lr_min = optimizer, kind, lr, lr_min
+        self.total_steps = max(1, total_steps)
+        self.step_count = 0
+
+    def lr_at(self, step: int) -> float:
+        t = min(step, self.total_steps) / self.total_steps
+        if self.kind == "cosine":
+            return self.lr_min + (self.lr - self.lr_min) * 0.5 * (1.0 + math.cos(math.pi * t))
+        if self.kind == "linear":
+            return self.lr + (self.lr_min - self.lr) * t
+        return self.lr
+
+    def apply(self) -> float:
+        """Set the learning rate of the next step on every param group and return it."""
+        lr = self.lr_at(self.step_count)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def step(self) -> None:
+        self.step_count += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "lr": self.lr, "lr_min": self.lr_min, "total_steps": self.total_steps,
+                "step": self.step_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step"])
+
+
+# ---------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """Trains one network (child or parent) for `cfg.epochs` epochs in `run`.
+
+    parent: the trained fp32 parent (unwrapped, frozen) when the method uses one: kernel
+    loss with H = parent kernel, distillation from its logits, or initialisation.
+
+    Test hook: with the environment variable BITNAS_TEST_KILL_AT_STEP=N the process SIGKILLs
+    itself right after optimizer step N (counted over the whole run, from 1), so the tests can
+    check exact resume after a hard kill. Unset in normal use.
+    """
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, run: RunDir, info: DistInfo,
+                 parent: nn.Module | None = None, label: str = "") -> None:
+        self.cfg, self.data, self.run, self.info, self.label = cfg, data, run, info, label
+        self.device = info.device
+        self.genotype: Genotype = load_genotype(cfg.genotype)
+        self.build_kw = build_kwargs(cfg, data, cfg.precision)
+        self.arch = arch_spec(self.genotype, **self.build_kw)
+        seed_everything(cfg.seed)
+        self.model = build_network(self.genotype, **self.build_kw).to(self.device)
+        self.parent = parent
+        if parent is not None and cfg.init_from_parent:
+            self._init_from(parent)
+        self.binary_layers = binarized_layers(self.model)
+        self._weight_quantizers = {n: m.weight_quantizer for n, m in self.binary_layers}
+        find_unused = cfg.two_stage and cfg.weight_scale == "learned"
+        self.net = wrap_model(self.model, info) if not find_unused else _wrap_find_unused(self.model, info)
+
+        self.train_loader = BatchLoader(
+            data.train, cfg.batch_size, shuffle=True, seed=cfg.seed,
+            augment=Augment(crop_padding=cfg.crop_padding, hflip=cfg.hflip, cutout=cfg.cutout),
+            drop_last=-(-len(data.train) // info.world_size) >= cfg.batch_size,
+            rank=info.rank, world_size=info.world_size)
+        self.has_val = data.val is not None
+        self.val_loader = eval_loader(data.val, cfg.batch_size, info) if data.val is not None else None
+        self.test_loader = eval_loader(data.test, cfg.batch_size, info)
+
+        self.kernel_loss: KernelLoss | None = None
+        self.center_loss: CenterLoss | None = None
+        if cfg.method == "cp" and cfg.precision == "binary":
+            self.kernel_loss = KernelLoss(self.model, parent if cfg.cp_kernel_target == "parent" else None,
+                                          cfg.cp_kernel_target)
+            dim = self.model.classifier.in_features
+            self.center_loss = CenterLoss(data.num_classes, dim, cfg.cp_center_alpha).to(self.device)
+        self.kd = cfg.kd_weight > 0 and parent is not None
+
+        self.epochs = cfg.epochs
+        self.stage1_epochs = cfg.stage1_epochs if cfg.precision == "binary" else 0
+        self.epoch = 0
+        self.global_step = 0
+        self.metrics: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"key": "val_top1" if data.val is not None else "test_top1", "value": None, "epoch": None}
+        self.stage = 0
+        self._begin_stage(self.stage_of(0))
+
+    # -------------------------------------------------------------- setup helpers
+
+    def _init_from(self, parent: nn.Module) -> None:
+        """Copy every parent tensor whose name and shape match into the child."""
+        own = self.model.state_dict()
+        src = {k: v for k, v in parent.state_dict().items() if k in own and own[k].shape == v.shape}
+        self.model.load_state_dict(src, strict=False)
+        log.info("%sinitialised %d of %d tensors from the parent", self._prefix(), len(src), len(own))
+
+    def stage_of(self, epoch: int) -> int:
+        """0: single stage; 1: binary activations, real weights; 2: fully binary (two_stage)."""
+        if not self.stage1_epochs:
+            return 0
+        return 1 if epoch < self.stage1_epochs else 2
+
+    def _stage_epochs(self, stage: int) -> int:
+        if stage == 0:
+            return self.epochs
+        return self.stage1_epochs if stage == 1 else self.epochs - self.stage1_epochs
+
+    def _begin_stage(self, stage: int) -> None:
+        """Set the weight quantizers for `stage` and make a fresh optimizer and schedule."""
+        self.stage = stage
+        for name, layer in self.binary_layers:
+            layer.weight_quantizer = None if stage == 1 else self._weight_quantizers[name]
+        self.optimizer = self._make_optimizer()
+        steps = self._stage_epochs(stage) * len(self.train_loader)
+        self.scheduler = LRSchedule(self.optimizer, self.cfg.scheduler, self.cfg.lr, self.cfg.lr_min, steps)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        latent = {id(m.weight) for _, m in self.binary_layers}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if id(p) not in latent], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if id(p) in latent], "weight_decay": cfg.binary_weight_decay},
+        ]
+        groups = [g for g in groups if g["params"]]
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.Adam(groups, lr=cfg.lr)
+
+    def _prefix(self) -> str:
+        return f"[{self.label}] " if self.label else ""
+
+    def _show_progress(self) -> bool:
+        if not self.info.is_main or self.cfg.progress == "off":
+            return False
+        return self.cfg.progress == "on" or progress_enabled()
+
+    # -------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (collective under DDP: call on every rank)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": all_gather_objects(rng_state(), self.info),
+            "loader": self.train_loader.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "stage": self.stage,
+            "arch": self.arch,
+            "precision": self.cfg.precision,
+            "genotype": self.genotype.to_dict(),
+            "config": dataclasses.asdict(self.cfg),
+            "metrics": list(self.metrics),
+            "best": dict(self.best),
+            "center_loss": self.center_loss.state_dict() if self.center_loss is not None else None,
+            "image_size": self.data.image_size,
+            "data": {"name": self.data.train.name, "num_classes": self.data.num_classes,
+                     "in_channels": self.data.in_channels, "mean": list(self.data.train.mean),
+                     "std": list(self.data.train.std)},
+            "world_size": self.info.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        """Restore a `state_dict()`; refuses one made for another architecture or config."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise BitnasError(f"{source}: not a bitnas training checkpoint (format {state.get('format')!r})")
+        if state.get("arch") != self.arch:
+            raise ConfigError(f"{source}: made for another network (genotype/precision/size/data differ); "
+                              "resume needs the same settings, or use another --out")
+        saved = state.get("config") or {}
+        mine = dataclasses.asdict(self.cfg)
+        changed = sorted(k for k in mine if k not in RESUME_FREE_KEYS and k in saved and saved[k] != mine[k])
+        if changed:
+            diffs = ", ".join(f"{k}: {saved[k]!r} → {mine[k]!r}" for k in changed)
+            raise ConfigError(f"{source}: resume needs the same config; changed: {diffs}")
+        if len(state["rng"]) != self.info.world_size:
+            raise ConfigError(f"{source}: saved by {len(state['rng'])} process(es) but this run has "
+                              f"{self.info.world_size}; exact resume needs the same number")
+        self.model.load_state_dict(state["model"])
+        self._begin_stage(int(state["stage"]))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"][self.info.rank])
+        self.train_loader.load_state_dict(state["loader"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.metrics = list(state["metrics"])
+        self.best = dict(state["best"])
+        if self.center_loss is not None and state.get("center_loss") is not None:
+            self.center_loss.load_state_dict(state["center_loss"])
+
+    def save(self, name: str) -> Path:
+        """Write `name` (e.g. last.pt) atomically on rank 0; every rank must call it."""
+        state = self.state_dict()
+        path = self.run.file(name)
+        if self.info.is_main:
+            save_checkpoint(path, state)
+        return path
+
+    def resume_from(self, path: Path) -> bool:
+        """Load `path` if it exists (True), truncating metrics.jsonl to the checkpointed epochs."""
+        if not path.is_file():
+            return False
+        state = load_checkpoint(path, map_location=self.device)
+        self.load_state_dict(state, str(path))
+        if self.info.is_main:
+            truncate_jsonl(self.run.file("metrics.jsonl"), len(self.metrics))
+        barrier(self.info)
+        log.info("%sresumed from %s after epoch %d", self._prefix(), path, self.epoch)
+        return True
+
+    # -------------------------------------------------------------- loop
+
+    def _enter_epoch(self, epoch: int) -> None:
+        stage = self.stage_of(epoch)
+        if stage != self.stage:
+            log.info("%sstage %d: %s", self._prefix(), stage,
+                     "fully binary, initialised from stage 1" if stage == 2 else "binary activations, real weights")
+            self._begin_stage(stage)
+        self.train_loader.set_epoch(epoch)
+        self.model.drop_path_prob = self.cfg.drop_path_prob * epoch / self.epochs
+        torch.manual_seed(mix_seed(self.cfg.seed, epoch, self.info.rank, 0x7E57))
+
+    def compute_loss(self, logits: Tensor, aux: Tensor | None, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The training loss and its components (unweighted, for the metrics)."""
+        cfg = self.cfg
+        ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        loss = ce
+        parts = {"ce": float(ce.detach())}
+        if aux is not None:
+            a = F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
+            loss = loss + cfg.auxiliary_weight * a
+            parts["aux"] = float(a.detach())
+        if self.kd and self.parent is not None:
+            with torch.no_grad():
+                t_logits, _ = self.parent(x)
+            kd = distillation_loss(logits, t_logits, cfg.kd_temperature)
+            loss = loss + cfg.kd_weight * kd
+            parts["kd"] = float(kd.detach())
+        if self.kernel_loss is not None and self.stage != 1:
+            kl = self.kernel_loss()
+            loss = loss + cfg.cp_lambda * kl
+            parts["kernel"] = float(kl.detach())
+        if self.center_loss is not None:
+            c = self.center_loss(self.model.last_features, y)
+            loss = loss + cfg.cp_mu * c
+            parts["center"] = float(c.detach())
+        return loss, parts
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch over this rank's shard; returns lr (of its first step) and metrics over all ranks."""
+        self._enter_epoch(epoch)
+        first_lr = self.scheduler.lr_at(self.scheduler.step_count)
+        self.net.train()
+        if self.parent is not None:
+            self.parent.eval()
+        sums: dict[str, float] = {}
+        n_seen, n_correct, loss_sum = 0, 0, 0.0
+        batches: Iterable = self.train_loader
+        bar = None
+        if self._show_progress():
+            from tqdm import tqdm
+
+            bar = tqdm(batches, total=len(self.train_loader) - self.train_loader.position, leave=False,
+                       desc=f"{self.label or 'train'} {epoch + 1}/{self.epochs}", dynamic_ncols=True)
+            batches = bar
+        kill_at = int(os.environ.get(KILL_HOOK_ENV, "0") or 0)
+        for x, y in batches:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            self.scheduler.apply()
+            logits, aux = self.net(x)
+            loss, parts = self.compute_loss(logits, aux, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.center_loss is not None:
+                self.center_loss.update(self.model.last_features, y, lambda t: all_reduce_sum(t, self.info))
+            b = int(y.shape[0])
+            n_seen += b
+            n_correct += int(logits.detach().argmax(1).eq(y).sum())
+            loss_sum += float(loss.detach()) * b
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * b
+            self.global_step += 1
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", top1=f"{100.0 * n_correct / n_seen:.1f}")
+            if kill_at and self.global_step == kill_at:
+                # Test hook (tests/train): die like a SIGKILLed job, mid-epoch, without cleanup.
+                os.kill(os.getpid(), signal.SIGKILL)
+        if bar is not None:
+            bar.close()
+        keys = sorted(sums)
+        packed = torch.tensor([n_seen, n_correct, loss_sum] + [sums[k] for k in keys], dtype=torch.float64)
+        packed = all_reduce_sum(packed, self.info)
+        n = max(1.0, float(packed[0]))
+        out = {"lr": first_lr, "train_loss": float(packed[2]) / n, "train_top1": 100.0 * float(packed[1]) / n}
+        out.update({f"train_{k}": float(packed[3 + i]) / n for i, k in enumerate(keys)})
+        return out
+
+    def evaluate(self, loader: BatchLoader | None, prefix: str) -> dict[str, float]:
+        """loss (plain cross-entropy), top-1 and top-5 in % on a split, summed over all ranks."""
+        return evaluate_model(self.model, loader, self.info, self.device, prefix)
+
+    def _should_eval(self, epoch: int) -> bool:
+        last = epoch + 1 == self.epochs
+        return last or (self.cfg.eval_every > 0 and (epoch + 1) % self.cfg.eval_every == 0)
+
+    def fit(self) -> dict[str, Any]:
+        """Run the remaining epochs; returns the last epoch's record."""
+        if self.info.is_main and self.epoch == 0:
+            truncate_jsonl(self.run.file("metrics.jsonl"), 0)
+        for epoch in range(self.epoch, self.epochs):
+            t0 = time.time()
+            record: dict[str, Any] = {"epoch": epoch + 1}
+            if self.stage_of(epoch):
+                record["stage"] = self.stage_of(epoch)
+            record.update(self.train_epoch(epoch))
+            train_seconds = time.time() - t0
+            if self._should_eval(epoch):
+                if self.has_val:
+                    record.update(self.evaluate(self.val_loader, "val"))
+                record.update(self.evaluate(self.test_loader, "test"))
+            record["train_seconds"] = round(train_seconds, 3)
+            record["images_per_second"] = round(len(self.train_loader) * self.cfg.batch_size * self.info.world_size
+                                                / max(train_seconds, 1e-9), 2)
+            record["seconds"] = round(time.time() - t0, 3)
+            self.metrics.append(record)
+            self.run.log_metrics(record)
+            self.epoch = epoch + 1
+            improved = self._update_best(record)
+            self.save("last.pt")
+            if improved:
+                self.save("best.pt")
+            self._log_epoch(record)
+        barrier(self.info)
+        return self.metrics[-1] if self.metrics else {}
+
+    def _update_best(self, record: dict[str, Any]) -> bool:
+        key = self.best["key"]
+        if key not in record:
+            return False
+        if self.best["value"] is None or record[key] > self.best["value"]:
+            self.best.update(value=record[key], epoch=record["epoch"])
+            return True
+        return False
+
+    def _log_epoch(self, r: dict[str, Any]) -> None:
+        msg = f"{self._prefix()}epoch {r['epoch']}/{self.epochs}"
+        if "stage" in r:
+            msg += f" (stage {r['stage']})"
+        msg += f"  train loss {r['train_loss']:.4f} top1 {r['train_top1']:.2f}%"
+        if "val_top1" in r:
+            msg += f" | val top1 {r['val_top1']:.2f}%"
+        if "test_top1" in r:
+            msg += f" | test loss {r['test_loss']:.4f} top1 {r['test_top1']:.2f}% top5 {r['test_top5']:.2f}%"
+        msg += f" | lr {r['lr']:.2e} | {r['seconds']:.1f}s"
+        log.info(msg)
+
+
+def _wrap_find_unused(model: nn.Module, info: DistInfo) -> nn.Module:
+    """DDP that tolerates parameters without gradient (learned α is unused in stage 1)."""
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, loader: BatchLoader | None, info: DistInfo, device: torch.device,
+                   prefix: str = "test") -> dict[str, float]:
+    """`{prefix}_loss`, `{prefix}_top1`, `{prefix}_top5` (in %) and `{prefix}_images` over all ranks.
+
+    `loader` is this rank's share (None when the rank has no samples of the split)."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    loss_sum, c1, c5, n = 0.0, 0, 0, 0
+    if loader is not None:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits, _ = model(x)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            a, b = accuracy_counts(logits, y)
+            c1, c5, n = c1 + a, c5 + b, n + int(y.shape[0])
+    model.train(was_training)
+    packed = all_reduce_sum(torch.tensor([loss_sum, c1, c5, n], dtype=torch.float64), info)
+    total = max(1.0, float(packed[3]))
+    return {f"{prefix}_loss": float(packed[0]) / total, f"{prefix}_top1": 100.0 * float(packed[1]) / total,
+            f"{prefix}_top5": 100.0 * float(packed[2]) / total, f"{prefix}_images": int(packed[3])}
+
+
+# ---------------------------------------------------------------------------- parent
+
+def _check_parent_checkpoint(ck: dict[str, Any], path: str, genotype: Genotype, build_kw: dict[str, Any]) -> None:
+    """The parent must be fp32, of the same genotype, classes and input channels as the child."""
+    if "arch" not in ck:
+        raise BitnasError(f"{path}: no architecture stored in this checkpoint")
+    net = ck["arch"]["network"]
+    if net.get("precision") != "fp32":
+        raise ConfigError(f"parent_checkpoint {path}: a parent must be full precision, this one is {net.get('precision')!r}")
+    if Genotype.from_dict(ck["arch"]["genotype"], path) != genotype:
+        raise ConfigError(f"parent_checkpoint {path}: made for another genotype than --genotype")
+    for key in ("num_classes", "in_channels", "init_channels", "layers", "style"):
+        if net.get(key) != build_kw.get(key):
+            raise ConfigError(f"parent_checkpoint {path}: {key} is {net.get(key)!r} but the child has {build_kw.get(key)!r}")
+
+
+def _frozen(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def obtain_parent(cfg: TrainConfig, data: TrainData, run: RunDir, info: DistInfo) -> tuple[nn.Module, dict[str, Any]]:
+    """The frozen fp32 parent and its final metrics: loaded from parent_checkpoint, from a
+    finished `<out>/parent.pt` when resuming, or trained in `<out>/parent/` (then copied there)."""
+    genotype = load_genotype(cfg.genotype)
+    target = run.file("parent.pt")
+    if cfg.parent_checkpoint:
+        src = cfg.parent_checkpoint
+        ck = load_checkpoint(src, map_location=info.device)
+        _check_parent_checkpoint(ck, src, genotype, build_kwargs(cfg, data, "fp32"))
+        if info.is_main and Path(src).resolve() != target.resolve():
+            atomic_write_bytes(target, Path(src).read_bytes())
+        barrier(info)
+    elif cfg.resume and target.is_file():
+        ck = load_checkpoint(target, map_location=info.device)
+        log.info("[parent] using the finished parent %s", target)
+    else:
+        pcfg = dataclasses.replace(
+            cfg, precision="fp32", method="plain", kd_weight=0.0, init_from_parent=False, two_stage=False,
+            parent_checkpoint="", epochs=cfg.parent_epochs or cfg.epochs, out=str(run.file("parent")))
+        prun = RunDir(pcfg.out, writer=info.is_main)
+        prun.save_config(pcfg)
+        trainer = Trainer(pcfg, data, prun, info, label="parent")
+        if not (cfg.resume and trainer.resume_from(prun.file("last.pt"))):
+            _clear_run_files(prun, info)
+        trainer.fit()
+        if info.is_main:
+            atomic_write_bytes(target, prun.file("last.pt").read_bytes())
+        _detach_log_file(prun)
+        barrier(info)
+        ck = load_checkpoint(target, map_location=info.device)
+    model = network_from_spec(ck["arch"])
+    model.load_state_dict(ck["model"])
+    final = ck.get("metrics", [])[-1] if ck.get("metrics") else {}
+    return _frozen(model, info.device), final
+
+
+def _detach_log_file(run: RunDir) -> None:
+    """Stop copying log lines into `run`'s run.log (the parent's log ends with its training)."""
+    target = str(run.file("run.log").resolve())
+    for h in list(log.handlers):
+        if isinstance(h, logging.FileHandler) and h.baseFilename == target:
+            log.removeHandler(h)
+            h.close()
+
+
+# ---------------------------------------------------------------------------- entry point
+
+def _clear_run_files(run: RunDir, info: DistInfo, keep: str = "") -> None:
+    """Fresh start in an existing directory: drop the files of an earlier run (except `keep`)."""
+    if info.is_main:
+        kept = Path(keep).resolve() if keep else None
+        stale = [n for n in ("last.pt", "best.pt", "parent.pt", "metrics.jsonl", "result.json")
+                 if run.file(n).exists() and run.file(n).resolve() != kept]
+        if stale:
+            log.warning("%s: starting over, replacing %s of an earlier run (use --resume to continue it)",
+                        run.path, ", ".join(stale))
+        for n in stale:
+            run.file(n).unlink()
+        parent_dir = run.file("parent")
+        if parent_dir.is_dir() and not (kept and parent_dir.resolve() in kept.parents):
+            shutil.rmtree(parent_dir)
+    barrier(info)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train `cfg` (under torchrun: on every process); returns final metrics and file paths.
+
+    Keys: out, last, best, parent (path or None), metrics (last epoch's record), best_metric
+    ({key, value, epoch}), test_top1, parent_test_top1 (or None), seconds.
+    """
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    info = init_distributed(cfg.device)
+    if not info.is_main:
+        log.setLevel(logging.ERROR)
+    try:
+        result = _train(cfg, info)
+    except BaseException:
+        if info.enabled and info.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    cleanup(info)
+    return result
+
+
+def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
+    t0 = time.time()
+    out = broadcast_object(cfg.out or default_out("train"), info)
+    cfg = dataclasses.replace(cfg, out=out)
+    load_genotype(cfg.genotype)
+    data = load_train_data(cfg)
+    run = RunDir(out, writer=info.is_main)
+    resuming = cfg.resume and run.file("last.pt").is_file()
+    if cfg.resume and not resuming:
+        log.info("%s: no last.pt to resume from; starting from the beginning", run.path)
+    if not cfg.resume:
+        _clear_run_files(run, info, keep=cfg.parent_checkpoint)
+    run.save_config(cfg)
+    log.info("train: %s, %s, C=%d, %d cells, %d epochs on %d images of %s (%s) → %s", cfg.genotype, cfg.precision,
+             cfg.init_channels, cfg.layers, cfg.epochs, len(data.train), data.train.name, info.device, run.path)
+
+    parent, parent_final = None, {}
+    if cfg.needs_parent:
+        parent, parent_final = obtain_parent(cfg, data, run, info)
+    trainer = Trainer(cfg, data, run, info, parent=parent, label="child" if parent is not None else "")
+    if resuming:
+        trainer.resume_from(run.file("last.pt"))
+    final = trainer.fit()
+    result = {
+        "out": str(run.path), "last": str(run.file("last.pt")), "best": str(run.file("best.pt")),
+        "parent": str(run.file("parent.pt")) if parent is not None else None,
+        "metrics": final, "best_metric": trainer.best,
+        "test_top1": final.get("test_top1"), "parent_test_top1": parent_final.get("test_top1"),
+        "seconds": round(time.time() - t0, 3),
+    }
+    run.write_json("result.json", result)
+    return result
+
+
+# ---------------------------------------------------------------------------- eval
+
+def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str = "auto",
+                        genotype: str | None = None, precision: str | None = None) -> dict[str, Any]:
+    """Rebuild the network stored in checkpoint `path` and evaluate it on the test split of `data`.
+
+    `genotype` / `precision`, when given, must agree with the checkpoint (else ConfigError).
+    Returns top1, top5 (in %), loss (mean cross-entropy), num_images, plus what was evaluated.
+    """
+    ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or "arch" not in ck or "model" not in ck:
+        raise BitnasError(f"{path}: not a bitnas training checkpoint (no stored architecture/weights)")
+    spec = ck["arch"]
+    net = spec["network"]
+    stored = Genotype.from_dict(spec["genotype"], f"{path} genotype")
+    if genotype is not None and load_genotype(genotype) != stored:
+        raise ConfigError(f"{path}: this checkpoint was trained for another genotype than --genotype {genotype} "
+                          f"(it holds {stored})")
+    if precision is not None and precision != net.get("precision"):
+        raise ConfigError(f"{path}: this checkpoint holds a {net.get('precision')} network, not --precision {precision}")
+    size = int(ck.get("image_size") or 0)
+    kw = {"image_size": size} if size and data.split(":", 1)[0].strip() in ("imagefolder", "image-folder") else {}
+    test = load_dataset(data, "test", **kw)
+    c = test.input_shape[0]
+    if c != net.get("in_channels") or test.num_classes != net.get("num_classes"):
+        raise DataError(f"{data}: {c} channel(s) and {test.num_classes} classes, but the network in {path} takes "
+                        f"{net.get('in_channels')} channel(s) and has {net.get('num_classes')} classes")
+    info = DistInfo(device=resolve_device(device))
+    model = network_from_spec(spec).to(info.device)
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise BitnasError(f"{path}: weights do not fit the stored architecture ({str(e).splitlines()[0][:200]})") from None
+    loader = BatchLoader(test, batch_size, shuffle=False, seed=0)
+    m = evaluate_model(model, loader, info, info.device, "test")
+    return {"top1": m["test_top1"], "top5": m["test_top5"], "loss": m["test_loss"], "num_images": m["test_images"],
+            "checkpoint": str(path), "data": data, "dataset": test.name, "precision": net.get("precision"),
+            "epoch": ck.get("epoch")}
+

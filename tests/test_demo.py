@@ -1,0 +1,76 @@
+"""The demo pipeline end to end at a tiny size, and the config rules every command follows."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bitnas.cli import main
+from bitnas.config import RECIPES_DIR, resolve_config
+from bitnas.demo import DemoConfig, format_table, run_demo
+from bitnas.errors import ConfigError
+from bitnas.space.genotypes import Genotype
+
+
+def test_demo_pipeline_tiny(tmp_path: Path) -> None:
+    cfg = DemoConfig(out=str(tmp_path / "demo"), init_channels=4, layers=2, batch_size=32, search_subset=160,
+                     rounds=1, sample_steps=1, train_subset=200, epochs=1, progress="off")
+    res = run_demo(cfg)
+    out = tmp_path / "demo"
+    g = Genotype.from_dict(json.loads((out / "genotype.json").read_text()))
+    assert len(g.normal) == 8 and all(op != "none" for op, _ in g.normal + g.reduce)
+    assert (out / "config.yaml").is_file()
+    stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
+    assert stages == {"search", "parent", "child"}
+    pngs = {p.name for p in (out / "plots").glob("*.png")}
+    assert {"normal_cell.png", "reduction_cell.png", "cpnas_scores.png", "child_training.png"} <= pngs
+    assert 0.0 <= res["child_top1"] <= 100.0 and 0.0 <= res["parent_top1"] <= 100.0
+    s = res["summary"]
+    assert s["params_1bit"] > 0 and s["ops"] == pytest.approx(s["flops"] + s["bops"] / 64)
+    table = format_table(res)
+    assert "child (1-bit) top-1" in table and g.normal[0][0] in table
+
+
+def test_override_typo_is_refused_with_the_closest_name(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["search", "--strategy", "pcdarts", "epochz=3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "epochz" in err[0] and "'epochs'" in err[0]
+
+
+def test_bad_value_is_refused() -> None:
+    from bitnas.search.config import SearchConfig
+
+    with pytest.raises(ConfigError, match="epochs"):
+        resolve_config(SearchConfig, overrides=["epochs=three"])
+    with pytest.raises(ConfigError, match="edge_norm"):
+        resolve_config(SearchConfig, overrides=["edge_norm=maybe"])
+
+
+def test_recipe_then_flags_then_overrides(tmp_path: Path) -> None:
+    from bitnas.search.config import SearchConfig
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 7\nbatch_size: 32\nlayers: 6\n")
+    cfg = resolve_config(SearchConfig, str(recipe), {"batch_size": "16"}, ["layers=4"])
+    assert (cfg.epochs, cfg.batch_size, cfg.layers) == (7, 16, 4)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+def test_every_shipped_recipe_resolves(recipe: str) -> None:
+    import yaml
+
+    from bitnas.search.config import SearchConfig
+    from bitnas.train.config import TrainConfig
+
+    data = yaml.safe_load((RECIPES_DIR / f"{recipe}.yaml").read_text())
+    cls = {"search": SearchConfig, "train": TrainConfig, "demo": DemoConfig}[data.get("command") or recipe.split("_")[0]]
+    resolve_config(cls, recipe)
+
+
+def test_recipes_command_lists_recipes() -> None:
+    r = subprocess.run([sys.executable, "-m", "bitnas", "recipes"], capture_output=True, text=True, check=True)
+    names = [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
+    assert names == sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) and names

@@ -16,7 +16,7 @@ from bitnas.registry import Registry
 
 def sign(x: Tensor) -> Tensor:
     """sign with sign(0) = +1 (torch.sign(0) = 0 would leave a third value)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    return (x >= 0).to(x.dtype).mul_(2).sub_(1)
 
 
 class _SteSignFn(torch.autograd.Function):

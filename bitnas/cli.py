@@ -85,7 +85,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         return 0
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
         data = yaml.safe_load(path.read_text()) or {}
-        desc = str(data.get("description", "")).split(". ")[0].split(" (")[0]
+        desc = str(data.get("description", "")).split(". ")[0].split(": ")[0][:90]
         print(f"{path.stem:<26} {data.get('command', ''):<7} {desc}")
     return 0
 

@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bitnas: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as Unix tools do.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("bitnas: interrupted", file=sys.stderr)
         return 130

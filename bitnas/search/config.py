@@ -40,7 +40,7 @@ class SearchConfig(BaseConfig):
     # CP-NAS (METHODS §4.4)
     rounds: int = opt(3, "CP-NAS: T, sampling rounds between two removals", flag=True)
     sample_steps: int = opt(0, "CP-NAS: training steps each sampled path gets (0 = one epoch, as the paper)", flag=True)
-    beta_p: float = opt(1.0, "CP-NAS: β_P weight of the parent-child accuracy gap in the indicator")
+    beta_p: float = opt(0.5, "CP-NAS: β_P weight of the parent-child accuracy gap in the indicator")
     indicator: str = opt("printed", "CP-NAS indicator: printed z = β_P(A_P − A_C) + A_C, or flipped z = A_C − β_P(A_P − A_C)",
                          choices=("printed", "flipped"))
     val_subset: int = opt(1000, "CP-NAS: validation images used to measure A_C and A_P per sample (0 = all)")

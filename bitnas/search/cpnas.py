@@ -54,7 +54,7 @@ seed each, so read them as sanity checks rather than results):
   |Δ| 0.5 points for batch statistics, 0.52 and 31.5 points for running statistics (they collapse
   to ≈18 % against ≈50 %). Child: 0.50 / 2.6 points against 0.37 / 2.7 points. Batch statistics
   match the recalibrated accuracy at no extra cost.
-- `indicator: printed`, `beta_p: 1`. Searches with both signs and β_P ∈ {0.5, 2} (C=4, 3 cells,
+- `indicator: printed`, `beta_p: 0.5`. Searches with both signs and β_P ∈ {0.5, 2} (C=4, 3 cells,
   500/500 images, T=1, 4 steps per sample, 400 validation images, identical sampling until the
   first removal), the genotypes then trained 1-bit (C=8, 5 cells, 3 epochs on 3000 images, top-1
   on 2000 test images): printed 0.5 → 4 convolutions of 16 edges, 52.8 %; printed 2 → 5, 52.4 %;
@@ -64,8 +64,9 @@ seed each, so read them as sanity checks rather than results):
   of convolutions in a sample does not correlate with the gap A_P − A_C (r = 0.02 over 118
   samples). With no
   measurable case for changing the equation, the default is the formula as printed, which also
-  gave the better children here; `indicator: flipped` is one key away. Note that printed with
-  β_P = 1 reduces to z = A_P (the child's accuracy cancels); β_P < 1 mixes in A_C.
+  gave the better children here; `indicator: flipped` is one key away. β_P = 0.5 gave the best
+  child of the four runs, and with β_P = 1 the printed formula reduces to z = A_P (the child's
+  accuracy cancels, so the search would ignore the 1-bit child), hence 0.5: z = ½(A_P + A_C).
 - Weights: SGD lr 0.025 (DARTS). After 10 epochs of uniformly random single paths (C=4, 3 cells,
   500 images): validation accuracy on random paths child / parent 13.8 / 29.0 % with SGD 0.025,
   12.1 / 14.9 % with Adam 1e-3 (binary-training practice), 20.0 / 28.0 % with SGD 0.1.

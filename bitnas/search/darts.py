@@ -107,6 +107,7 @@ def nested(t: Tensor) -> list[Any]:
 class DifferentiableSearch(SearchStrategy):
     """DARTS-family search: bilevel α/weight optimisation of a (partial-channel) supernet."""
 
+    stateful = ("model", "w_optimizer", "scheduler", "architect", "train_loader", "val_stream", "stopper")
     name = "darts"
     default_space = "darts"
     default_k = (1, 1)
@@ -254,10 +255,7 @@ class DifferentiableSearch(SearchStrategy):
     def state_dict(self) -> dict[str, Any]:
         st = super().state_dict()
         st.update({
-            "model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "architect": self.architect.state_dict(),
-            "train_loader": self.train_loader.state_dict(), "val_stream": self.val_stream.state_dict(),
-            "stopper": self.stopper.state_dict(), "epoch": self.epoch, "step": self.step,
+            "epoch": self.epoch, "step": self.step,
             "stop_epoch": self.stop_epoch, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
             "best": self.best.to_dict() if self.best else None, "trace": self.trace_hex,
         })
@@ -265,13 +263,6 @@ class DifferentiableSearch(SearchStrategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.model.load_state_dict(state["model"])
-        self.w_optimizer.load_state_dict(state["w_optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.architect.load_state_dict(state["architect"])
-        self.train_loader.load_state_dict(state["train_loader"])
-        self.val_stream.load_state_dict(state["val_stream"])
-        self.stopper.load_state_dict(state["stopper"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.stop_epoch = int(state["stop_epoch"])
         self.best_acc, self.best_epoch = float(state["best_acc"]), int(state["best_epoch"])

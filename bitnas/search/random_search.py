@@ -81,6 +81,7 @@ def batch_statistics(model: torch.nn.Module) -> Iterator[None]:
 class RandomSearch(SearchStrategy):
     """Weight-sharing random search; see the module docstring."""
 
+    stateful = ("model", "w_optimizer", "scheduler", "train_loader")
     name = "random"
     default_space = "darts"
 
@@ -195,18 +196,12 @@ class RandomSearch(SearchStrategy):
 
     def state_dict(self) -> dict[str, Any]:
         st = super().state_dict()
-        st.update({"model": self.model.state_dict(), "w_optimizer": self.w_optimizer.state_dict(),
-                   "scheduler": self.scheduler.state_dict(), "train_loader": self.train_loader.state_dict(),
-                   "path_gen": self.path_gen.get_state(), "sample_gen": self.sample_gen.get_state(),
+        st.update({"path_gen": self.path_gen.get_state(), "sample_gen": self.sample_gen.get_state(),
                    "epoch": self.epoch, "step": self.step, "samples": self.samples})
         return st
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.model.load_state_dict(state["model"])
-        self.w_optimizer.load_state_dict(state["w_optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.train_loader.load_state_dict(state["train_loader"])
         self.path_gen.set_state(state["path_gen"])
         self.sample_gen.set_state(state["sample_gen"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])

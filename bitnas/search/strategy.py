@@ -159,12 +159,20 @@ class SearchStrategy:
         """The genotype of the best-validation unit, if the strategy tracks one."""
         return None
 
+    # Attributes that have their own state_dict()/load_state_dict() (models, optimizers,
+    # schedulers, loaders...): saved and restored by the base class under their names.
+    stateful: tuple[str, ...] = ()
+
     def state_dict(self) -> dict[str, Any]:
-        return {"images": self.images, "stop_reason": self.stop_reason}
+        st: dict[str, Any] = {"images": self.images, "stop_reason": self.stop_reason}
+        st.update({name: getattr(self, name).state_dict() for name in self.stateful})
+        return st
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.images = int(state["images"])
         self.stop_reason = str(state["stop_reason"])
+        for name in self.stateful:
+            getattr(self, name).load_state_dict(state[name])
 
     def result_info(self) -> dict[str, Any]:
         """Extra JSON-serialisable fields for genotype.json (e.g. stop epoch, scored samples)."""

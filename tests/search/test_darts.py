@@ -20,15 +20,6 @@ from bitnas.space.config import OpConfig
 from bitnas.space.spaces import get_space
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny tensors gain nothing from more, and a shared machine loses a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def fake_context(tmp_path: Path, **cfg) -> SearchContext:
     n, c, size = 16, 1, 8
     g = torch.Generator().manual_seed(0)

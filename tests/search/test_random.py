@@ -17,15 +17,6 @@ from bitnas.space.genotypes import Genotype
 from bitnas.space.spaces import get_space
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny tensors gain nothing from more, and a shared machine loses a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("space", ["darts", "ubnas", "ubnas_nozero"])
 def test_random_genotypes_are_valid_and_cover_every_op(space: str) -> None:
     sp = get_space(space)

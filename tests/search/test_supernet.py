@@ -14,15 +14,6 @@ from bitnas.space.spaces import DARTS_OPS, get_space
 
 FP32 = OpConfig(precision="fp32", structure="darts", affine=False)
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny tensors gain nothing from more, and a shared machine loses a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_net(k: int = 1, edge_norm: bool = False, precision: str = "fp32", layers: int = 3) -> SuperNetwork:
     torch.manual_seed(0)
     cfg = OpConfig(precision=precision, structure="darts")

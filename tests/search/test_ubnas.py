@@ -23,15 +23,6 @@ BASE = (("conv_3x3", 0), ("conv_5x5", 1), ("conv_3x3", 0), ("avg_pool_3x3", 2), 
         ("max_pool_3x3", 3), ("conv_5x5", 2), ("dil_full_conv_3x3", 4))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny tensors gain nothing from more, and a shared machine loses a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def geno(normal=BASE) -> Genotype:
     return Genotype(normal=normal, normal_concat=CONCAT, reduce=BASE, reduce_concat=CONCAT)
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 from typing import Callable
 
 from bitnas.errors import BitnasError
+
+_KV = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*=")
 
 # Each module has `register(subparsers)` adding its commands with `set_defaults(func=...)`.
 COMMAND_MODULES = [
@@ -156,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     from bitnas.run import setup_logging
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may stand anywhere among the flags; argparse keeps only the first run.
+    if extra and hasattr(args, "overrides") and all(_KV.match(t) for t in extra):
+        args.overrides = list(args.overrides or []) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

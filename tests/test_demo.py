@@ -74,3 +74,36 @@ def test_recipes_command_lists_recipes() -> None:
     r = subprocess.run([sys.executable, "-m", "bitnas", "recipes"], capture_output=True, text=True, check=True)
     names = [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
     assert names == sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) and names
+
+
+def test_overrides_may_stand_between_flags() -> None:
+    from bitnas.cli import build_parser
+    from bitnas.config import config_from_args
+    from bitnas.search.config import SearchConfig
+
+    argv = ["search", "epochs=3", "--layers", "4", "w_lr=0.5"]
+    args, extra = build_parser().parse_known_args(argv)
+    assert extra == ["w_lr=0.5"]
+    rc = main(["search", "epochs=3", "--layers", "4", "w_lrr=0.5"])
+    assert rc == 2
+    args.overrides = list(args.overrides) + extra
+    cfg = config_from_args(SearchConfig, args)
+    assert (cfg.epochs, cfg.layers, cfg.w_lr) == (3, 4, 0.5)
+
+
+def test_training_uses_the_structure_recorded_by_the_search(tmp_path: Path) -> None:
+    from bitnas.space.genotypes import GENOTYPES, build_hints
+
+    f = tmp_path / "genotype.json"
+    f.write_text(json.dumps({"genotype": GENOTYPES.get("DARTS_V2").to_dict(), "structure": "bireal",
+                             "activation": "approx_sign"}))
+    assert build_hints(str(f)) == {"structure": "bireal", "activation": "approx_sign"}
+    assert build_hints("DARTS_V2") == {}
+    rc = main(["train", "--genotype", str(f), "--data", "fashion-mnist-embedded", "--init-channels", "4",
+               "--layers", "2", "--epochs", "1", "--train-subset", "64", "--out", str(tmp_path / "t"),
+               "test_subset=50", "progress=off"])
+    assert rc == 0
+    from bitnas.utils import load_checkpoint
+
+    net = load_checkpoint(tmp_path / "t" / "last.pt")["arch"]["network"]
+    assert net["structure"] == "bireal" and net["activation"] == "approx_sign"

@@ -120,6 +120,7 @@ def run_search(cfg: SearchConfig, resume: bool = False) -> dict[str, Any]:
         "strategy": strat.name, "space": strat.space.name, "stop_reason": strat.stop_reason or "completed",
         "search_seconds": elapsed, "images_processed": strat.images, "units": records,
         "world_size": ctx.world_size,
+        "structure": strat.op_config("binary").structure, "activation": strat.op_config("binary").activation,
     }
     result.update(strat.result_info())
     ctx.run.write_json("genotype.json", result)

@@ -205,3 +205,18 @@ def load_genotype(spec: str) -> Genotype:
         return Genotype.from_dict(d, source=str(p))
     GENOTYPES.canonical(s)  # raises with did-you-mean and the known names
     raise AssertionError("unreachable")
+
+
+def build_hints(spec: str) -> dict[str, str]:
+    """Module structure and activation a search recorded beside its genotype (genotype.json),
+    so the found network is trained with the op forms it was searched with; {} otherwise."""
+    p = Path(spec.strip())
+    if p.suffix.lower() != ".json" or not p.is_file():
+        return {}
+    try:
+        d = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(d, dict):
+        return {}
+    return {k: str(d[k]) for k in ("structure", "activation") if isinstance(d.get(k), str) and d[k]}

@@ -35,7 +35,7 @@ from bitnas.data.loader import mix_seed
 from bitnas.errors import BitnasError, ConfigError, DataError
 from bitnas.nets import arch_spec, build_network, network_from_spec
 from bitnas.run import RunDir, default_out
-from bitnas.space.genotypes import Genotype, load_genotype
+from bitnas.space.genotypes import Genotype, build_hints, load_genotype
 from bitnas.train.config import TrainConfig
 from bitnas.train.distributed import (
     DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, cleanup, init_distributed, unwrap,
@@ -651,6 +651,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     out = broadcast_object(cfg.out or default_out("train"), info)
     cfg = dataclasses.replace(cfg, out=out)
     load_genotype(cfg.genotype)
+    hints = {k: v for k, v in build_hints(cfg.genotype).items() if not getattr(cfg, k)}
+    if hints:
+        log.info("train: using the search's %s", ", ".join(f"{k} {v}" for k, v in hints.items()))
+        cfg = dataclasses.replace(cfg, **hints)
     data = load_train_data(cfg)
     run = RunDir(out, writer=info.is_main)
     resuming = cfg.resume and run.file("last.pt").is_file()

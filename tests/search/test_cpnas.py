@@ -195,7 +195,8 @@ def test_warmup_and_image_accounting(tmp_path: Path, mode: str) -> None:
     rec = strat.run_unit()
     assert rec["kind"] == "sample" and rec["K"] == 8 and strat.step == 4
     assert strat.images == 2 * 32 + 2 * 2 * 16 + 2 * 32
-    assert 0.0 <= rec["acc_child"] <= 100.0 and rec["z"] == pytest.approx(rec["acc_parent"])
+    a_p, a_c = rec["acc_parent"], rec["acc_child"]
+    assert 0.0 <= a_c <= 100.0 and rec["z"] == pytest.approx(strat.cfg.beta_p * (a_p - a_c) + a_c)
     assert strat.total_steps == 2 + strat.total_samples * 2
 
 

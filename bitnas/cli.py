@@ -79,6 +79,9 @@ def cmd_genotypes(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    import re
+    import textwrap
+
     import yaml
 
     from bitnas.config import RECIPES_DIR, find_recipe
@@ -88,7 +91,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         return 0
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
         data = yaml.safe_load(path.read_text()) or {}
-        desc = str(data.get("description", "")).split(". ")[0].split(": ")[0][:90]
+        first = re.split(r": |(?<! al)\. ", str(data.get("description", "")).strip())[0]
+        desc = textwrap.shorten(first, 90, placeholder=" …")
         print(f"{path.stem:<26} {data.get('command', ''):<7} {desc}")
     return 0
 

@@ -20,9 +20,11 @@ the snapshot that part is skipped with a message.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +44,13 @@ CONFIGS = {
     "cifar": dict(init_channels=16, layers=8, batch=64, size=32, in_channels=3, classes=10),
     "small": dict(init_channels=8, layers=5, batch=32, size=16, in_channels=3, classes=10),
 }
+
+
+def scratch_dir(prefix: str) -> str:
+    """A temp directory removed when the benchmark exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @dataclass
@@ -76,7 +85,7 @@ def build_ours(strategy: str, cfg: dict, device: torch.device, precision: str, c
     scfg = SearchConfig(strategy=strategy, init_channels=cfg["init_channels"], layers=cfg["layers"],
                         batch_size=cfg["batch"], precision=precision, device=str(device), epochs=50,
                         warmup_epochs=0, channels_last=channels_last, progress="off")
-    tmp = tempfile.mkdtemp(prefix="bitnas-bench-")
+    tmp = scratch_dir("bitnas-bench-")
     ctx = SearchContext(cfg=scfg, device=device, train_set=ds, val_set=ds, run=RunDir(tmp, writer=False))
     strat = STRATEGIES.get(strategy)(ctx)
     strat.model.train()
@@ -101,7 +110,7 @@ def load_reference(git_dir: str) -> Path | None:
     """Export the PC-DARTS search files from the bare snapshot into a temp dir (None if absent)."""
     if not Path(git_dir).exists():
         return None
-    out = Path(tempfile.mkdtemp(prefix="pcdarts-ref-"))
+    out = Path(scratch_dir("pcdarts-ref-"))
     for f in REFERENCE_FILES:
         text = subprocess.run(["git", "--git-dir", git_dir, "show", f"HEAD:{f}"], check=True, capture_output=True,
                               text=True).stdout

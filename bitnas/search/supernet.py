@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bitnas.space.batchnorm import BatchNorm2d, relayout
 from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Genotype
 from bitnas.space.operations import FactorizedReduce, ReLUConvBN, Zero, build_op
@@ -92,7 +93,7 @@ class MixedOp(nn.Module):
         for name in ops:
             op = build_op(name, cp, stride, cfg)
             if "pool" in name:
-                op = nn.Sequential(op, nn.BatchNorm2d(cp, affine=False))
+                op = nn.Sequential(op, BatchNorm2d(cp, affine=False))
             self.ops.append(op)
         self.active = tuple(i for i, op in enumerate(self.ops) if not isinstance(op, Zero))
         self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True) if (k > 1 and stride == 2) else None
@@ -278,7 +279,7 @@ class SuperNetwork(nn.Module):
         """Logits (and None, for the fixed networks' (logits, aux) shape). `paths` = single path per cell type."""
         s0 = s1 = self.stem(x)
         if self.use_channels_last(x):
-            s0 = s1 = s0.contiguous(memory_format=torch.channels_last)
+            s0 = s1 = relayout(s0, torch.channels_last, torch.contiguous_format)
         wn = F.softmax(self.alphas_normal, dim=-1)
         wr = F.softmax(self.alphas_reduce, dim=-1)
         en = normalized_edge_weights(self.betas_normal, self.steps) if self.edge_norm and paths is None else None

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from bitnas.registry import Registry
+from bitnas.space.batchnorm import BatchNorm2d
 from bitnas.space.config import OpConfig
 from bitnas.space.structures import STRUCTURES
 
@@ -37,7 +38,7 @@ class FactorizedReduce(nn.Module):
         self.pre = nn.ReLU(inplace=False) if not binary else nn.Identity()
         self.conv_1 = cfg.conv(c_in, c_out // 2, 1, stride=2, binary=binary)
         self.conv_2 = cfg.conv(c_in, c_out // 2, 1, stride=2, binary=binary)
-        self.bn = nn.BatchNorm2d(c_out, affine=cfg.affine)
+        self.bn = BatchNorm2d(c_out, affine=cfg.affine)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pre(x)
@@ -57,7 +58,7 @@ class ReLUConvBN(nn.Module):
         binary = cfg.binary and cfg.binary_preprocess
         self.pre = nn.ReLU(inplace=False) if not binary else nn.Identity()
         self.conv = cfg.conv(c_in, c_out, 1, binary=binary)
-        self.bn = nn.BatchNorm2d(c_out, affine=cfg.affine)
+        self.bn = BatchNorm2d(c_out, affine=cfg.affine)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(self.conv(self.pre(x)))
@@ -71,7 +72,7 @@ class Conv7x1x7(nn.Module):
         self.pre = cfg.pre_activation()
         self.conv_1 = cfg.conv(c, c, (1, 7), stride=(1, stride), padding=(0, 3))
         self.conv_2 = cfg.conv(c, c, (7, 1), stride=(stride, 1), padding=(3, 0))
-        self.bn = nn.BatchNorm2d(c, affine=cfg.affine)
+        self.bn = BatchNorm2d(c, affine=cfg.affine)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(self.conv_2(self.conv_1(self.pre(x))))

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from bitnas.binary.quantizers import LearnableBiasSign
 from bitnas.registry import Registry
+from bitnas.space.batchnorm import BatchNorm2d
 
 STRUCTURES: Registry["Structure"] = Registry("module structure")
 
@@ -35,7 +36,7 @@ class ConvUnit(nn.Sequential):
         super().__init__()
         self.pre = cfg.pre_activation()
         self.conv = cfg.conv(c_in, c_out, k, stride, pad, dil)
-        self.bn = nn.BatchNorm2d(c_out, affine=cfg.affine)
+        self.bn = BatchNorm2d(c_out, affine=cfg.affine)
 
 
 class SepUnit(nn.Module):
@@ -49,9 +50,9 @@ class SepUnit(nn.Module):
         super().__init__()
         self.pre = cfg.pre_activation()
         self.dw = cfg.conv(c_in, c_in, k, stride, pad, dil, groups=c_in)
-        self.bn_dw = nn.BatchNorm2d(c_in, affine=cfg.affine) if (mid_bn and cfg.binary) else nn.Identity()
+        self.bn_dw = BatchNorm2d(c_in, affine=cfg.affine) if (mid_bn and cfg.binary) else nn.Identity()
         self.pw = cfg.conv(c_in, c_out, 1)
-        self.bn = nn.BatchNorm2d(c_out, affine=cfg.affine)
+        self.bn = BatchNorm2d(c_out, affine=cfg.affine)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(self.pw(self.bn_dw(self.dw(self.pre(x)))))
@@ -104,7 +105,7 @@ class ResidualBlock(nn.Module):
     def __init__(self, cfg, c_in, c_out, k, stride, pad, dil, groups, *, bn_in: bool, bn_out: bool,
                  residual: bool, act: str, rsign: bool) -> None:
         super().__init__()
-        self.bn_in = nn.BatchNorm2d(c_in, affine=cfg.affine) if bn_in else nn.Identity()
+        self.bn_in = BatchNorm2d(c_in, affine=cfg.affine) if bn_in else nn.Identity()
         # fp32 parent: ReLU where the child has its sign; binary: the sign sits in the conv,
         # or is ReAct's learnable-bias sign (then the conv takes the ±1 input as it is).
         use_rsign = rsign and cfg.binary
@@ -112,7 +113,7 @@ class ResidualBlock(nn.Module):
         self.conv = cfg.conv(c_in, c_out, k, stride, pad, dil, groups)
         if use_rsign:
             self.conv.input_quantizer = None
-        self.bn = nn.BatchNorm2d(c_out, affine=cfg.affine) if bn_out else nn.Identity()
+        self.bn = BatchNorm2d(c_out, affine=cfg.affine) if bn_out else nn.Identity()
         self.shortcut = _shortcut(c_in, c_out, stride) if residual else None
         acts = {"prelu": lambda: nn.PReLU(c_out), "rprelu": lambda: RPReLU(c_out),
                 "relu": lambda: nn.ReLU(inplace=False), "none": nn.Identity}

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "bitnas.cli",
     "bitnas.search.cli",
     "bitnas.train.cli",
+    "bitnas.deploy.cli",
 ]
 
 

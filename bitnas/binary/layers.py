@@ -49,6 +49,7 @@ class BinaryConv2d(nn.Conv2d):
         self.weight_quantizer = wq
         self.weight_scale = weight_scale
         self.pad_value = float(pad_value)
+        self.register_buffer("frozen_kernel", None, persistent=False)
         if wq is not None and weight_scale == "learned":
             init = self.weight.detach().abs().mean(dim=(1, 2, 3)).view(-1, 1, 1, 1)
             self.scale = nn.Parameter(init.clone())
@@ -73,9 +74,20 @@ class BinaryConv2d(nn.Conv2d):
 
     def binary_weight(self) -> Tensor:
         """The reconstructed kernel α·sign(W) actually used in forward (W itself if fp32)."""
+        if self.frozen_kernel is not None:
+            return self.frozen_kernel
         if self.weight_quantizer is None:
             return self.weight
         return self.alpha() * self.weight_quantizer(self.weight)
+
+    def freeze(self, kernel: Tensor | None = None) -> None:
+        """Inference: use a fixed kernel (default: the current α·sign(W)) instead of binarising W
+        in every forward. Not saved in state_dict; `unfreeze()` undoes it."""
+        k = self.binary_weight() if kernel is None else kernel
+        self.frozen_kernel = k.detach().clone().to(self.weight.device, self.weight.dtype)
+
+    def unfreeze(self) -> None:
+        self.frozen_kernel = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.input_quantizer is not None:

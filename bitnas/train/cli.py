@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="evaluate a training checkpoint on a dataset's test split",
                        description="Rebuild the network stored in CHECKPOINT and report test top-1, top-5 and loss.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a bitnas training checkpoint (last.pt, best.pt, parent.pt)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="a bitnas training checkpoint (last.pt, best.pt, parent.pt) or a `bitnas export` file")
     p.add_argument("--data", required=True, help="dataset NAME[:PATH] whose test split is evaluated")
     p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, loss, num_images, ...)")
     p.add_argument("--batch-size", type=int, default=256)

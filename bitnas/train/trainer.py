@@ -693,9 +693,12 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
     `genotype` / `precision`, when given, must agree with the checkpoint (else ConfigError).
     Returns top1, top5 (in %), loss (mean cross-entropy), num_images, plus what was evaluated.
     """
+    from bitnas.deploy.export import is_export, network_from_export
+
     ck = load_checkpoint(path)
-    if not isinstance(ck, dict) or "arch" not in ck or "model" not in ck:
-        raise BitnasError(f"{path}: not a bitnas training checkpoint (no stored architecture/weights)")
+    exported = is_export(ck)
+    if not exported and (not isinstance(ck, dict) or "arch" not in ck or "model" not in ck):
+        raise BitnasError(f"{path}: not a bitnas training checkpoint or export (no stored architecture/weights)")
     spec = ck["arch"]
     net = spec["network"]
     stored = Genotype.from_dict(spec["genotype"], f"{path} genotype")
@@ -712,11 +715,14 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
         raise DataError(f"{data}: {c} channel(s) and {test.num_classes} classes, but the network in {path} takes "
                         f"{net.get('in_channels')} channel(s) and has {net.get('num_classes')} classes")
     info = DistInfo(device=resolve_device(device))
-    model = network_from_spec(spec).to(info.device)
-    try:
-        model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        raise BitnasError(f"{path}: weights do not fit the stored architecture ({str(e).splitlines()[0][:200]})") from None
+    if exported:
+        model = network_from_export(ck, str(path)).to(info.device)
+    else:
+        model = network_from_spec(spec).to(info.device)
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError as e:
+            raise BitnasError(f"{path}: weights do not fit the stored architecture ({str(e).splitlines()[0][:200]})") from None
     loader = BatchLoader(test, batch_size, shuffle=False, seed=0)
     m = evaluate_model(model, loader, info, info.device, "test")
     return {"top1": m["test_top1"], "top5": m["test_top5"], "loss": m["test_loss"], "num_images": m["test_images"],

@@ -207,3 +207,17 @@ def test_binarized_layers_finds_exactly_the_binary_convs():
 def test_extra_repr_names_quantizers():
     r = repr(BinaryConv2d(2, 2, 3, input_quantizer="approx_sign", weight_quantizer="ste_sign"))
     assert "approx_sign" in r and "ste_sign" in r
+
+
+def test_freeze_fixes_the_kernel_until_unfrozen() -> None:
+    torch.manual_seed(0)
+    conv = BinaryConv2d(3, 4, 3, padding=1, input_quantizer="ste_sign", weight_quantizer="ste_sign")
+    x = torch.randn(2, 3, 5, 5)
+    before = conv(x)
+    conv.freeze()
+    assert "frozen_kernel" not in conv.state_dict()
+    with torch.no_grad():
+        conv.weight.mul_(-1)
+    assert torch.equal(conv(x), before)
+    conv.unfreeze()
+    torch.testing.assert_close(conv(x), -before)

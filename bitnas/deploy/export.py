@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from bitnas.binary import BinaryConv2d, binarized_layers
 from bitnas.errors import BitnasError
-from bitnas.nets import network_from_spec
+from bitnas.nets import network_from_checkpoint, network_from_spec
 from bitnas.utils import load_checkpoint, save_checkpoint
 
 FORMAT = "bitnas-export"
@@ -40,9 +40,7 @@ def pack_signs(w: Tensor) -> Tensor:
 
 def unpack_signs(packed: Tensor, shape: tuple[int, ...] | list[int]) -> Tensor:
     """±1 float32 tensor of `shape` from `pack_signs` output."""
-    n = 1
-    for s in shape:
-        n *= int(s)
+    n = math.prod(int(s) for s in shape)
     if packed.dtype != torch.uint8 or packed.numel() != (n + 7) // 8:
         raise BitnasError(f"packed kernel of {packed.numel()} bytes does not hold {n} signs")
     bits = (packed.view(-1, 1) & _BIT_WEIGHTS).ne(0).flatten()[:n]
@@ -92,14 +90,7 @@ def export_network(model: nn.Module, arch: dict[str, Any], image_size: int | Non
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
     """Export the network of a bitnas training checkpoint to `out`; returns size figures."""
     ck = load_checkpoint(checkpoint)
-    if not isinstance(ck, dict) or "arch" not in ck or "model" not in ck:
-        raise BitnasError(f"{checkpoint}: not a bitnas training checkpoint (no stored architecture/weights)")
-    model = network_from_spec(ck["arch"])
-    try:
-        model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        raise BitnasError(f"{checkpoint}: weights do not fit the stored architecture "
-                          f"({str(e).splitlines()[0][:200]})") from None
+    model = network_from_checkpoint(ck, str(checkpoint))
     exp = export_network(model, ck["arch"], ck.get("image_size"))
     save_checkpoint(out, exp)
     return export_sizes(exp, Path(out))

@@ -11,6 +11,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bitnas.errors import BitnasError
 from bitnas.registry import Registry
 from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Genotype
@@ -153,3 +154,16 @@ def network_from_spec(spec: dict[str, Any], **override: Any) -> _GenotypeNetwork
     kw = dict(spec["network"])
     kw.update(override)
     return build_network(Genotype.from_dict(spec["genotype"], "checkpoint genotype"), **kw)
+
+
+def network_from_checkpoint(ck: Any, source: str) -> _GenotypeNetwork:
+    """The network of a bitnas training checkpoint dict, with its weights loaded."""
+    if not isinstance(ck, dict) or "arch" not in ck or "model" not in ck:
+        raise BitnasError(f"{source}: not a bitnas training checkpoint (no stored architecture/weights)")
+    model = network_from_spec(ck["arch"])
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise BitnasError(f"{source}: weights do not fit the stored architecture "
+                          f"({str(e).splitlines()[0][:200]})") from None
+    return model

@@ -33,7 +33,7 @@ from bitnas.binary import binarized_layers
 from bitnas.data import Augment, BatchLoader, ImageDataset, load_dataset, take_subset, train_val_split
 from bitnas.data.loader import mix_seed
 from bitnas.errors import BitnasError, ConfigError, DataError
-from bitnas.nets import arch_spec, build_network, network_from_spec
+from bitnas.nets import arch_spec, build_network, network_from_checkpoint, network_from_spec
 from bitnas.run import RunDir, default_out
 from bitnas.space.genotypes import Genotype, build_hints, load_genotype
 from bitnas.train.config import TrainConfig
@@ -715,14 +715,7 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
         raise DataError(f"{data}: {c} channel(s) and {test.num_classes} classes, but the network in {path} takes "
                         f"{net.get('in_channels')} channel(s) and has {net.get('num_classes')} classes")
     info = DistInfo(device=resolve_device(device))
-    if exported:
-        model = network_from_export(ck, str(path)).to(info.device)
-    else:
-        model = network_from_spec(spec).to(info.device)
-        try:
-            model.load_state_dict(ck["model"])
-        except RuntimeError as e:
-            raise BitnasError(f"{path}: weights do not fit the stored architecture ({str(e).splitlines()[0][:200]})") from None
+    model = (network_from_export(ck, str(path)) if exported else network_from_checkpoint(ck, str(path))).to(info.device)
     loader = BatchLoader(test, batch_size, shuffle=False, seed=0)
     m = evaluate_model(model, loader, info, info.device, "test")
     return {"top1": m["test_top1"], "top5": m["test_top5"], "loss": m["test_loss"], "num_images": m["test_images"],

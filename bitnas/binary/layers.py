@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitnas.binary.quantizers import QuantizerLike, get
+from bitnas.common.conv import conv2d
 from bitnas.errors import ConfigError
 
 WeightScale = Literal["channel", "layer", "learned", "none"]
@@ -96,8 +97,8 @@ class BinaryConv2d(nn.Conv2d):
         if self.pad_value != 0.0 and any(p > 0 for p in self.padding):
             ph, pw = self.padding
             x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
-            return F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return conv2d(x, w, self.bias, self.stride, (0, 0), self.dilation, self.groups)
+        return conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -1,0 +1,1 @@
+"""Helpers several rooms share and no strategy owns."""

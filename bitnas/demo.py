@@ -48,12 +48,14 @@ def _search(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     from bitnas.search import strategies  # noqa: F401 - registers the strategies
     from bitnas.search.config import SearchConfig
     from bitnas.search.runner import run_search
+    from bitnas.search.strategy import STRATEGIES, keys_read
 
-    scfg = SearchConfig(strategy=cfg.strategy, data=cfg.data, train_subset=cfg.search_subset, seed=cfg.seed,
-                        device=cfg.device, out=str(out / "search"), init_channels=cfg.init_channels, layers=cfg.layers,
-                        batch_size=cfg.batch_size, epochs=cfg.search_epochs, rounds=cfg.rounds,
-                        sample_steps=cfg.sample_steps, val_subset=cfg.val_subset, progress=cfg.progress)
-    return run_search(scfg)
+    values = dict(strategy=cfg.strategy, data=cfg.data, train_subset=cfg.search_subset, seed=cfg.seed,
+                  device=cfg.device, out=str(out / "search"), init_channels=cfg.init_channels, layers=cfg.layers,
+                  batch_size=cfg.batch_size, epochs=cfg.search_epochs, rounds=cfg.rounds,
+                  sample_steps=cfg.sample_steps, val_subset=cfg.val_subset, progress=cfg.progress)
+    reads = keys_read(STRATEGIES.get(cfg.strategy))
+    return run_search(SearchConfig(**{k: v for k, v in values.items() if k in reads}))
 
 
 def _train(cfg: DemoConfig, out: Path, genotype_file: Path) -> dict[str, Any]:

@@ -95,7 +95,7 @@ from bitnas.data import BatchLoader, InfiniteLoader
 from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
 from bitnas.search.darts import Meter, make_weight_optimizer, weight_step
-from bitnas.search.strategy import STRATEGIES, SearchContext, SearchStrategy
+from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy
 from bitnas.search.supernet import SuperNetwork, derive_genotype, fit_partial_ratio, num_edges
 from bitnas.space.genotypes import Genotype
 
@@ -203,6 +203,10 @@ class CPNASSearch(SearchStrategy):
 
     name = "cpnas"
     default_space = "cpnas"
+    reads = WEIGHT_KEYS | {
+        "rounds", "sample_steps", "beta_p", "indicator", "val_subset", "cp_warmup_epochs", "cp_warmup_mode",
+        "cp_partial_channels", "cp_drop_zero_first", "cp_temperature", "cp_eval_bn", "cp_eval_batch",
+        "cp_concurrent", "k_normal", "k_reduce"}
 
     def __init__(self, ctx: SearchContext) -> None:
         super().__init__(ctx)

@@ -24,7 +24,7 @@ from bitnas.data import InfiniteLoader
 from bitnas.errors import ConfigError
 from bitnas.search.architect import Architect
 from bitnas.search.early_stopping import EarlyStopping, ranking
-from bitnas.search.strategy import STRATEGIES, SearchContext, SearchStrategy, kill_hook_for_tests
+from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, kill_hook_for_tests
 from bitnas.search.supernet import SuperNetwork, fit_partial_ratio
 from bitnas.space.genotypes import Genotype
 
@@ -110,6 +110,10 @@ class DifferentiableSearch(SearchStrategy):
     stateful = ("model", "w_optimizer", "scheduler", "architect", "train_loader", "val_stream", "stopper")
     name = "darts"
     default_space = "darts"
+    reads = WEIGHT_KEYS | {
+        "epochs", "precision", "arch_lr", "arch_beta1", "arch_beta2", "arch_weight_decay", "unrolled", "arch_fd_scale",
+        "k_normal", "k_reduce", "edge_norm", "warmup_epochs", "early_stop", "early_stop_skips",
+        "early_stop_patience", "early_stop_min_epochs"}
     default_k = (1, 1)
     default_edge_norm = False
     default_warmup_fraction = 0.0

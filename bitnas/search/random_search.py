@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
 from bitnas.search.darts import Meter, make_weight_optimizer, progress, weight_step
-from bitnas.search.strategy import STRATEGIES, SearchContext, SearchStrategy, kill_hook_for_tests
+from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, kill_hook_for_tests
 from bitnas.search.supernet import SuperNetwork, fit_partial_ratio
 from bitnas.space.genotypes import Genotype
 
@@ -83,7 +83,8 @@ class RandomSearch(SearchStrategy):
 
     stateful = ("model", "w_optimizer", "scheduler", "train_loader")
     name = "random"
-    default_space = "darts"
+    default_space = "cpnas"
+    reads = WEIGHT_KEYS | {"epochs", "precision", "k_normal", "k_reduce", "random_samples"}
 
     def __init__(self, ctx: SearchContext) -> None:
         super().__init__(ctx)

@@ -18,7 +18,7 @@ from bitnas.data import load_dataset, take_subset, train_val_split
 from bitnas.errors import ConfigError
 from bitnas.run import RunDir, default_out
 from bitnas.search.config import SearchConfig
-from bitnas.search.strategy import STRATEGIES, SearchContext, SearchStrategy
+from bitnas.search.strategy import STRATEGIES, SearchContext, SearchStrategy, check_strategy_keys
 from bitnas.utils import load_checkpoint, resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state, truncate_jsonl
 
 log = logging.getLogger("bitnas")
@@ -72,6 +72,7 @@ def _cfg_dict(cfg: SearchConfig) -> dict[str, Any]:
 
 def run_search(cfg: SearchConfig, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a search; returns the summary also written to genotype.json."""
+    check_strategy_keys(cfg, STRATEGIES.get(cfg.strategy))
     if not cfg.out:
         cfg.out = default_out("search")
     if cfg.threads < 0:

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from bitnas.data import BatchLoader, ImageDataset
+from bitnas.errors import ConfigError
 from bitnas.registry import Registry
 from bitnas.run import RunDir
 from bitnas.search.config import SearchConfig
@@ -107,11 +108,43 @@ class SearchContext:
         return t.tolist()
 
 
+# Keys every strategy reads (data, split, supernet size and ops, execution).
+COMMON_KEYS = frozenset({
+    "strategy", "space", "data", "train_subset", "batch_size", "seed", "device", "out", "init_channels", "layers",
+    "structure", "activation", "weight_quantizer", "weight_scale", "pad_value", "binary_preprocess", "num_workers",
+    "progress", "val_fraction", "channels_last", "threads",
+})
+WEIGHT_KEYS = frozenset({"w_optimizer", "w_lr", "w_lr_min", "w_momentum", "w_weight_decay", "grad_clip"})
+
+
+def keys_read(strategy: type["SearchStrategy"]) -> frozenset[str]:
+    """Every config key `strategy` reads."""
+    return COMMON_KEYS | strategy.reads
+
+
+def unread_keys(cfg: SearchConfig, strategy: type["SearchStrategy"]) -> list[str]:
+    """Keys set to a non-default value that `strategy` never reads (they would be silently ignored)."""
+    default = SearchConfig()
+    readable = keys_read(strategy)
+    return [k for k in vars(default) if k not in readable and getattr(cfg, k) != getattr(default, k)]
+
+
+def check_strategy_keys(cfg: SearchConfig, strategy: type["SearchStrategy"]) -> None:
+    """Refuse keys the strategy ignores, listing those it reads."""
+    unread = unread_keys(cfg, strategy)
+    if unread:
+        own = sorted(strategy.reads)
+        raise ConfigError(f"strategy {strategy.name} does not read {', '.join(unread)}; its own keys are "
+                          f"{', '.join(own)} (besides the data, network and run keys every strategy reads)")
+
+
 class SearchStrategy:
-    """Base class. Subclasses set `name`, `default_space` and implement the abstract methods."""
+    """Base class. Subclasses set `name`, `default_space`, `reads` (the config keys they use beyond
+    `COMMON_KEYS`) and implement the abstract methods."""
 
     name = "strategy"
     default_space = "darts"
+    reads: frozenset[str] = frozenset()
 
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx

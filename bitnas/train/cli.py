@@ -16,12 +16,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(TrainConfig, args)
     result = train(cfg)
-    m = result["metrics"]
     line = f"train: done in {result['seconds']:.0f}s → {result['out']}"
     if result.get("parent_test_top1") is not None:
         line += f" | parent test top1 {result['parent_test_top1']:.2f}%"
-    if m.get("test_top1") is not None:
-        line += f" | test top1 {m['test_top1']:.2f}% top5 {m['test_top5']:.2f}%"
+    if result.get("val_top1") is not None:
+        line += f" | val top1 {result['val_top1']:.2f}% (epoch {result['selected_epoch']} selected)"
+    line += f" | test top1 {result['test_top1']:.2f}% top5 {result['test_top5']:.2f}%"
     logging.getLogger("bitnas").info(line)
     return 0
 

@@ -38,7 +38,12 @@ class TrainConfig(BaseConfig):
     crop_padding: int = opt(0, "random crop after zero padding by this many pixels (0 = off)")
     hflip: bool = opt(False, "random horizontal flips")
     cutout: int = opt(0, "cutout square side (0 = off)")
-    val_fraction: float = opt(0.0, "hold out this stratified fraction of the train split as validation to choose best.pt (0 = none: best by test top-1)")
+    val_fraction: float = opt(0.1, "stratified fraction of the training images held out as the validation split; best.pt "
+                              "is the epoch of best validation top-1 (0 = no validation split: nothing is selected, "
+                              "best.pt is the last epoch). The test split never selects anything")
+    test_eval: str = opt("final", "when the test split is evaluated: final (once, after training, on the selected "
+                         "checkpoint) or every (also at every evaluation, for monitoring only)",
+                         choices=("final", "every"))
     method: str = opt("plain", "plain: cross-entropy only; cp: kernel-level Child-Parent loss (CP-NAS) with the fp32 parent",
                       choices=("plain", "cp"))
     cp_lambda: float = opt(1.0, "weight of the kernel loss Σ_layers MSE(H, Ĥ) (method cp)")
@@ -55,7 +60,7 @@ class TrainConfig(BaseConfig):
     stage1_fraction: float = opt(0.5, "fraction of the epochs spent in stage 1 (two_stage)")
     threads: int = opt(0, "torch intra-op CPU threads (0 = torch's default; torchrun sets 1 per process)")
     resume: bool = opt(False, "continue exactly from <out>/last.pt (and the parent's own last.pt)", flag=True)
-    eval_every: int = opt(1, "evaluate every N epochs and after the last (0 = only after the last)")
+    eval_every: int = opt(1, "evaluate the validation split every N epochs and after the last (0 = only after the last)")
 
     def validate(self) -> "TrainConfig":
         """Refuse values that would fail later, with the key named; return self."""

@@ -52,7 +52,8 @@ log = logging.getLogger("bitnas")
 CHECKPOINT_FORMAT = "bitnas-train/1"
 KILL_HOOK_ENV = "BITNAS_TEST_KILL_AT_STEP"
 # Config keys that may change between a run and its resume without changing the trajectory.
-RESUME_FREE_KEYS = frozenset({"resume", "out", "progress", "device", "eval_every", "num_workers", "threads"})
+RESUME_FREE_KEYS = frozenset({"resume", "out", "progress", "device", "eval_every", "test_eval", "num_workers",
+                              "threads"})
 
 
 # ---------------------------------------------------------------------------- data
@@ -221,7 +222,9 @@ class Trainer:
         self.epoch = 0
         self.global_step = 0
         self.metrics: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"key": "val_top1" if data.val is not None else "test_top1", "value": None, "epoch": None}
+        # Model selection reads the validation split only; without one, the last epoch is kept.
+        self.best: dict[str, Any] = {"key": "val_top1" if data.val is not None else "last_epoch", "value": None,
+                                     "epoch": None}
         self.stage = 0
         self._begin_stage(self.stage_of(0))
 
@@ -465,7 +468,8 @@ class Trainer:
             if self._should_eval(epoch):
                 if self.has_val:
                     record.update(self.evaluate(self.val_loader, "val"))
-                record.update(self.evaluate(self.test_loader, "test"))
+                if self.cfg.test_eval == "every":
+                    record.update(self.evaluate(self.test_loader, "test"))
             record["train_seconds"] = round(train_seconds, 3)
             record["images_per_second"] = round(len(self.train_loader) * self.cfg.batch_size * self.info.world_size
                                                 / max(train_seconds, 1e-9), 2)
@@ -483,12 +487,47 @@ class Trainer:
 
     def _update_best(self, record: dict[str, Any]) -> bool:
         key = self.best["key"]
+        if key == "last_epoch":
+            self.best.update(value=record["epoch"], epoch=record["epoch"])
+            return True
         if key not in record:
             return False
         if self.best["value"] is None or record[key] > self.best["value"]:
             self.best.update(value=record[key], epoch=record["epoch"])
             return True
         return False
+
+    def splits(self) -> dict[str, Any]:
+        """Where every figure comes from: image counts and how the validation split was made."""
+        out: dict[str, Any] = {"train": len(self.data.train), "test": len(self.data.test)}
+        if self.data.val is not None:
+            out["val"] = len(self.data.val)
+            out["val_source"] = (f"stratified {self.cfg.val_fraction:g} of the training images "
+                                 f"(seed {self.cfg.seed})")
+        out["selection"] = self.best["key"]
+        return out
+
+    def final_test(self) -> dict[str, Any]:
+        """The one evaluation of the test split: on best.pt's weights (chosen by validation top-1,
+        or the last epoch without a validation split). Logged to metrics.jsonl as a `final` record;
+        the model is left holding the last epoch's weights."""
+        selected = self.run.file("best.pt")
+        barrier(self.info)
+        last = {k: v.clone() for k, v in self.model.state_dict().items()}
+        if self.best["epoch"] != self.epoch:
+            self.model.load_state_dict(load_checkpoint(selected, map_location=self.device)["model"])
+        try:
+            m = self.evaluate(self.test_loader, "test")
+        finally:
+            self.model.load_state_dict(last)
+        record = {"final": True, "selected_epoch": self.best["epoch"], "selected_by": self.best["key"], **m}
+        if self.best["key"] == "val_top1":
+            record["val_top1"] = self.best["value"]
+        record["splits"] = self.splits()
+        self.run.log_metrics(record)
+        log.info("%stest (once, epoch %s selected by %s): loss %.4f top1 %.2f%% top5 %.2f%%", self._prefix(),
+                 record["selected_epoch"], record["selected_by"], m["test_loss"], m["test_top1"], m["test_top5"])
+        return record
 
     def _log_epoch(self, r: dict[str, Any]) -> None:
         msg = f"{self._prefix()}epoch {r['epoch']}/{self.epochs}"
@@ -561,8 +600,9 @@ def _frozen(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def obtain_parent(cfg: TrainConfig, data: TrainData, run: RunDir, info: DistInfo) -> tuple[nn.Module, dict[str, Any]]:
-    """The frozen fp32 parent and its final metrics: loaded from parent_checkpoint, from a
-    finished `<out>/parent.pt` when resuming, or trained in `<out>/parent/` (then copied there)."""
+    """The frozen fp32 parent and its test figures (the parent as used, evaluated once): loaded from
+    parent_checkpoint, from a finished `<out>/parent.pt` when resuming, or trained in `<out>/parent/`
+    (its last epoch, copied there)."""
     genotype = load_genotype(cfg.genotype)
     target = run.file("parent.pt")
     if cfg.parent_checkpoint:
@@ -590,10 +630,9 @@ def obtain_parent(cfg: TrainConfig, data: TrainData, run: RunDir, info: DistInfo
         _detach_log_file(prun)
         barrier(info)
         ck = load_checkpoint(target, map_location=info.device)
-    model = network_from_spec(ck["arch"])
+    model = _frozen(network_from_spec(ck["arch"]), info.device)
     model.load_state_dict(ck["model"])
-    final = ck.get("metrics", [])[-1] if ck.get("metrics") else {}
-    return _frozen(model, info.device), final
+    return model, evaluate_model(model, eval_loader(data.test, cfg.batch_size, info), info, info.device, "test")
 
 
 def _detach_log_file(run: RunDir) -> None:
@@ -673,11 +712,14 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     if resuming:
         trainer.resume_from(run.file("last.pt"))
     final = trainer.fit()
+    test = trainer.final_test()
     result = {
         "out": str(run.path), "last": str(run.file("last.pt")), "best": str(run.file("best.pt")),
         "parent": str(run.file("parent.pt")) if parent is not None else None,
-        "metrics": final, "best_metric": trainer.best,
-        "test_top1": final.get("test_top1"), "parent_test_top1": parent_final.get("test_top1"),
+        "metrics": final, "best_metric": trainer.best, "selected_epoch": test["selected_epoch"],
+        "val_top1": test.get("val_top1"), "test_top1": test["test_top1"], "test_top5": test["test_top5"],
+        "test_loss": test["test_loss"], "splits": test["splits"],
+        "parent_test_top1": parent_final.get("test_top1"),
         "seconds": round(time.time() - t0, 3),
     }
     run.write_json("result.json", result)

@@ -33,9 +33,12 @@ def test_train_writes_run_directory(trained: Path) -> None:
     for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "result.json"):
         assert (trained / name).is_file(), name
     recs = read_jsonl(trained / "metrics.jsonl")
-    assert len(recs) == 1 and recs[0]["epoch"] == 1
-    for key in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "lr", "seconds"):
+    assert len(recs) == 2 and recs[0]["epoch"] == 1 and recs[1]["final"] is True
+    for key in ("train_loss", "train_top1", "val_loss", "val_top1", "lr", "seconds"):
         assert key in recs[0]
+    assert not any(k.startswith("test_") for k in recs[0])
+    for key in ("test_loss", "test_top1", "test_top5", "selected_epoch", "splits"):
+        assert key in recs[1]
     ck = load_checkpoint(trained / "last.pt")
     for key in ("model", "optimizer", "scheduler", "rng", "loader", "epoch", "arch", "precision", "genotype",
                 "config", "metrics"):

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
 def _summary_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--genotype", help="registered name, genotype JSON file, or pasted Genotype(...) text")
     p.add_argument("--checkpoint", help="summarise the network stored in a bitnas checkpoint instead")
+    p.add_argument("--network", help="summarise a hand-designed network instead (bireal, reactnet)")
     p.add_argument("--precision", default="binary", choices=("binary", "fp32"))
     p.add_argument("--structure", default="cpnas", help="module structure of binary ops (default cpnas)")
     p.add_argument("--init-channels", type=int, default=36)
@@ -43,8 +44,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from bitnas.summary import format_table, summarize
     from bitnas.utils import load_checkpoint
 
-    if bool(args.genotype) == bool(args.checkpoint):
-        raise BitnasError("summary: give exactly one of --genotype or --checkpoint")
+    if sum(bool(a) for a in (args.genotype, args.checkpoint, args.network)) != 1:
+        raise BitnasError("summary: give exactly one of --genotype, --checkpoint or --network")
     if args.checkpoint:
         ck = load_checkpoint(args.checkpoint)
         if "arch" not in ck:
@@ -54,12 +55,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
         style, c_in = net.get("style", "cifar"), net.get("in_channels", 3)
         size = args.image_size or ck.get("image_size") or (224 if style == "imagenet" else 32)
     else:
-        g = load_genotype(args.genotype)
+        g = load_genotype(args.genotype) if args.genotype else None
         style, c_in = args.style, args.in_channels
         size = args.image_size or (224 if style == "imagenet" else 32)
         model = build_network(g, style=style, precision=args.precision, structure=args.structure,
                               init_channels=args.init_channels, layers=args.layers, num_classes=args.num_classes,
-                              in_channels=c_in, auxiliary=True, binary_preprocess=args.binary_preprocess)
+                              in_channels=c_in, auxiliary=g is not None, binary_preprocess=args.binary_preprocess,
+                              blocks=args.network or "")
     s = summarize(model, (c_in, size, size))
     if args.json:
         print(json.dumps(s.to_dict(per_layer=not args.no_layers)))

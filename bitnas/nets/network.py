@@ -11,7 +11,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bitnas.errors import BitnasError
+from bitnas.errors import BitnasError, ConfigError
 from bitnas.registry import Registry
 from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Genotype
@@ -134,29 +134,42 @@ NETWORKS.register("cifar", NetworkCIFAR)
 NETWORKS.register("imagenet", NetworkImageNet)
 
 
-def build_network(genotype: Genotype, *, style: str = "cifar", precision: str = "binary", structure: str = "cpnas",
-                  init_channels: int = 36, layers: int = 20, num_classes: int = 10, in_channels: int = 3,
-                  auxiliary: bool = False, drop_path_prob: float = 0.0, **op_kw: Any) -> _GenotypeNetwork:
-    """Build the fixed network of `genotype`; `op_kw` go to OpConfig (activation, weight_scale, ...)."""
+def build_network(genotype: Genotype | None, *, style: str = "cifar", precision: str = "binary",
+                  structure: str = "cpnas", init_channels: int = 36, layers: int = 20, num_classes: int = 10,
+                  in_channels: int = 3, auxiliary: bool = False, drop_path_prob: float = 0.0, blocks: str = "",
+                  **op_kw: Any) -> nn.Module:
+    """Build the fixed network of `genotype`, or the hand-designed network `blocks` (bireal,
+    reactnet; `bitnas.nets.blocks`) in the same skeleton; `op_kw` go to OpConfig (activation, ...)."""
     cfg = OpConfig(precision=precision, structure=structure, **op_kw)
+    if blocks:
+        from bitnas.nets.blocks import BlockNetwork
+
+        if style != "cifar" or auxiliary:
+            raise ConfigError(f"network {blocks}: hand-designed networks come in the cifar style without an "
+                              "auxiliary head")
+        return BlockNetwork(blocks, init_channels=init_channels, num_classes=num_classes, layers=layers,
+                            in_channels=in_channels, cfg=cfg, drop_path_prob=drop_path_prob)
+    if genotype is None:
+        raise ConfigError("a network needs a genotype or a hand-designed network name")
     cls = NETWORKS.get(style)
     return cls(genotype, init_channels=init_channels, num_classes=num_classes, layers=layers,
                in_channels=in_channels, auxiliary=auxiliary, cfg=cfg, drop_path_prob=drop_path_prob)
 
 
-def arch_spec(genotype: Genotype, **build_kw: Any) -> dict[str, Any]:
-    """A plain dict (genotype + build_network kwargs) stored in checkpoints to rebuild the net."""
-    return {"genotype": genotype.to_dict(), "network": dict(build_kw)}
+def arch_spec(genotype: Genotype | None, **build_kw: Any) -> dict[str, Any]:
+    """A plain dict (genotype or None + build_network kwargs) stored in checkpoints to rebuild the net."""
+    return {"genotype": genotype.to_dict() if genotype is not None else None, "network": dict(build_kw)}
 
 
-def network_from_spec(spec: dict[str, Any], **override: Any) -> _GenotypeNetwork:
+def network_from_spec(spec: dict[str, Any], **override: Any) -> nn.Module:
     """Rebuild a fixed network from `arch_spec` output — no search code involved."""
     kw = dict(spec["network"])
     kw.update(override)
-    return build_network(Genotype.from_dict(spec["genotype"], "checkpoint genotype"), **kw)
+    g = spec.get("genotype")
+    return build_network(Genotype.from_dict(g, "checkpoint genotype") if g is not None else None, **kw)
 
 
-def network_from_checkpoint(ck: Any, source: str) -> _GenotypeNetwork:
+def network_from_checkpoint(ck: Any, source: str) -> nn.Module:
     """The network of a bitnas training checkpoint dict, with its weights loaded."""
     if not isinstance(ck, dict) or "arch" not in ck or "model" not in ck:
         raise BitnasError(f"{source}: not a bitnas training checkpoint (no stored architecture/weights)")

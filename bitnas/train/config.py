@@ -16,6 +16,8 @@ class TrainConfig(BaseConfig):
     """Training a fixed genotype from scratch: the 1-bit child, its fp32 parent, or both."""
 
     genotype: str = opt("DARTS_V2", "registered genotype name, genotype JSON file, or pasted Genotype(...) text", flag=True)
+    network: str = opt("", "train a hand-designed binary network instead of a genotype's: bireal or reactnet "
+                       "(bitnas.nets.blocks; same stem, cells, reductions and classifier)", flag=True)
     epochs: int = opt(10, "training epochs (both stages together when two_stage)", flag=True)
     init_channels: int = opt(8, "initial channels C", flag=True)
     layers: int = opt(5, "number of cells", flag=True)
@@ -90,6 +92,13 @@ class TrainConfig(BaseConfig):
         for ok, key, msg in checks:
             if not ok:
                 raise ConfigError(f"{key}: {msg}")
+        if self.network:
+            from bitnas.nets.blocks import BLOCKS
+
+            BLOCKS.canonical(self.network)
+            if self.auxiliary or self.style != "cifar":
+                raise ConfigError(f"network {self.network}: hand-designed networks come in the cifar style "
+                                  "without an auxiliary head")
         if self.two_stage and self.precision != "binary":
             raise ConfigError("two_stage: only a binary network has stages (precision is fp32)")
         if self.two_stage and self.epochs < 2:

@@ -124,6 +124,8 @@ def build_kwargs(cfg: TrainConfig, data: TrainData, precision: str) -> dict[str,
     )
     if cfg.activation:
         kw["activation"] = cfg.activation
+    if cfg.network:
+        kw["blocks"] = cfg.network
     return kw
 
 
@@ -186,7 +188,7 @@ class Trainer:
                  parent: nn.Module | None = None, label: str = "") -> None:
         self.cfg, self.data, self.run, self.info, self.label = cfg, data, run, info, label
         self.device = info.device
-        self.genotype: Genotype = load_genotype(cfg.genotype)
+        self.genotype: Genotype | None = None if cfg.network else load_genotype(cfg.genotype)
         self.build_kw = build_kwargs(cfg, data, cfg.precision)
         self.arch = arch_spec(self.genotype, **self.build_kw)
         seed_everything(cfg.seed)
@@ -294,7 +296,7 @@ class Trainer:
             "stage": self.stage,
             "arch": self.arch,
             "precision": self.cfg.precision,
-            "genotype": self.genotype.to_dict(),
+            "genotype": self.genotype.to_dict() if self.genotype is not None else None,
             "config": dataclasses.asdict(self.cfg),
             "metrics": list(self.metrics),
             "best": dict(self.best),
@@ -578,16 +580,19 @@ def evaluate_model(model: nn.Module, loader: BatchLoader | None, info: DistInfo,
 
 # ---------------------------------------------------------------------------- parent
 
-def _check_parent_checkpoint(ck: dict[str, Any], path: str, genotype: Genotype, build_kw: dict[str, Any]) -> None:
-    """The parent must be fp32, of the same genotype, classes and input channels as the child."""
+def _check_parent_checkpoint(ck: dict[str, Any], path: str, genotype: Genotype | None,
+                             build_kw: dict[str, Any]) -> None:
+    """The parent must be fp32, of the same genotype (or hand-designed network), classes and input
+    channels as the child."""
     if "arch" not in ck:
         raise BitnasError(f"{path}: no architecture stored in this checkpoint")
     net = ck["arch"]["network"]
     if net.get("precision") != "fp32":
         raise ConfigError(f"parent_checkpoint {path}: a parent must be full precision, this one is {net.get('precision')!r}")
-    if Genotype.from_dict(ck["arch"]["genotype"], path) != genotype:
+    stored = ck["arch"].get("genotype")
+    if (Genotype.from_dict(stored, path) if stored is not None else None) != genotype:
         raise ConfigError(f"parent_checkpoint {path}: made for another genotype than --genotype")
-    for key in ("num_classes", "in_channels", "init_channels", "layers", "style"):
+    for key in ("num_classes", "in_channels", "init_channels", "layers", "style", "blocks"):
         if net.get(key) != build_kw.get(key):
             raise ConfigError(f"parent_checkpoint {path}: {key} is {net.get(key)!r} but the child has {build_kw.get(key)!r}")
 
@@ -603,7 +608,7 @@ def obtain_parent(cfg: TrainConfig, data: TrainData, run: RunDir, info: DistInfo
     """The frozen fp32 parent and its test figures (the parent as used, evaluated once): loaded from
     parent_checkpoint, from a finished `<out>/parent.pt` when resuming, or trained in `<out>/parent/`
     (its last epoch, copied there)."""
-    genotype = load_genotype(cfg.genotype)
+    genotype = None if cfg.network else load_genotype(cfg.genotype)
     target = run.file("parent.pt")
     if cfg.parent_checkpoint:
         src = cfg.parent_checkpoint
@@ -689,8 +694,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     t0 = time.time()
     out = broadcast_object(cfg.out or default_out("train"), info)
     cfg = dataclasses.replace(cfg, out=out)
-    load_genotype(cfg.genotype)
-    hints = {k: v for k, v in build_hints(cfg.genotype).items() if not getattr(cfg, k)}
+    if not cfg.network:
+        load_genotype(cfg.genotype)
+    hints = {} if cfg.network else {k: v for k, v in build_hints(cfg.genotype).items() if not getattr(cfg, k)}
     if hints:
         log.info("train: using the search's %s", ", ".join(f"{k} {v}" for k, v in hints.items()))
         cfg = dataclasses.replace(cfg, **hints)
@@ -702,7 +708,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     if not cfg.resume:
         _clear_run_files(run, info, keep=cfg.parent_checkpoint)
     run.save_config(cfg)
-    log.info("train: %s, %s, C=%d, %d cells, %d epochs on %d images of %s (%s) → %s", cfg.genotype, cfg.precision,
+    log.info("train: %s, %s, C=%d, %d cells, %d epochs on %d images of %s (%s) → %s", cfg.network or cfg.genotype,
+             cfg.precision,
              cfg.init_channels, cfg.layers, cfg.epochs, len(data.train), data.train.name, info.device, run.path)
 
     parent, parent_final = None, {}
@@ -743,7 +750,7 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
         raise BitnasError(f"{path}: not a bitnas training checkpoint or export (no stored architecture/weights)")
     spec = ck["arch"]
     net = spec["network"]
-    stored = Genotype.from_dict(spec["genotype"], f"{path} genotype")
+    stored = Genotype.from_dict(spec["genotype"], f"{path} genotype") if spec.get("genotype") is not None else None
     if genotype is not None and load_genotype(genotype) != stored:
         raise ConfigError(f"{path}: this checkpoint was trained for another genotype than --genotype {genotype} "
                           f"(it holds {stored})")

@@ -74,7 +74,7 @@ def build_ours(strategy: str, cfg: dict, device: torch.device, precision: str, c
     from bitnas.search import darts, pcdarts, random_search, ubnas  # noqa: F401 - registers strategies
     from bitnas.search.config import SearchConfig
     from bitnas.search.darts import weight_step
-    from bitnas.search.random_search import genotype_paths
+    from bitnas.search.supernet import genotype_paths
     from bitnas.search.strategy import STRATEGIES, SearchContext
 
     n = 2 * cfg["batch"]

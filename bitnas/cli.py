@@ -1,4 +1,4 @@
-"""`bitnas` command line: search | train | eval | summary | genotypes | recipes | plot | demo."""
+"""`bitnas` command line: search | train | eval | study | summary | genotypes | recipes | plot | demo | export."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "bitnas.search.cli",
     "bitnas.train.cli",
     "bitnas.deploy.cli",
+    "bitnas.study.cli",
 ]
 
 

@@ -96,7 +96,7 @@ from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
 from bitnas.search.darts import Meter, make_weight_optimizer, weight_step
 from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy
-from bitnas.search.supernet import SuperNetwork, derive_genotype, fit_partial_ratio, num_edges
+from bitnas.search.supernet import SuperNetwork, derive_genotype, fit_partial_ratio, genotype_paths, num_edges
 from bitnas.space.genotypes import Genotype
 
 log = logging.getLogger("bitnas")
@@ -498,6 +498,15 @@ class CPNASSearch(SearchStrategy):
     def genotype(self) -> Genotype:
         return derive_genotype(self._scores("normal"), self._scores("reduce"), self.ops, self.child.steps,
                                self.child.multiplier, self.space.zero_op)
+
+    def estimate(self, genotype: Genotype) -> dict[str, float]:
+        """The indicator z of the genotype's path (its two kept edges per node; the others left out)
+        in the trained child and parent supernets, measured as the samples are."""
+        paths = genotype_paths(genotype, self.ops)
+        self._val()
+        acc = self._both(lambda which: self.measure(which, paths))
+        z = indicator(acc["child"], acc["parent"], self.cfg.beta_p, self.cfg.indicator)
+        return {"score": z, "acc_child": acc["child"], "acc_parent": acc["parent"]}
 
     def survivors(self) -> dict[str, list[list[str]]]:
         """The ops still left on every edge."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from typing import Any
 
@@ -25,7 +26,7 @@ from bitnas.errors import ConfigError
 from bitnas.search.architect import Architect
 from bitnas.search.early_stopping import EarlyStopping, ranking
 from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, kill_hook_for_tests
-from bitnas.search.supernet import SuperNetwork, fit_partial_ratio
+from bitnas.search.supernet import SuperNetwork, fit_partial_ratio, genotype_paths
 from bitnas.space.genotypes import Genotype
 
 log = logging.getLogger("bitnas")
@@ -242,6 +243,15 @@ class DifferentiableSearch(SearchStrategy):
 
     def best_genotype(self) -> Genotype | None:
         return self.best
+
+    def estimate(self, genotype: Genotype) -> dict[str, float]:
+        """α-based: the mean log strength (softmax(α), times the normalised β with edge
+        normalisation) of the genotype's edges — the quantity its derivation maximises edge by edge."""
+        strengths = dict(zip(("normal", "reduce"), self.model.edge_strengths()))
+        paths = genotype_paths(genotype, self.model.ops)
+        logs = [math.log(max(float(strengths[c][e, op]), 1e-300)) for c in ("normal", "reduce")
+                for e, op in enumerate(paths[c]) if op >= 0]
+        return {"score": sum(logs) / len(logs)}
 
     def result_info(self) -> dict[str, Any]:
         return {"epochs_run": self.epoch, "stop_epoch": self.stop_epoch if self.stop_epoch >= 0 else None,

@@ -24,43 +24,11 @@ from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
 from bitnas.search.darts import Meter, make_weight_optimizer, progress, weight_step
 from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, kill_hook_for_tests
-from bitnas.search.supernet import SuperNetwork, fit_partial_ratio
-from bitnas.space.genotypes import Genotype
+from bitnas.search.supernet import SuperNetwork, fit_partial_ratio, genotype_paths
+from bitnas.space.genotypes import Genotype, random_genotype
 
 log = logging.getLogger("bitnas")
 
-Paths = dict[str, list[int]]
-
-
-def random_genotype(ops: Sequence[str], zero_op: str | None, gen: torch.Generator, steps: int = 4,
-                    multiplier: int = 4) -> Genotype:
-    """A uniform draw from the space: per node 2 distinct inputs, each with a uniform non-zero op."""
-    keep = [o for o in ops if o != zero_op]
-    if not keep:
-        raise ConfigError("random search: the space has no op besides the zero op")
-    cells = []
-    for _ in range(2):
-        gene = []
-        for i in range(steps):
-            inputs = sorted(torch.randperm(2 + i, generator=gen)[:2].tolist())
-            for j in inputs:
-                gene.append((keep[int(torch.randint(len(keep), (1,), generator=gen))], j))
-        cells.append(tuple(gene))
-    concat = tuple(range(2 + steps - multiplier, steps + 2))
-    return Genotype(normal=cells[0], normal_concat=concat, reduce=cells[1], reduce_concat=concat)
-
-
-def genotype_paths(g: Genotype, ops: Sequence[str]) -> Paths:
-    """The supernet single path of a genotype: op index on kept edges, −1 on the others."""
-    out: Paths = {}
-    for cell in ("normal", "reduce"):
-        edges = getattr(g, cell)
-        path: list[int] = []
-        for i in range(len(edges) // 2):
-            chosen = {inp: op for op, inp in edges[2 * i:2 * i + 2]}
-            path += [ops.index(chosen[j]) if j in chosen else -1 for j in range(2 + i)]
-        out[cell] = path
-    return out
 
 
 @contextmanager
@@ -120,7 +88,7 @@ class RandomSearch(SearchStrategy):
     def draw(self, gen: torch.Generator) -> Genotype:
         return random_genotype(self.ops, self.zero_op, gen, self.model.steps, self.model.multiplier)
 
-    def score(self, paths: Callable[[int], Paths]) -> tuple[float, float]:
+    def score(self, paths: Callable[[int], dict[str, list[int]]]) -> tuple[float, float]:
         """(loss, accuracy %) on the validation split, batch i run on `paths(i)`."""
         m = Meter()
         with batch_statistics(self.model):
@@ -187,6 +155,13 @@ class RandomSearch(SearchStrategy):
 
     def best_genotype(self) -> Genotype | None:
         return self.genotype() if self.samples else None
+
+    def estimate(self, genotype: Genotype) -> dict[str, float]:
+        """Weight-sharing accuracy: the genotype's path in the trained supernet on the whole
+        validation split (batch-statistics BatchNorm), as the samples are scored."""
+        paths = genotype_paths(genotype, self.ops)
+        loss, acc = self.score(lambda i: paths)
+        return {"score": acc, "val_loss": loss}
 
     def result_info(self) -> dict[str, Any]:
         return {"samples": self.samples, "best_sample": self._best_index() if self.samples else None,

@@ -72,6 +72,8 @@ def _cfg_dict(cfg: SearchConfig) -> dict[str, Any]:
 
 def run_search(cfg: SearchConfig, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a search; returns the summary also written to genotype.json."""
+    from bitnas.search import strategies  # noqa: F401 - registers every strategy
+
     check_strategy_keys(cfg, STRATEGIES.get(cfg.strategy))
     if not cfg.out:
         cfg.out = default_out("search")

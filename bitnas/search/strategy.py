@@ -192,6 +192,12 @@ class SearchStrategy:
         """The genotype of the best-validation unit, if the strategy tracks one."""
         return None
 
+    def estimate(self, genotype: Genotype) -> dict[str, float]:
+        """The search's own estimate of how good `genotype` is (`score`: higher is better), from its
+        current state: what its decisions rank architectures by. Rank fidelity compares it with the
+        genotype's stand-alone accuracy (`bitnas.study.fidelity`)."""
+        raise NotImplementedError(f"strategy {self.name} has no architecture estimator")
+
     # Attributes that have their own state_dict()/load_state_dict() (models, optimizers,
     # schedulers, loaders...): saved and restored by the base class under their names.
     stateful: tuple[str, ...] = ()

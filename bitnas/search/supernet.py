@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bitnas.errors import ConfigError
 from bitnas.space.batchnorm import BatchNorm2d, relayout
 from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Genotype
@@ -343,3 +344,19 @@ def derive_genotype(normal: Tensor, reduce: Tensor, ops: Sequence[str], steps: i
     concat = tuple(range(2 + steps - multiplier, steps + 2))
     return Genotype(normal=tuple(_derive_cell(normal, ops, steps, zero_op)), normal_concat=concat,
                     reduce=tuple(_derive_cell(reduce, ops, steps, zero_op)), reduce_concat=concat)
+
+
+def genotype_paths(g: Genotype, ops: Sequence[str]) -> dict[str, list[int]]:
+    """The supernet single path of a genotype: op index on kept edges, −1 on the others."""
+    out: dict[str, list[int]] = {}
+    for cell in ("normal", "reduce"):
+        edges = getattr(g, cell)
+        path: list[int] = []
+        for i in range(len(edges) // 2):
+            chosen = {inp: op for op, inp in edges[2 * i:2 * i + 2]}
+            for op in chosen.values():
+                if op not in ops:
+                    raise ConfigError(f"genotype op '{op}' is not in this supernet's space ({', '.join(ops)})")
+            path += [ops.index(chosen[j]) if j in chosen else -1 for j in range(2 + i)]
+        out[cell] = path
+    return out

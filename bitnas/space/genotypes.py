@@ -9,7 +9,9 @@ import ast
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
+
+import torch
 
 from bitnas.errors import ConfigError
 from bitnas.registry import Registry
@@ -60,6 +62,11 @@ class Genotype:
             if not concat or any(not 0 <= c < steps + 2 for c in concat):
                 raise ConfigError(f"{source}: {cell}_concat {list(concat)} must list nodes in 0..{steps + 1}")
         return self
+
+    def parametric_ops(self) -> dict[str, int]:
+        """Edges per cell whose op has weights (a convolution): 0 in a normal cell is the collapse
+        of DARTS-style searches to skip connections and pooling (METHODS §7)."""
+        return {cell: sum("conv" in op for op, _ in getattr(self, cell)) for cell in ("normal", "reduce")}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -220,3 +227,21 @@ def build_hints(spec: str) -> dict[str, str]:
     if not isinstance(d, dict):
         return {}
     return {k: str(d[k]) for k in ("structure", "activation") if isinstance(d.get(k), str) and d[k]}
+
+
+def random_genotype(ops: Sequence[str], zero_op: str | None, gen: torch.Generator, steps: int = 4,
+                    multiplier: int = 4) -> Genotype:
+    """A uniform draw from the space: per node 2 distinct inputs, each with a uniform non-zero op."""
+    keep = [o for o in ops if o != zero_op]
+    if not keep:
+        raise ConfigError("random genotype: the space has no op besides the zero op")
+    cells = []
+    for _ in range(2):
+        gene = []
+        for i in range(steps):
+            inputs = sorted(torch.randperm(2 + i, generator=gen)[:2].tolist())
+            for j in inputs:
+                gene.append((keep[int(torch.randint(len(keep), (1,), generator=gen))], j))
+        cells.append(tuple(gene))
+    concat = tuple(range(2 + steps - multiplier, steps + 2))
+    return Genotype(normal=cells[0], normal_concat=concat, reduce=cells[1], reduce_concat=concat)

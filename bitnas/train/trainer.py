@@ -479,10 +479,11 @@ class Trainer:
             self.metrics.append(record)
             self.run.log_metrics(record)
             self.epoch = epoch + 1
-            improved = self._update_best(record)
-            self.save("last.pt")
-            if improved:
+            # best.pt before last.pt: whatever last.pt says is best is on disk, even after a crash
+            # between the two writes (a resume redoes the epoch and rewrites the same best.pt).
+            if self._update_best(record):
                 self.save("best.pt")
+            self.save("last.pt")
             self._log_epoch(record)
         barrier(self.info)
         return self.metrics[-1] if self.metrics else {}

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bitnas.search.config import SearchConfig
-from bitnas.search.random_search import genotype_paths, random_genotype
+from bitnas.search.supernet import genotype_paths
+from bitnas.space.genotypes import random_genotype
 from bitnas.search.runner import run_search
 from bitnas.search.supernet import SuperNetwork
 from bitnas.space.config import OpConfig

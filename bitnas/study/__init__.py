@@ -1,0 +1,1 @@
+"""Studies: arms × seeds under one protocol, rank fidelity, the report researchers ask for."""

@@ -1,0 +1,156 @@
+"""Where a study's trials run: local processes, or tasks on a Ray cluster (`bitnas[ray]`).
+
+A trial is a command line run in the study directory with one CPU thread; its output goes to a
+log file in its trial folder. An executor starts at most `slots` of them at a time and reports
+each one's exit code when it ends.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bitnas.errors import ConfigError
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """A trial's command, run with `cwd` as working directory, output appended to `log`."""
+
+    id: str
+    cmd: tuple[str, ...]
+    cwd: str
+    log: str
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL when the study process dies, however it dies,
+    so no trial outlives a killed study; the rerun resumes it from its last checkpoint."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_job(job: Job) -> int:
+    """Run one job to its end (used by the Ray tasks); returns its exit code."""
+    env = {**os.environ, **ONE_THREAD}
+    with open(job.log, "ab") as out:
+        return subprocess.call(list(job.cmd), cwd=job.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL)
+
+
+class LocalExecutor:
+    """Up to `slots` trial processes on this machine."""
+
+    name = "local"
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+    def submit(self, job: Job) -> None:
+        Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **ONE_THREAD}
+        with open(job.log, "ab") as out:
+            self.running[job.id] = subprocess.Popen(
+                list(job.cmd), cwd=job.cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+    def wait(self, timeout: float) -> list[tuple[str, int]]:
+        """The jobs that ended (id, exit code), waiting up to `timeout` seconds for one."""
+        end = time.monotonic() + timeout
+        while True:
+            done = [(i, p.returncode) for i, p in self.running.items() if p.poll() is not None]
+            if done or not self.running or time.monotonic() >= end:
+                for i, _ in done:
+                    del self.running[i]
+                return done
+            time.sleep(0.2)
+
+    def stop(self, sig: int, grace: float = 120.0) -> None:
+        """Send `sig` to every running trial (each checkpoints and exits), wait, then kill the rest."""
+        for p in self.running.values():
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + grace
+        for p in self.running.values():
+            try:
+                p.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.running.clear()
+
+    def close(self) -> None:
+        pass
+
+
+class RayExecutor:
+    """Trials as Ray tasks of one CPU each. The study directory must be on a filesystem every node
+    shares (the tasks read and write the trial folders there)."""
+
+    name = "ray"
+
+    def __init__(self, slots: int, address: str = "") -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("executor ray: Ray is not installed; pip install 'bitnas[ray]'") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            kw = {"address": address} if address else {"num_cpus": slots}
+            ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kw)
+        self.slots = slots or int(ray.cluster_resources().get("CPU", 1))
+        self.task = ray.remote(num_cpus=1, max_retries=0)(run_job)
+        self.running: dict[str, object] = {}
+
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+    def submit(self, job: Job) -> None:
+        Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+        self.running[job.id] = self.task.remote(job)
+
+    def wait(self, timeout: float) -> list[tuple[str, int]]:
+        if not self.running:
+            return []
+        refs = list(self.running.values())
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        done = []
+        for job_id, ref in list(self.running.items()):
+            if ref in ready:
+                try:
+                    rc = int(self.ray.get(ref))
+                except Exception:  # noqa: BLE001 - a lost worker counts as a failed trial
+                    rc = -1
+                done.append((job_id, rc))
+                del self.running[job_id]
+        return done
+
+    def stop(self, sig: int, grace: float = 120.0) -> None:
+        for ref in self.running.values():
+            self.ray.cancel(ref, force=True)
+        self.running.clear()
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+
+def make_executor(kind: str, slots: int, address: str = "") -> LocalExecutor | RayExecutor:
+    if kind == "ray":
+        return RayExecutor(slots, address)
+    return LocalExecutor(slots)

@@ -1,0 +1,113 @@
+"""A study's report: table.md (per arm), fidelity.json, plots/accuracy_vs_ops.png and
+plots/rank_fidelity.png, all made from trials.jsonl alone (rerunnable on a finished study)."""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from bitnas.study.fidelity import fidelity_table
+from bitnas.study.spec import StudySpec
+from bitnas.utils import atomic_write_json, atomic_write_text
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def arm_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per arm: test/val top-1 over its trainings (mean, std, min, max), cost, parametric ops."""
+    rows = []
+    for arm in spec.arms:
+        trains = [r for r in records if r["arm"] == arm.name and r["kind"] == "train"]
+        searches = [r for r in records if r["arm"] == arm.name and r["kind"] == "search"]
+        test = [r["test_top1"] for r in trains]
+        val = [r["val_top1"] for r in trains if r.get("val_top1") is not None]
+        m, s = _mean_std(test)
+        vm, _ = _mean_std(val)
+        conv = [r["parametric_ops"]["normal"] for r in trains if r.get("parametric_ops")]
+        rows.append({
+            "arm": arm.name, "kind": arm.kind, "n": len(trains), "test_top1_mean": m, "test_top1_std": s,
+            "test_top1_min": min(test) if test else None, "test_top1_max": max(test) if test else None,
+            "val_top1_mean": vm, "ops_mean": _mean_std([r["ops"] for r in trains])[0],
+            "params_1bit_mean": _mean_std([r["params_1bit"] for r in trains])[0],
+            "params_32bit_mean": _mean_std([r["params_32bit"] for r in trains])[0],
+            "normal_convs_mean": _mean_std(conv)[0] if conv else None,
+            "search_seconds_mean": _mean_std([r["search_seconds"] for r in searches])[0] if searches else 0.0,
+            "search_images_mean": _mean_std([r["search_images"] for r in searches])[0] if searches else 0,
+        })
+    return rows
+
+
+def _fmt(x: Any, spec: str = ".2f") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return format(x, spec)
+
+
+def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[str, Any]]) -> str:
+    p = spec.protocol
+    out = [f"# Study `{spec.name}`", ""]
+    if spec.description:
+        out += [spec.description, ""]
+    out += [f"Data `{spec.data}`; seeds {list(spec.seeds)}. Every genotype is trained under one protocol "
+            f"({', '.join(f'{k}={v}' for k, v in p.items())}); the epoch is selected on a validation split "
+            "carved from the training images and the test split is evaluated once, on that epoch.", "",
+            "| arm | kind | n | test top-1 (mean ± std) | min / max | val top-1 | OPs (M) | params 1-bit / 32-bit "
+            "| convs in normal cell | search cost (s / images) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cost = "–" if r["kind"] != "strategy" else f"{_fmt(r['search_seconds_mean'], '.0f')} / " \
+                                                    f"{_fmt(r['search_images_mean'], ',.0f')}"
+        out.append(
+            f"| {r['arm']} | {r['kind']} | {r['n']} | {_fmt(r['test_top1_mean'])} ± {_fmt(r['test_top1_std'])} "
+            f"| {_fmt(r['test_top1_min'])} / {_fmt(r['test_top1_max'])} | {_fmt(r['val_top1_mean'])} "
+            f"| {_fmt(r['ops_mean'] / 1e6 if r['ops_mean'] == r['ops_mean'] else None, '.3f')} "
+            f"| {_fmt(r['params_1bit_mean'], ',.0f')} / {_fmt(r['params_32bit_mean'], ',.0f')} "
+            f"| {_fmt(r['normal_convs_mean'], '.1f')} | {cost} |")
+    if fid:
+        out += ["", "## Rank fidelity", "",
+                "Kendall τ-b and Spearman ρ between each search's own estimate of a genotype (its trained state) "
+                "and the genotype's stand-alone validation top-1 under the protocol; 95 % bootstrap intervals.", "",
+                "| estimator | score | M | τ (mean over seeds' scores) | ρ | τ per seed |", "|---|---|---|---|---|---|"]
+        for row in fid:
+            pooled = row["mean_over_seeds"]
+            per = ", ".join(f"s{p['seed']}: {_fmt(p['kendall_tau'])}" for p in row["per_seed"])
+            out.append(f"| {row['estimator']} | {row['part']} | {pooled['m']} "
+                       f"| {_fmt(pooled['kendall_tau'])} [{_fmt(pooled['kendall_tau_ci'][0])}, "
+                       f"{_fmt(pooled['kendall_tau_ci'][1])}] | {_fmt(pooled['spearman_rho'])} "
+                       f"[{_fmt(pooled['spearman_rho_ci'][0])}, {_fmt(pooled['spearman_rho_ci'][1])}] | {per} |")
+    return "\n".join(out) + "\n"
+
+
+def fidelity_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if spec.fidelity is None:
+        return []
+    f = spec.fidelity
+    truth = {r["index"]: r["val_top1"] for r in records
+             if r["arm"] == f.genotypes and r["kind"] == "train" and r.get("val_top1") is not None}
+    scores: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["kind"] == "score":
+            scores.setdefault(r["arm"], []).append(r)
+    return fidelity_table(scores, truth, f.bootstrap)
+
+
+def write_report(spec: StudySpec, out: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = arm_rows(spec, records)
+    fid = fidelity_rows(spec, records)
+    atomic_write_text(out / "table.md", table_markdown(spec, rows, fid))
+    report = {"study": spec.name, "arms": rows, "fidelity": fid, "trials": len(records)}
+    atomic_write_json(out / "report.json", report)
+    from bitnas.study.plots import plot_accuracy_vs_ops, plot_rank_fidelity
+
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    if any(r["kind"] == "train" for r in records):
+        plot_accuracy_vs_ops(spec, records, plots / "accuracy_vs_ops.png")
+    if fid:
+        plot_rank_fidelity(spec, records, fid, plots / "rank_fidelity.png")
+    return report

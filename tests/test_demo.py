@@ -66,8 +66,20 @@ def test_every_shipped_recipe_resolves(recipe: str) -> None:
     from bitnas.train.config import TrainConfig
 
     data = yaml.safe_load((RECIPES_DIR / f"{recipe}.yaml").read_text())
-    cls = {"search": SearchConfig, "train": TrainConfig, "demo": DemoConfig}[data.get("command") or recipe.split("_")[0]]
-    resolve_config(cls, recipe)
+    command = data.get("command") or recipe.split("_")[0]
+    if command == "study":
+        from bitnas.study.spec import load_spec
+
+        spec = load_spec(recipe)
+        assert spec.trials() and len(spec.seeds) >= 3
+        return
+    cls = {"search": SearchConfig, "train": TrainConfig, "demo": DemoConfig}[command]
+    cfg = resolve_config(cls, recipe)
+    if command == "search":
+        from bitnas.search import strategies  # noqa: F401 - registers the strategies
+        from bitnas.search.strategy import STRATEGIES, check_strategy_keys
+
+        check_strategy_keys(cfg, STRATEGIES.get(cfg.strategy))
 
 
 def test_recipes_command_lists_recipes() -> None:

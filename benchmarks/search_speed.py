@@ -73,7 +73,7 @@ def build_ours(strategy: str, cfg: dict, device: torch.device, precision: str, c
     from bitnas.run import RunDir
     from bitnas.search import darts, pcdarts, random_search, ubnas  # noqa: F401 - registers strategies
     from bitnas.search.config import SearchConfig
-    from bitnas.search.darts import weight_step
+    from bitnas.search.steps import weight_step
     from bitnas.search.supernet import genotype_paths
     from bitnas.search.strategy import STRATEGIES, SearchContext
 

@@ -8,6 +8,7 @@ import re
 import sys
 from typing import Callable
 
+from bitnas.common.signals import Interrupted
 from bitnas.errors import BitnasError
 
 _KV = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*=")
@@ -41,33 +42,60 @@ def _summary_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from bitnas.nets import build_network, network_from_spec
+    from bitnas.nets.limits import check_build_kwargs, check_input_size
+    from bitnas.nets.network import tensor_elements
     from bitnas.space.genotypes import load_genotype
     from bitnas.summary import format_table, summarize
     from bitnas.utils import load_checkpoint
 
-    if sum(bool(a) for a in (args.genotype, args.checkpoint, args.network)) != 1:
+    if sum(a is not None for a in (args.genotype, args.checkpoint, args.network)) != 1:
         raise BitnasError("summary: give exactly one of --genotype, --checkpoint or --network")
-    if args.checkpoint:
+    if args.image_size is not None and args.image_size < 1:
+        raise BitnasError(f"--image-size: must be at least 1, got {args.image_size}")
+    if args.checkpoint is not None:
         ck = load_checkpoint(args.checkpoint)
         if "arch" not in ck:
             raise BitnasError(f"{args.checkpoint}: no architecture stored in this checkpoint")
-        model = network_from_spec(ck["arch"])
-        net = ck["arch"]["network"]
-        style, c_in = net.get("style", "cifar"), net.get("in_channels", 3)
+        # every parameter takes at least one bit of the file: an architecture it cannot hold is refused
+        stored = tensor_elements(ck["model"]) if isinstance(ck.get("model"), dict) else tensor_bits(ck)
+        model_spec = ck["arch"]
+        net = model_spec.get("network") if isinstance(model_spec, dict) else None
+        net = net if isinstance(net, dict) else {}
+        style, c_in, layers = net.get("style", "cifar"), net.get("in_channels", 3), net.get("layers", 20)
+        blocks = net.get("blocks", "")
         size = args.image_size or ck.get("image_size") or (224 if style == "imagenet" else 32)
+        model = network_from_spec(model_spec, args.checkpoint, stored=stored)
+        where = f"{args.checkpoint}"
     else:
-        g = load_genotype(args.genotype) if args.genotype else None
-        style, c_in = args.style, args.in_channels
+        g = load_genotype(args.genotype) if args.genotype is not None else None
+        style, c_in, layers = args.style, args.in_channels, args.layers
+        blocks = args.network or ""
         size = args.image_size or (224 if style == "imagenet" else 32)
-        model = build_network(g, style=style, precision=args.precision, structure=args.structure,
-                              init_channels=args.init_channels, layers=args.layers, num_classes=args.num_classes,
-                              in_channels=c_in, auxiliary=g is not None, binary_preprocess=args.binary_preprocess,
-                              blocks=args.network or "")
+        kw = dict(style=style, precision=args.precision, structure=args.structure, init_channels=args.init_channels,
+                  layers=args.layers, num_classes=args.num_classes, in_channels=c_in, auxiliary=g is not None,
+                  binary_preprocess=args.binary_preprocess, blocks=blocks)
+        check_build_kwargs(kw, "summary", multiplier=len(g.normal_concat) if g is not None else 4)
+        model = build_network(g, **kw)
+        where = "--image-size"
+    check_input_size(style, layers, size, where, blocks=blocks)
     s = summarize(model, (c_in, size, size))
     if args.json:
         print(json.dumps(s.to_dict(per_layer=not args.no_layers)))
     else:
         print(format_table(s, per_layer=not args.no_layers))
+    return 0
+
+
+def tensor_bits(obj: object) -> int:
+    """Bits of tensor data in a (nested) object: an upper bound on the parameters it can describe."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size() * 8
+    if isinstance(obj, dict):
+        return sum(tensor_bits(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bits(v) for v in obj)
     return 0
 
 
@@ -180,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args) or 0)
+    except Interrupted as e:
+        print(f"bitnas: {e}", file=sys.stderr)
+        return e.exit_code
     except BitnasError as e:
         if args.traceback:
             raise
@@ -194,6 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bitnas: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        from bitnas.common.distributed import is_lost_rank, lost_rank_error
+
+        if args.traceback or not is_lost_rank(e):
+            raise
+        print(f"bitnas: error: {lost_rank_error(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -20,6 +21,7 @@ from bitnas.errors import ConfigError
 from bitnas.registry import did_you_mean
 
 C = TypeVar("C")
+MAX_SEED = 2**63 - 1
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
@@ -37,7 +39,8 @@ def opt(default: Any, help: str = "", flag: bool = False, choices: tuple[str, ..
 class BaseConfig:
     """Options shared by every command that builds data and a network."""
 
-    data: str = opt("fashion-mnist", "dataset NAME[:PATH]: fashion-mnist, fashion-mnist-embedded, cifar10, cifar100, imagefolder:DIR", flag=True)
+    data: str = opt("fashion-mnist", "dataset NAME[:PATH]: fashion-mnist, fashion-mnist-embedded, mnist, kmnist, idx:DIR, "
+                    "cifar10, cifar100, imagefolder:DIR", flag=True)
     train_subset: int = opt(0, "use only N training images (class-balanced; 0 = all)", flag=True)
     batch_size: int = opt(64, "mini-batch size (per process)", flag=True)
     seed: int = opt(0, "random seed (data split, init, sampling)", flag=True)
@@ -55,6 +58,23 @@ class BaseConfig:
     binary_preprocess: bool = opt(True, "binarise the 1×1 preprocessing / factorized-reduce convs of cells")
     num_workers: int = opt(0, "unused placeholder kept for DataLoader-style recipes (in-memory loader)")
     progress: str = opt("auto", "progress bars: auto (terminal only, never in CI), on, off", choices=("auto", "on", "off"))
+    force: bool = opt(False, "replace an earlier run in --out (its checkpoints, metrics and results are deleted)",
+                      flag=True)
+
+    def check_common(self) -> None:
+        """Refuse values of the shared keys that would fail later or make no sense, naming the key."""
+        checks = [
+            (self.data.strip() != "", "data", "must name a dataset"),
+            (self.train_subset >= 0, "train_subset", "must be >= 0 (0 = all)"),
+            (self.batch_size >= 1, "batch_size", "must be at least 1"),
+            (0 <= self.seed <= MAX_SEED, "seed", f"must be in 0..{MAX_SEED}"),
+            (self.init_channels >= 1, "init_channels", "must be at least 1"),
+            (self.layers >= 1, "layers", "must be at least 1"),
+            (self.num_workers >= 0, "num_workers", "must be >= 0"),
+        ]
+        for ok, key, msg in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {msg}, got {getattr(self, key)!r:.80}")
 
 
 def _field_type(cls: type, f: dataclasses.Field) -> Any:
@@ -91,6 +111,8 @@ def _coerce(cls: type, f: dataclasses.Field, value: Any, source: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             out = float(value)
+            if not math.isfinite(out):
+                raise ConfigError(f"{source}: '{f.name}' must be a finite number, got {value!r}")
         elif tp is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
@@ -106,8 +128,8 @@ def _coerce(cls: type, f: dataclasses.Field, value: Any, source: str) -> Any:
                 out = tuple(out)
         else:
             out = value
-    except (ValueError, TypeError):
-        raise ConfigError(f"{source}: '{f.name}' expects {getattr(tp, '__name__', tp)}, got {value!r}") from None
+    except (ValueError, TypeError, OverflowError):
+        raise ConfigError(f"{source}: '{f.name}' expects {getattr(tp, '__name__', tp)}, got {value!r:.80}") from None
     choices = f.metadata.get("choices")
     if choices and out not in choices:
         raise ConfigError(f"{source}: '{f.name}' must be one of {', '.join(choices)}, got {out!r}{did_you_mean(str(out), list(choices))}")
@@ -219,6 +241,20 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
     flags = {f.name: getattr(args, f.name) for f in fields(cls) if f.metadata.get("flag") and hasattr(args, f.name)}
     return resolve_config(cls, getattr(args, "config", None), flags, list(getattr(args, "overrides", []) or []))
+
+
+# Keys that may change between a run and its resume without changing its trajectory.
+RESUME_FREE_KEYS = frozenset({"resume", "force", "out", "progress", "device", "num_workers", "threads", "eval_every",
+                              "test_eval", "cp_concurrent"})
+
+
+def check_resume_config(saved: dict[str, Any], cfg: Any, source: str) -> None:
+    """Refuse to resume a run whose stored config differs from `cfg` in a key that shapes its results."""
+    mine = dataclasses.asdict(cfg)
+    changed = sorted(k for k in mine if k not in RESUME_FREE_KEYS and k in saved and saved[k] != mine[k])
+    if changed:
+        diffs = ", ".join(f"{k}: {saved[k]!r} → {mine[k]!r}" for k in changed)
+        raise ConfigError(f"{source}: resume needs the same config; changed: {diffs}")
 
 
 def describe(cls: type) -> list[tuple[str, Any, str]]:

@@ -5,7 +5,6 @@ Runs on the embedded Fashion-MNIST subset by default, sized to finish in a few m
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import textwrap
@@ -14,8 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bitnas.config import opt, to_yaml
-from bitnas.utils import atomic_write_text
+from bitnas.errors import ConfigError
+from bitnas.run import check_out, run_kind
+from bitnas.utils import atomic_write_json, atomic_write_text, to_json
 
 log = logging.getLogger("bitnas")
 
@@ -53,7 +56,8 @@ def _search(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     values = dict(strategy=cfg.strategy, data=cfg.data, train_subset=cfg.search_subset, seed=cfg.seed,
                   device=cfg.device, out=str(out / "search"), init_channels=cfg.init_channels, layers=cfg.layers,
                   batch_size=cfg.batch_size, epochs=cfg.search_epochs, rounds=cfg.rounds,
-                  sample_steps=cfg.sample_steps, val_subset=cfg.val_subset, progress=cfg.progress)
+                  sample_steps=cfg.sample_steps, val_subset=cfg.val_subset, progress=cfg.progress,
+                  force=True)
     reads = keys_read(STRATEGIES.get(cfg.strategy))
     return run_search(SearchConfig(**{k: v for k, v in values.items() if k in reads}))
 
@@ -64,7 +68,8 @@ def _train(cfg: DemoConfig, out: Path, genotype_file: Path) -> dict[str, Any]:
 
     tcfg = TrainConfig(genotype=str(genotype_file), data=cfg.data, train_subset=cfg.train_subset, seed=cfg.seed,
                        device=cfg.device, out=str(out / "train"), init_channels=cfg.init_channels, layers=cfg.layers,
-                       batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, method=cfg.method, progress=cfg.progress)
+                       batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, method=cfg.method, progress=cfg.progress,
+                       force=True)
     return train(tcfg)
 
 
@@ -122,7 +127,7 @@ def _collect(out: Path) -> None:
     lines = []
     for stage, d in stages:
         for r in read_jsonl(d / "metrics.jsonl"):
-            lines.append(json.dumps({"stage": stage, **r}) + "\n")
+            lines.append(to_json({"stage": stage, **r}) + "\n")
         if d.is_dir():
             for png in plot_run(d):
                 shutil.copyfile(png, out / "plots" / (png.name if stage == "search" else f"{stage}_{png.name}"))
@@ -132,8 +137,12 @@ def _collect(out: Path) -> None:
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the whole pipeline; returns the figures of the table (also written to demo.json)."""
     out = Path(cfg.out)
+    kind = run_kind(out)
+    if kind not in (None, "demo"):
+        raise ConfigError(f"--out {out}: holds a {kind} run; the demo writes a tree of its own there, use another --out")
+    check_out(out, "demo", resume=False, force=True)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    atomic_write_text(out / "config.yaml", yaml.safe_dump({"command": "demo"}) + to_yaml(cfg))
     t0 = time.time()
     log.info("demo 1/3: %s search on %s", cfg.strategy, cfg.data)
     s = _search(cfg, out)
@@ -147,5 +156,5 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "train_seconds": t["seconds"], "total_seconds": time.time() - t0,
     }
     _collect(out)
-    atomic_write_text(out / "demo.json", json.dumps(res, indent=2) + "\n")
+    atomic_write_json(out / "demo.json", res)
     return res

@@ -1,7 +1,12 @@
-"""Small shared helpers: atomic writes, JSON lines, safe checkpoint loading, devices, seeding."""
+"""Small shared helpers: atomic writes, strict JSON lines, verified checkpoints, devices, seeding."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
+import logging
+import math
 import os
 import random
 import tempfile
@@ -13,22 +18,66 @@ import torch
 
 from bitnas.errors import BitnasError, ConfigError
 
+log = logging.getLogger("bitnas")
+TEMP_SUFFIX = ".tmp"
+
+
+def os_reason(e: OSError) -> str:
+    """'No space left on device' and the like: the part of an OSError a user can act on."""
+    return e.strerror or str(e) or type(e).__name__
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Flush a directory entry (a rename into it) to disk; a no-op where directories cannot be synced."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            raise
+    finally:
+        os.close(fd)
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and rename: never a half-written file."""
+    """Write via a temp file in the same directory, fsync it, rename, fsync the directory.
+
+    A crash at any point leaves either the old file or the new one, never a mix; a failed write
+    (a full disk, a read-only directory) raises BitnasError and leaves the old file untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise BitnasError(f"{path}: cannot write ({os_reason(e)})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            kept = f"; the previous {path.name} is unchanged" if path.exists() else ""
+            raise BitnasError(f"{path}: cannot write ({os_reason(e)}){kept}") from None
         raise
+    fsync_dir(path.parent)
+
+
+def remove_orphan_temps(directory: str | Path) -> list[Path]:
+    """Delete the temp files of atomic writes a killed process left in `directory`; returns them."""
+    removed = []
+    for p in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        if p.is_file():
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -36,66 +85,155 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    atomic_write_text(path, to_json(obj, indent=2) + "\n")
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON: NaN and ±Infinity (not JSON) become null; numpy scalars, tensors, paths, tuples convert."""
+    return json.dumps(finite(obj), indent=indent, default=_json_default, allow_nan=False)
+
+
+def finite(o: Any) -> Any:
+    """`o` with every non-finite float (and numpy float) replaced by None, recursively."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [finite(v) for v in o]
+    if isinstance(o, np.floating):
+        return finite(float(o))
+    if isinstance(o, torch.Tensor):
+        return finite(o.tolist())
+    return o
 
 
 def _json_default(o: Any) -> Any:
     if isinstance(o, (np.integer,)):
         return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
     if isinstance(o, Path):
         return str(o)
-    if isinstance(o, tuple):
-        return list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON object per line (flushed, so a killed run keeps what it logged)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record, default=_json_default) + "\n")
-        f.flush()
+    try:
+        with open(path, "a") as f:
+            f.write(to_json(record) + "\n")
+            f.flush()
+    except OSError as e:
+        raise BitnasError(f"{path}: cannot append ({os_reason(e)})") from None
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file ([] if absent). A torn last line (a process killed while
+    appending) is dropped; a bad line before it is an error naming the file and line."""
     path = Path(path)
     if not path.exists():
         return []
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as e:
+        raise BitnasError(f"{path}: cannot read ({os_reason(e)})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
     out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            out.append(json.loads(line))
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines):
+                log.warning("%s: ignoring its torn last line %d (a run killed while writing it)", path, n)
+                break
+            raise BitnasError(f"{path}: line {n} is not a JSON record ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise BitnasError(f"{path}: line {n} is not a JSON object")
+        out.append(rec)
     return out
 
 
 def truncate_jsonl(path: str | Path, keep: int) -> None:
     """Keep the first `keep` records (used on resume to drop lines of a lost epoch)."""
     recs = read_jsonl(path)[:keep]
-    atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in recs))
+    atomic_write_text(path, "".join(to_json(r) + "\n" for r in recs))
+
+
+CHECKSUM_KEY = "content_sha256"
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 of a checkpoint's contents: every key, value, type, tensor dtype, shape and byte.
+
+    Computed on what `torch.save` is given and again on what `torch.load` returns, so any bit that
+    changed in between (a flipped bit in a tensor, a number, a name) changes the digest."""
+    h = hashlib.sha256()
+    _digest(h, obj)
+    return h.hexdigest()
+
+
+def _digest(h: Any, o: Any) -> None:
+    if isinstance(o, torch.Tensor):
+        t = o.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(o, dict):
+        h.update(f"D{len(o)}".encode())
+        for k, v in o.items():
+            _digest(h, k)
+            _digest(h, v)
+    elif isinstance(o, (list, tuple)):
+        h.update(f"{'L' if isinstance(o, list) else 'U'}{len(o)}".encode())
+        for v in o:
+            _digest(h, v)
+    elif isinstance(o, bool) or o is None:
+        h.update(f"B{o}".encode())
+    elif isinstance(o, int):
+        h.update(f"I{o};".encode())
+    elif isinstance(o, float):
+        h.update(f"F{o.hex()};".encode())
+    elif isinstance(o, str):
+        b = o.encode("utf-8", "surrogatepass")
+        h.update(f"S{len(b)}:".encode() + b)
+    elif isinstance(o, bytes):
+        h.update(f"Y{len(o)}:".encode() + o)
+    else:
+        h.update(f"R{o!r};".encode())
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save to a temp file, then rename."""
+    """torch.save with a SHA-256 of the contents (`content_sha256`) to a temp file, then rename."""
     import io
 
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save({**state, CHECKSUM_KEY: content_digest(state)}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with weights_only=True: a checkpoint can never run code."""
+    """Load with weights_only=True (a checkpoint can never run code) and verify its SHA-256.
+
+    Files written before checkpoints carried a digest load unverified."""
     path = Path(path)
     if not path.is_file():
         raise BitnasError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise BitnasError(f"{path}: empty file (0 bytes), not a bitnas checkpoint")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
-        raise BitnasError(f"{path}: not a bitnas checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise BitnasError(f"{path}: not a bitnas checkpoint ({type(e).__name__}{': ' + first if first else ''})") from None
+    if not isinstance(ck, dict):
+        raise BitnasError(f"{path}: not a bitnas checkpoint (it holds a {type(ck).__name__}, not a dict)")
+    if CHECKSUM_KEY in ck:
+        stored = ck.pop(CHECKSUM_KEY)
+        if stored != content_digest(ck):
+            raise BitnasError(f"{path}: corrupt checkpoint: its contents no longer match the SHA-256 stored when it "
+                              "was written (the file changed on disk)")
+    return ck
 
 
 def resolve_device(name: str) -> torch.device:

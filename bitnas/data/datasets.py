@@ -197,7 +197,28 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
-def _load_idx_dir(directory: Path, split: str, name: str) -> ImageDataset:
+@dataclass(frozen=True)
+class IdxSpec:
+    """A dataset in the MNIST IDX layout: its name, folder names to look for, classes and statistics
+    (None: computed from the training images, classes from the largest training label)."""
+
+    name: str
+    dirnames: tuple[str, ...]
+    classes: tuple[str, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+FASHION_MNIST = IdxSpec("fashion-mnist", ("fashion-mnist",), FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN,
+                        FASHION_MNIST_STD)
+MNIST = IdxSpec("mnist", ("mnist", "MNIST"), tuple(str(d) for d in range(10)), (0.1307,), (0.3081,))
+KMNIST = IdxSpec("kmnist", ("kmnist", "KMNIST"), ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+                 (0.1918,), (0.3483,))
+GENERIC_IDX = IdxSpec("idx", ())
+
+
+def _read_idx_split(directory: Path, split: str, name: str) -> tuple[np.ndarray, np.ndarray, Path]:
+    """(images N×H×W, int64 labels, label file) of one split, checked for consistency."""
     img_stem, lab_stem = _idx_names(split)
     img_path = _find_file(directory, img_stem)
     lab_path = _find_file(directory, lab_stem)
@@ -211,12 +232,74 @@ def _load_idx_dir(directory: Path, split: str, name: str) -> ImageDataset:
         raise DataError(f"{lab_path}: {len(labels)} labels but {img_path.name} has {len(images)} images")
     if len(images) == 0:
         raise DataError(f"{img_path}: empty dataset (0 images)")
-    _check_labels(lab_path, labels, 10)
+    return images, labels.astype(np.int64), lab_path
+
+
+def _load_idx_dir(directory: Path, split: str, spec: IdxSpec = FASHION_MNIST) -> ImageDataset:
+    images, labels, lab_path = _read_idx_split(directory, split, spec.name)
+    classes, mean, std = spec.classes, spec.mean, spec.std
+    if classes is None or mean is None or std is None:
+        train_images, train_labels, _ = (images, labels, lab_path) if split == "train" else \
+            _read_idx_split(directory, "train", spec.name)
+        classes = classes or tuple(str(c) for c in range(int(train_labels.max()) + 1))
+        if mean is None or std is None:
+            mean, std = _channel_stats(train_images[:, None])
+    _check_labels(lab_path, labels, len(classes))
     return ImageDataset(
-        images=torch.from_numpy(images).unsqueeze(1), labels=torch.from_numpy(labels.astype(np.int64)),
-        num_classes=10, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, name=name,
-        source=str(directory), classes=FASHION_MNIST_CLASSES,
+        images=torch.from_numpy(images).unsqueeze(1), labels=torch.from_numpy(labels),
+        num_classes=len(classes), mean=mean, std=std, name=spec.name, source=str(directory), classes=classes,
     )
+
+
+def _idx_dir(spec: IdxSpec, path: str, split: str) -> Path:
+    """The directory given as NAME:PATH, or its subfolder named like the dataset."""
+    d = Path(path).expanduser()
+    if not d.is_dir():
+        raise DataError(f"{spec.name}:{path}: directory does not exist")
+    for sub in spec.dirnames:
+        if not _has_idx(d, split) and _has_idx(d / sub, split):
+            return d / sub
+    return d
+
+
+def _find_idx_dir(spec: IdxSpec) -> Path | None:
+    """The first default location holding any IDX file of `spec` (None if none does)."""
+    all_stems = _idx_names("train") + _idx_names("test")
+    for d in _search_dirs(*spec.dirnames):
+        if d.is_dir() and any(_find_file(d, stem) for stem in all_stems):
+            return d
+    return None
+
+
+def load_idx(spec: IdxSpec, path: str | None, split: str, image_size: ImageSize | None = None) -> ImageDataset:
+    """An IDX dataset from NAME:PATH or its default locations ($BITNAS_DATA, ../shared/datasets, …)."""
+    _no_resize(spec.name, image_size)
+    if path is not None:
+        return _load_idx_dir(_idx_dir(spec, path, split), split, spec)
+    if not spec.dirnames:
+        raise DataError(f"{spec.name}: a directory is required ({spec.name}:DIR holding train-images-idx3-ubyte[.gz], "
+                        "train-labels-idx1-ubyte[.gz], t10k-…)")
+    d = _find_idx_dir(spec)
+    if d is None:
+        looked = ", ".join(map(str, _search_dirs(*spec.dirnames)))
+        raise DataError(f"{spec.name}: {_idx_names(split)[0]}[.gz] not found; looked in {looked} (set $BITNAS_DATA "
+                        f"or use {spec.name}:PATH)")
+    return _load_idx_dir(d, split, spec)
+
+
+def load_mnist(path: str | None, split: str, image_size: ImageSize | None = None) -> ImageDataset:
+    """MNIST (handwritten digits) from IDX files."""
+    return load_idx(MNIST, path, split, image_size)
+
+
+def load_kmnist(path: str | None, split: str, image_size: ImageSize | None = None) -> ImageDataset:
+    """Kuzushiji-MNIST (10 cursive hiragana) from IDX files."""
+    return load_idx(KMNIST, path, split, image_size)
+
+
+def load_generic_idx(path: str | None, split: str, image_size: ImageSize | None = None) -> ImageDataset:
+    """Any dataset in the MNIST IDX layout (idx:DIR): classes 0..max label, statistics of its training images."""
+    return load_idx(GENERIC_IDX, path, split, image_size)
 
 
 def _check_labels(path: Path | str, labels: np.ndarray, num_classes: int) -> None:
@@ -233,22 +316,12 @@ def _has_idx(directory: Path, split: str) -> bool:
 
 def load_fashion_mnist(path: str | None, split: str, image_size: ImageSize | None = None) -> ImageDataset:
     """Fashion-MNIST from IDX files; falls back to the embedded subset when no copy is found."""
+    if path is not None or _find_idx_dir(FASHION_MNIST) is not None:
+        return load_idx(FASHION_MNIST, path, split, image_size)
     _no_resize("fashion-mnist", image_size)
-    if path is not None:
-        d = Path(path).expanduser()
-        if not d.is_dir():
-            raise DataError(f"fashion-mnist:{path}: directory does not exist")
-        if not _has_idx(d, split) and _has_idx(d / "fashion-mnist", split):
-            d = d / "fashion-mnist"
-        return _load_idx_dir(d, split, "fashion-mnist")
-    candidates = _search_dirs("fashion-mnist")
-    all_stems = _idx_names("train") + _idx_names("test")
-    for d in candidates:
-        if d.is_dir() and any(_find_file(d, stem) for stem in all_stems):
-            return _load_idx_dir(d, split, "fashion-mnist")
     log.warning("fashion-mnist: full copy not found (%s[.gz] looked for in %s); "
                 "using the embedded subset %s instead",
-                _idx_names(split)[0], ", ".join(map(str, candidates)), EMBEDDED_FASHION_MNIST)
+                _idx_names(split)[0], ", ".join(map(str, _search_dirs("fashion-mnist"))), EMBEDDED_FASHION_MNIST)
     return load_fashion_mnist_embedded(None, split)
 
 
@@ -469,7 +542,11 @@ def _list_images(d: Path, classes: list[str], where: str) -> list[tuple[Path, in
     for cdir in _class_dirs(d):
         if cdir.name not in known:
             raise DataError(f"{cdir}: class '{cdir.name}' does not exist in {where}")
-        items += [(f, known[cdir.name]) for f in _image_files(cdir)]
+        files = _image_files(cdir)
+        if not files:
+            raise DataError(f"{cdir}: empty class folder (no {'/'.join(IMAGE_EXTENSIONS)} images); "
+                            "add images or remove the folder")
+        items += [(f, known[cdir.name]) for f in files]
     if not items:
         raise DataError(f"{d}: empty dataset (no {'/'.join(IMAGE_EXTENSIONS)} images in class subfolders)")
     return items
@@ -577,6 +654,9 @@ def load_imagefolder(path: str | None, split: str, image_size: ImageSize | None 
 DATASETS.register("fashion-mnist", load_fashion_mnist, aliases=("fashion_mnist", "fmnist"))
 DATASETS.register("fashion-mnist-embedded", load_fashion_mnist_embedded,
                   aliases=("fashion_mnist_embedded", "fmnist-embedded"))
+DATASETS.register("mnist", load_mnist)
+DATASETS.register("kmnist", load_kmnist, aliases=("k-mnist", "kuzushiji-mnist"))
+DATASETS.register("idx", load_generic_idx)
 DATASETS.register("cifar10", load_cifar10, aliases=("cifar-10",))
 DATASETS.register("cifar100", load_cifar100, aliases=("cifar-100",))
 DATASETS.register("imagefolder", load_imagefolder, aliases=("image-folder",))
@@ -655,3 +735,21 @@ def balanced_indices(labels: torch.Tensor | Sequence[int] | np.ndarray, n: int, 
 def take_subset(ds: ImageDataset, n: int, seed: int) -> ImageDataset:
     """A class-balanced subset of `n` samples of `ds` (for --train-subset N), deterministic in `seed`."""
     return ds.subset(balanced_indices(ds.labels, n, seed))
+
+
+def check_training_split(ds: ImageDataset, batch_size: int, world_size: int, what: str) -> None:
+    """Refuse a training split that cannot fill one batch per process or lacks some class.
+
+    `what` names the setting that made the split (e.g. "train_subset 5")."""
+    per_rank = -(-len(ds) // world_size)
+    if per_rank < batch_size:
+        where = f" per process ({world_size} processes)" if world_size > 1 else ""
+        raise DataError(f"{what}: {len(ds)} training images{where} cannot fill one batch of {batch_size}; "
+                        "use a smaller batch_size or more images")
+    counts = torch.bincount(ds.labels, minlength=ds.num_classes)
+    missing = torch.nonzero(counts == 0).flatten().tolist()
+    if missing:
+        names = [ds.classes[i] if i < len(ds.classes) else str(i) for i in missing]
+        shown = ", ".join(map(repr, names[:10])) + (" …" if len(names) > 10 else "")
+        raise DataError(f"{what}: the {len(ds)} training images hold no image of {len(missing)} of the "
+                        f"{ds.num_classes} classes ({shown}); use more images")

@@ -16,6 +16,7 @@ from bitnas.registry import Registry
 from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Genotype
 from bitnas.nets.cells import Cell
+from bitnas.nets.limits import check_build_kwargs
 
 
 class AuxiliaryHead(nn.Module):
@@ -161,22 +162,43 @@ def arch_spec(genotype: Genotype | None, **build_kw: Any) -> dict[str, Any]:
     return {"genotype": genotype.to_dict() if genotype is not None else None, "network": dict(build_kw)}
 
 
-def network_from_spec(spec: dict[str, Any], **override: Any) -> nn.Module:
-    """Rebuild a fixed network from `arch_spec` output — no search code involved."""
+def network_from_spec(spec: Any, source: str = "checkpoint", stored: int | None = None,
+                      **override: Any) -> nn.Module:
+    """Rebuild a fixed network from `arch_spec` output — no search code involved.
+
+    The spec is data read from a file: its genotype and every build argument are checked (names,
+    types, sizes; with `stored`, the number of weights the file holds, against the smallest
+    network the spec describes) before anything is allocated."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("network"), dict) or "genotype" not in spec:
+        raise BitnasError(f"{source}: no valid architecture stored (expected genotype and network settings)")
     kw = dict(spec["network"])
     kw.update(override)
-    g = spec.get("genotype")
-    return build_network(Genotype.from_dict(g, "checkpoint genotype") if g is not None else None, **kw)
+    g = spec["genotype"]
+    genotype = Genotype.from_dict(g, f"{source} genotype") if g is not None else None
+    check_build_kwargs(kw, source, multiplier=len(genotype.normal_concat) if genotype is not None else 4,
+                       stored=stored)
+    return build_network(genotype, **kw)
+
+
+def tensor_elements(state: Any) -> int:
+    """The number of tensor elements in a (nested) state dict."""
+    if isinstance(state, Tensor):
+        return state.numel()
+    if isinstance(state, dict):
+        return sum(tensor_elements(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_elements(v) for v in state)
+    return 0
 
 
 def network_from_checkpoint(ck: Any, source: str) -> nn.Module:
     """The network of a bitnas training checkpoint dict, with its weights loaded."""
-    if not isinstance(ck, dict) or "arch" not in ck or "model" not in ck:
+    if not isinstance(ck, dict) or "arch" not in ck or not isinstance(ck.get("model"), dict):
         raise BitnasError(f"{source}: not a bitnas training checkpoint (no stored architecture/weights)")
-    model = network_from_spec(ck["arch"])
+    model = network_from_spec(ck["arch"], source, stored=tensor_elements(ck["model"]))
     try:
         model.load_state_dict(ck["model"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, ValueError) as e:
         raise BitnasError(f"{source}: weights do not fit the stored architecture "
                           f"({str(e).splitlines()[0][:200]})") from None
     return model

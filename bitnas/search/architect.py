@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from bitnas.common.finite import check_step
 from bitnas.errors import ConfigError
 from bitnas.search.supernet import SuperNetwork
 
@@ -39,8 +40,9 @@ class Architect:
     """
 
     def __init__(self, model: SuperNetwork, lr: float, betas: tuple[float, float], weight_decay: float,
-                 average: Average | None = None, fd_scale: float = 0.01) -> None:
+                 average: Average | None = None, fd_scale: float = 0.01, world_size: int = 1) -> None:
         self.model = model
+        self.world_size = world_size
         self.fd_scale = fd_scale
         self.params = model.arch_parameters()
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas, weight_decay=weight_decay)
@@ -70,6 +72,8 @@ class Architect:
              unrolled: bool) -> tuple[Tensor, Tensor]:
         """One Adam step of α/β; returns the validation loss and logits it was computed on."""
         grads, loss, logits = self.gradients(train_batch, val_batch, lr, w_optimizer, unrolled)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        check_step(loss, norm, "search: α step", self.optimizer.param_groups[0]["lr"], self.world_size)
         for p, g in zip(self.params, grads):
             p.grad = g
         self.optimizer.step()

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bitnas.config import BaseConfig, opt
+from bitnas.errors import ConfigError
 
 
 @dataclass
@@ -66,3 +67,31 @@ class SearchConfig(BaseConfig):
                           "use torchrun for more processes)")
     arch_fd_scale: float = opt(0.01, "unrolled: ε = arch_fd_scale / ‖∇w' L_val‖ of the finite-difference Hessian-vector "
                                "product (DARTS: 0.01)")
+
+    def validate(self) -> "SearchConfig":
+        """Refuse values of the keys every strategy shares, naming the key; return self. Each strategy
+        checks its own keys (`SearchStrategy.check_config`)."""
+        self.check_common()
+        checks = [
+            (0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)"),
+            (self.w_lr > 0, "w_lr", "must be positive"),
+            (self.w_lr_min >= 0, "w_lr_min", "must be >= 0"),
+            (self.w_momentum >= 0, "w_momentum", "must be >= 0"),
+            (self.w_weight_decay >= 0, "w_weight_decay", "must be >= 0"),
+            (self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = off)"),
+            (self.arch_lr >= 0, "arch_lr", "must be >= 0 (0 = the strategy's default)"),
+            (0 <= self.arch_beta1 < 1 and 0 <= self.arch_beta2 < 1, "arch_beta1/arch_beta2", "must be in [0, 1)"),
+            (self.arch_weight_decay >= 0, "arch_weight_decay", "must be >= 0"),
+            (self.arch_fd_scale > 0, "arch_fd_scale", "must be positive"),
+            (self.k_normal >= 0 and self.k_reduce >= 0, "k_normal/k_reduce", "must be >= 0 (0 = the strategy's default)"),
+            (self.warmup_epochs >= -1, "warmup_epochs", "must be >= 0, or -1 for the strategy's default"),
+            (self.early_stop_skips >= 1, "early_stop_skips", "must be at least 1"),
+            (self.early_stop_patience >= 1, "early_stop_patience", "must be at least 1"),
+            (self.early_stop_min_epochs >= 0, "early_stop_min_epochs", "must be >= 0"),
+            (self.threads >= 0, "threads", "must be >= 0 (0 = auto)"),
+        ]
+        for ok, key, msg in checks:
+            if not ok:
+                value = "/".join(repr(getattr(self, k)) for k in key.split("/"))
+                raise ConfigError(f"{key}: {msg}, got {value:.80}")
+        return self

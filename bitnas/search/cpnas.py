@@ -91,11 +91,15 @@ from typing import Any, Callable, Sequence, TypeVar
 import torch
 from torch import Tensor, nn
 
+from bitnas.common import faults
+from bitnas.common.batchstats import batch_statistics, batchnorm_layers, running_statistics
+from bitnas.common.schedules import cosine_lr
 from bitnas.data import BatchLoader, InfiniteLoader
 from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
-from bitnas.search.darts import Meter, make_weight_optimizer, weight_step
-from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy
+from bitnas.search.steps import Meter, make_weight_optimizer, weight_step
+from bitnas.search.config import SearchConfig
+from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, UnitInterrupted
 from bitnas.search.supernet import SuperNetwork, derive_genotype, fit_partial_ratio, genotype_paths, num_edges
 from bitnas.space.genotypes import Genotype
 
@@ -191,13 +195,6 @@ def unpack_tensors(packed: dict[str, Any]) -> Any:
     return walk(packed["skeleton"])
 
 
-def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
-    """Cosine from `lr` at step 0 to `lr_min` at step `total`."""
-    if total <= 0:
-        return lr
-    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * min(step, total) / total))
-
-
 class CPNASSearch(SearchStrategy):
     """Child-Parent search: sample without replacement, score by child/parent accuracy, remove the worst."""
 
@@ -211,7 +208,6 @@ class CPNASSearch(SearchStrategy):
     def __init__(self, ctx: SearchContext) -> None:
         super().__init__(ctx)
         cfg = self.cfg
-        self._check_config()
         k_normal = k_reduce = 1
         if cfg.cp_partial_channels:
             k_normal = fit_partial_ratio(cfg.k_normal or 4, cfg.init_channels)
@@ -236,8 +232,7 @@ class CPNASSearch(SearchStrategy):
         self._val_images = 0
         concurrent = cfg.cp_concurrent and ctx.world_size == 1 and ctx.device.type == "cpu"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpnas-parent") if concurrent else None
-        self._batchnorms = {n: [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-                            for n, net in self.nets.items()}
+        self._batchnorms = {n: batchnorm_layers(net) for n, net in self.nets.items()}
         # sampling state
         self.remaining = {c: [list(range(n_ops)) for _ in range(self.num_edges)] for c in CELLS}
         self.perms: dict[str, list[list[int]]] | None = None
@@ -254,13 +249,15 @@ class CPNASSearch(SearchStrategy):
         self.units = 0
         self.stats = {"acc_child": 0.0, "acc_parent": 0.0, "n": 0, "seconds": 0.0}
         self.history: list[dict[str, Any]] = []
+        self.partial: dict[str, Any] | None = None
         log.info("cpnas: %d ops × %d edges per cell, T=%d rounds, %d training steps per sample (batch %d), "
                  "%d samples, β_P=%g (%s indicator), val subset %d, warm-up %d epoch(s) (%s), K partial %d/%d",
                  n_ops, self.num_edges, cfg.rounds, self.steps_per_sample, cfg.batch_size, self.total_samples,
                  cfg.beta_p, cfg.indicator, self._val_size(), cfg.cp_warmup_epochs, cfg.cp_warmup_mode, *self.k)
 
-    def _check_config(self) -> None:
-        cfg = self.cfg
+    @classmethod
+    def check_config(cls, cfg: SearchConfig) -> None:
+        super().check_config(cfg)
         if cfg.rounds < 1:
             raise ConfigError(f"rounds (T) must be at least 1, got {cfg.rounds}")
         for key in ("sample_steps", "val_subset", "cp_warmup_epochs"):
@@ -272,6 +269,10 @@ class CPNASSearch(SearchStrategy):
             raise ConfigError(f"cp_temperature must be > 0, got {cfg.cp_temperature}")
         if cfg.indicator not in INDICATORS:
             raise ConfigError(f"indicator must be one of {', '.join(INDICATORS)}, got {cfg.indicator!r}")
+
+    @classmethod
+    def precisions(cls, cfg: SearchConfig) -> tuple[str, ...]:
+        return ("binary", "fp32")
 
     # -- progress -------------------------------------------------------------------------
     @property
@@ -318,9 +319,11 @@ class CPNASSearch(SearchStrategy):
     def _train(self, steps: int, paths: dict[str, list[int]] | None, random_paths: bool = False) -> dict[str, float]:
         """`steps` mini-batches for the child and the parent (the same batches and path)."""
         ctx = self.ctx
-        meters = {n: Meter() for n in self.nets}
-        out: dict[str, float] = {"lr": self._lr()}
-        for _ in range(steps):
+        if self.partial is None:
+            self.partial = {"done": 0, "lr": self._lr(), "meters": {n: Meter() for n in self.nets}}
+        meters: dict[str, Meter] = self.partial["meters"]
+        out: dict[str, float] = {"lr": self.partial["lr"]}
+        while self.partial["done"] < steps:
             x, y = next(self.train_stream)
             x, y = x.to(ctx.device), y.to(ctx.device)
             path = self._random_path() if random_paths else paths
@@ -330,12 +333,18 @@ class CPNASSearch(SearchStrategy):
                 opt = self.optimizers[name]
                 for group in opt.param_groups:
                     group["lr"] = lr
-                return weight_step(ctx, self.nets[name], opt, self.params[name], x, y, self.cfg.grad_clip, path)
+                return weight_step(ctx, self.nets[name], opt, self.params[name], x, y, self.cfg.grad_clip, path,
+                                   what=f"cpnas {name}")
 
             for name, (loss, logits) in self._both(step).items():
                 meters[name].add(loss, logits, y)
                 self.images += y.shape[0] * ctx.world_size
             self.step += 1
+            self.partial["done"] += 1
+            faults.point("search.step", self.step)
+            if self.partial["done"] < steps and ctx.should_stop():
+                raise UnitInterrupted
+        self.partial = None
         for net in self.nets.values():
             ctx.broadcast_buffers(net)
         for name, m in meters.items():
@@ -358,30 +367,20 @@ class CPNASSearch(SearchStrategy):
             self._val_images = sum(int(y.shape[0]) for _, y in self._val_batches) * ctx.world_size
         return self._val_batches
 
-    @torch.no_grad()
     def measure(self, which: str, paths: dict[str, list[int]] | None) -> float:
         """Top-1 accuracy (%) of the "child" or "parent" supernet on the fixed validation subset along `paths`.
 
         The supernets stay in train mode throughout the search; with `cp_eval_bn: batch` the
         BatchNorm layers normalise by the batch's statistics and leave their running ones alone."""
         net = self.nets[which]
-        running = self.cfg.cp_eval_bn == "running"
-        bns = [] if running else self._batchnorms[which]
-        if running:
-            net.eval()
-        for m in bns:
-            m.track_running_stats = False
+        stats = (batch_statistics(net, self._batchnorms[which]) if self.cfg.cp_eval_bn == "batch"
+                 else running_statistics(net))
         correct, n = 0.0, 0.0
-        try:
+        with stats:
             for x, y in self._val():
                 logits = net(x, paths=paths)[0]
                 correct += float((logits.argmax(1) == y).sum())
                 n += y.shape[0]
-        finally:
-            for m in bns:
-                m.track_running_stats = True
-            if running:
-                net.train()
         correct, n = self.ctx.reduce_sums([correct, n])
         return 100.0 * correct / n
 
@@ -563,6 +562,9 @@ class CPNASSearch(SearchStrategy):
             "warmup_epoch": self.warmup_epoch, "removals": self.removals, "round": self.round, "sample": self.sample,
             "samples_done": self.samples_done, "pending_removal": self.pending_removal, "step": self.step,
             "units": self.units, "stats": dict(self.stats), "history": self.history,
+            "partial": None if self.partial is None else {
+                "done": self.partial["done"], "lr": self.partial["lr"],
+                "meters": {n: m.state_dict() for n, m in self.partial["meters"].items()}},
         })
         return st
 
@@ -586,6 +588,10 @@ class CPNASSearch(SearchStrategy):
         self.units = int(state["units"])
         self.stats = dict(state["stats"])
         self.history = list(state["history"])
+        partial = state.get("partial")
+        self.partial = None if not partial else {
+            "done": int(partial["done"]), "lr": float(partial["lr"]),
+            "meters": {n: Meter.from_state(m) for n, m in partial["meters"].items()}}
 
 
 def edge_position(edge: int) -> tuple[int, int]:

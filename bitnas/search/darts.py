@@ -11,94 +11,25 @@ from rank 0 at the end of each epoch.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from bitnas.common import faults
 from bitnas.data import InfiniteLoader
 from bitnas.errors import ConfigError
 from bitnas.search.architect import Architect
 from bitnas.search.early_stopping import EarlyStopping, ranking
-from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, kill_hook_for_tests
-from bitnas.search.supernet import SuperNetwork, fit_partial_ratio, genotype_paths
+from bitnas.search.steps import Meter, evaluate, make_weight_optimizer, progress, weight_step
+from bitnas.search.config import SearchConfig
+from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, UnitInterrupted
+from bitnas.search.supernet import fit_partial_ratio, genotype_paths
 from bitnas.space.genotypes import Genotype
 
 log = logging.getLogger("bitnas")
-
-ARCH_TRACE_ENV = "BITNAS_TEST_ARCH_TRACE"
-
-
-def make_weight_optimizer(cfg: Any, params: list[Tensor]) -> torch.optim.Optimizer:
-    """SGD (momentum, weight decay) or Adam over the supernet weights."""
-    if cfg.w_optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.w_lr, weight_decay=cfg.w_weight_decay)
-    return torch.optim.SGD(params, lr=cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
-
-
-def weight_step(ctx: SearchContext, model: SuperNetwork, optimizer: torch.optim.Optimizer, params: list[Tensor],
-                x: Tensor, y: Tensor, grad_clip: float,
-                paths: dict[str, list[int]] | None = None) -> tuple[Tensor, Tensor]:
-    """Forward, backward (weights only), rank-average, clip and step; returns (loss, logits) detached."""
-    logits = model(x, paths=paths)[0] if paths is not None else model(x)[0]
-    loss = F.cross_entropy(logits, y)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    for p, g in zip(params, grads):
-        p.grad = g
-    ctx.sync_grads(params)
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach(), logits.detach()
-
-
-class Meter:
-    """Sums of loss·n, correct and n, reduced over ranks on demand."""
-
-    def __init__(self) -> None:
-        self.loss = 0.0
-        self.correct = 0.0
-        self.n = 0.0
-
-    def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
-        n = y.shape[0]
-        self.loss += float(loss) * n
-        self.correct += float((logits.argmax(1) == y).sum())
-        self.n += n
-
-    def result(self, ctx: SearchContext) -> tuple[float, float]:
-        """(mean loss, accuracy in %) over all ranks."""
-        loss, correct, n = ctx.reduce_sums([self.loss, self.correct, self.n])
-        return (loss / n, 100.0 * correct / n) if n else (float("nan"), float("nan"))
-
-
-def progress(iterable: Any, ctx: SearchContext, desc: str, total: int) -> Any:
-    """Wrap in tqdm when progress bars are on (rank 0)."""
-    if not ctx.show_progress:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
-
-
-@torch.no_grad()
-def evaluate(ctx: SearchContext, model: SuperNetwork, loader: Any, paths: Any = None) -> tuple[float, float]:
-    """(loss, accuracy %) over a loader's full epoch, eval-mode BN; `paths(i)` gives a per-batch path."""
-    was_training = model.training
-    model.eval()
-    m = Meter()
-    for i, (x, y) in enumerate(loader.iter_from(0)):
-        x, y = x.to(ctx.device), y.to(ctx.device)
-        logits = model(x, paths=paths(i))[0] if paths is not None else model(x)[0]
-        m.add(F.cross_entropy(logits, y), logits, y)
-    model.train(was_training)
-    return m.result(ctx)
 
 
 def nested(t: Tensor) -> list[Any]:
@@ -124,23 +55,20 @@ class DifferentiableSearch(SearchStrategy):
     def __init__(self, ctx: SearchContext) -> None:
         super().__init__(ctx)
         cfg = self.cfg
-        if cfg.epochs < 0:
-            raise ConfigError(f"epochs must be ≥ 0, got {cfg.epochs}")
         self.k_normal = self._partial_ratio(cfg.k_normal or self.default_k[0], "k_normal")
         self.k_reduce = self._partial_ratio(cfg.k_reduce or self.default_k[1], "k_reduce")
         self.edge_norm = self.default_edge_norm if cfg.edge_norm == "auto" else cfg.edge_norm == "on"
         self.warmup = (int(self.default_warmup_fraction * cfg.epochs + 0.5) if cfg.warmup_epochs < 0
                        else cfg.warmup_epochs)
         self.arch_lr = cfg.arch_lr or self.default_arch_lr
-        if cfg.unrolled and cfg.w_optimizer != "sgd":
-            raise ConfigError("unrolled (second-order) search needs w_optimizer: sgd")
         self.model = self.build_supernet(cfg.precision, self.k_normal, self.k_reduce, self.edge_norm)
         self.w_params = self.model.weight_parameters()
         self.w_optimizer = make_weight_optimizer(cfg, self.w_params)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, T_max=max(1, cfg.epochs),
                                                                     eta_min=cfg.w_lr_min)
         self.architect = Architect(self.model, self.arch_lr, (cfg.arch_beta1, cfg.arch_beta2),
-                                   cfg.arch_weight_decay, average=ctx.average, fd_scale=cfg.arch_fd_scale)
+                                   cfg.arch_weight_decay, average=ctx.average, fd_scale=cfg.arch_fd_scale,
+                                   world_size=ctx.world_size)
         self.train_loader = ctx.loader("train", shuffle=True)
         self.val_stream = InfiniteLoader(ctx.loader("val", shuffle=True, seed_offset=1))
         self.eval_loader = ctx.loader("val", shuffle=False)
@@ -153,12 +81,21 @@ class DifferentiableSearch(SearchStrategy):
         self.best_acc = float("-inf")
         self.best_epoch = -1
         self.best: Genotype | None = None
-        self.trace = bool(os.environ.get(ARCH_TRACE_ENV))
-        self.trace_hex = ""
+        self.partial: dict[str, Meter] | None = None
         log.info("%s: K normal %d / reduce %d, edge normalisation %s, warm-up %d of %d epochs, arch lr %g, "
                  "%s order, precision %s, early stopping %s", self.name, self.k_normal, self.k_reduce,
                  "on" if self.edge_norm else "off", self.warmup, cfg.epochs, self.arch_lr,
                  "second" if cfg.unrolled else "first", cfg.precision, criterion)
+
+    @classmethod
+    def check_config(cls, cfg: SearchConfig) -> None:
+        super().check_config(cfg)
+        if cfg.epochs < 1:
+            raise ConfigError(f"epochs: a {cls.name} search needs at least 1 epoch, got {cfg.epochs}")
+        if cfg.warmup_epochs >= cfg.epochs:
+            raise ConfigError(f"warmup_epochs: {cfg.warmup_epochs} of {cfg.epochs} epochs would leave α never updated")
+        if cfg.unrolled and cfg.w_optimizer != "sgd":
+            raise ConfigError("unrolled (second-order) search needs w_optimizer: sgd")
 
     def _partial_ratio(self, k: int, what: str) -> int:
         fitted = fit_partial_ratio(k, self.cfg.init_channels)
@@ -172,23 +109,17 @@ class DifferentiableSearch(SearchStrategy):
     def finished(self) -> bool:
         return self.epoch >= self.cfg.epochs or bool(self.stop_reason)
 
-    def _trace(self) -> None:
-        """Test hook (BITNAS_TEST_ARCH_TRACE set): chain a SHA-256 over α/β after every α step."""
-        if self.trace:
-            h = hashlib.sha256(self.trace_hex.encode())
-            for p in self.model.arch_parameters():
-                h.update(p.detach().cpu().numpy().tobytes())
-            self.trace_hex = h.hexdigest()
-
     def run_unit(self) -> dict[str, Any]:
         ctx, cfg, model = self.ctx, self.cfg, self.model
         update_arch = self.epoch >= self.warmup
         lr = float(self.scheduler.get_last_lr()[0])
         model.train()
         self.train_loader.set_epoch(self.epoch)
-        train_m, arch_m = Meter(), Meter()
+        if self.partial is None:
+            self.partial = {"train": Meter(), "arch": Meter()}
+        train_m, arch_m = self.partial["train"], self.partial["arch"]
         batches = progress(self.train_loader, ctx, f"{self.name} epoch {self.epoch + 1}/{cfg.epochs}",
-                           len(self.train_loader))
+                           len(self.train_loader) - self.train_loader.position)
         for x, y in batches:
             x, y = x.to(ctx.device), y.to(ctx.device)
             if update_arch:
@@ -197,12 +128,15 @@ class DifferentiableSearch(SearchStrategy):
                 vloss, vlogits = self.architect.step((x, y), (xv, yv), lr, self.w_optimizer, cfg.unrolled)
                 arch_m.add(vloss, vlogits, yv)
                 self.images += yv.shape[0] * ctx.world_size
-                self._trace()
+                faults.point("search.arch_step", self.step + 1, tensors=model.arch_parameters)
             loss, logits = weight_step(ctx, model, self.w_optimizer, self.w_params, x, y, cfg.grad_clip)
             train_m.add(loss, logits, y)
             self.images += y.shape[0] * ctx.world_size
             self.step += 1
-            kill_hook_for_tests(self.step)
+            faults.point("search.step", self.step)
+            if self.train_loader.position < len(self.train_loader) and ctx.should_stop():
+                raise UnitInterrupted
+        self.partial = None
         self.scheduler.step()
         ctx.broadcast_buffers(model)
         train_loss, train_acc = train_m.result(ctx)
@@ -229,8 +163,6 @@ class DifferentiableSearch(SearchStrategy):
                 self.stop_reason, self.stop_epoch = f"early_stop:{reason}", self.epoch
                 rec.update(stop_reason=self.stop_reason, stop_epoch=self.epoch, stop_detail=self.stopper.detail)
                 log.info("%s: early stop after epoch %d: %s", self.name, self.epoch + 1, self.stopper.detail)
-        if self.trace:
-            rec["arch_trace"] = self.trace_hex
         log.info("%s epoch %d/%d: train %.3f / %.2f%%, val %.3f / %.2f%%, lr %.4g%s", self.name, self.epoch + 1,
                  cfg.epochs, train_loss, train_acc, val_loss, val_acc, lr, "" if update_arch else " (warm-up)")
         log.info("genotype: %s", g)
@@ -271,7 +203,8 @@ class DifferentiableSearch(SearchStrategy):
         st.update({
             "epoch": self.epoch, "step": self.step,
             "stop_epoch": self.stop_epoch, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
-            "best": self.best.to_dict() if self.best else None, "trace": self.trace_hex,
+            "best": self.best.to_dict() if self.best else None,
+            "partial": {k: m.state_dict() for k, m in self.partial.items()} if self.partial else None,
         })
         return st
 
@@ -281,7 +214,8 @@ class DifferentiableSearch(SearchStrategy):
         self.stop_epoch = int(state["stop_epoch"])
         self.best_acc, self.best_epoch = float(state["best_acc"]), int(state["best_epoch"])
         self.best = Genotype.from_dict(state["best"]) if state["best"] else None
-        self.trace_hex = str(state["trace"])
+        partial = state.get("partial")
+        self.partial = {k: Meter.from_state(m) for k, m in partial.items()} if partial else None
 
 
 class DartsSearch(DifferentiableSearch):

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
+from bitnas.common.edges import rank_edges
 from bitnas.space.genotypes import Genotype
 
 CRITERIA = ("skip", "stable", "genotype")
@@ -27,20 +28,9 @@ Ranking = list[list[int]]
 
 def ranking(scores: Tensor, ops: Sequence[str], steps: int, zero_op: str | None) -> Ranking:
     """Per edge the index of its strongest non-zero op, then per node its edges by that strength."""
-    keep = [k for k, o in enumerate(ops) if o != zero_op]
-    best_op: list[int] = []
-    order: list[int] = []
-    start = 0
-    for i in range(steps):
-        n = 2 + i
-        rows = scores[start:start + n].tolist()
-        strengths = []
-        for j, row in enumerate(rows):
-            k = max(keep, key=lambda c, r=row: r[c])
-            best_op.append(k)
-            strengths.append(row[k])
-        order += sorted(range(n), key=lambda j, s=strengths: -s[j])
-        start += n
+    nodes = rank_edges(scores, ops, steps, zero_op)
+    best_op = [e.op for node in nodes for e in sorted(node, key=lambda e: e.input)]
+    order = [e.input for node in nodes for e in node]
     return [best_op, order]
 
 

@@ -14,36 +14,23 @@ first draw (pure random sampling).
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
+from bitnas.common import faults
+from bitnas.common.batchstats import batch_statistics
 from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
-from bitnas.search.darts import Meter, make_weight_optimizer, progress, weight_step
-from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, kill_hook_for_tests
+from bitnas.search.steps import Meter, make_weight_optimizer, progress, weight_step
+from bitnas.search.config import SearchConfig
+from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, UnitInterrupted
 from bitnas.search.supernet import SuperNetwork, fit_partial_ratio, genotype_paths
 from bitnas.space.genotypes import Genotype, random_genotype
 
 log = logging.getLogger("bitnas")
 
-
-
-@contextmanager
-def batch_statistics(model: torch.nn.Module) -> Iterator[None]:
-    """Evaluate with BatchNorm batch statistics, without changing the running statistics."""
-    saved = {n: b.clone() for n, b in model.named_buffers()}
-    was_training = model.training
-    model.train()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-        for n, b in model.named_buffers():
-            b.copy_(saved[n])
 
 
 class RandomSearch(SearchStrategy):
@@ -57,9 +44,6 @@ class RandomSearch(SearchStrategy):
     def __init__(self, ctx: SearchContext) -> None:
         super().__init__(ctx)
         cfg = self.cfg
-        if cfg.epochs < 0 or cfg.random_samples < 1:
-            raise ConfigError(f"random search needs epochs ≥ 0 and random_samples ≥ 1, got {cfg.epochs}, "
-                              f"{cfg.random_samples}")
         kn = fit_partial_ratio(cfg.k_normal or 1, cfg.init_channels)
         kr = fit_partial_ratio(cfg.k_reduce or 1, cfg.init_channels)
         self.model: SuperNetwork = self.build_supernet(cfg.precision, kn, kr, edge_norm=False)
@@ -76,8 +60,16 @@ class RandomSearch(SearchStrategy):
         self.epoch = 0
         self.step = 0
         self.samples: list[dict[str, Any]] = []
+        self.partial: Meter | None = None
         log.info("random: %d epochs of uniform single-path training, then %d sampled genotypes scored on %d "
                  "validation images", cfg.epochs, cfg.random_samples, len(ctx.val_set))
+
+    @classmethod
+    def check_config(cls, cfg: SearchConfig) -> None:
+        super().check_config(cfg)
+        if cfg.epochs < 0 or cfg.random_samples < 1:
+            raise ConfigError(f"random search needs epochs ≥ 0 and random_samples ≥ 1, got {cfg.epochs}, "
+                              f"{cfg.random_samples}")
 
     @property
     def finished(self) -> bool:
@@ -120,16 +112,21 @@ class RandomSearch(SearchStrategy):
         lr = float(self.scheduler.get_last_lr()[0])
         model.train()
         self.train_loader.set_epoch(self.epoch)
-        m = Meter()
+        if self.partial is None:
+            self.partial = Meter()
+        m = self.partial
         desc = f"random epoch {self.epoch + 1}/{cfg.epochs}"
-        for x, y in progress(self.train_loader, ctx, desc, len(self.train_loader)):
+        for x, y in progress(self.train_loader, ctx, desc, len(self.train_loader) - self.train_loader.position):
             x, y = x.to(ctx.device), y.to(ctx.device)
             paths = genotype_paths(self.draw(self.path_gen), self.ops)
             loss, logits = weight_step(ctx, model, self.w_optimizer, self.w_params, x, y, cfg.grad_clip, paths)
             m.add(loss, logits, y)
             self.images += y.shape[0] * ctx.world_size
             self.step += 1
-            kill_hook_for_tests(self.step)
+            faults.point("search.step", self.step)
+            if self.train_loader.position < len(self.train_loader) and ctx.should_stop():
+                raise UnitInterrupted
+        self.partial = None
         self.scheduler.step()
         ctx.broadcast_buffers(model)
         train_loss, train_acc = m.result(ctx)
@@ -173,7 +170,8 @@ class RandomSearch(SearchStrategy):
     def state_dict(self) -> dict[str, Any]:
         st = super().state_dict()
         st.update({"path_gen": self.path_gen.get_state(), "sample_gen": self.sample_gen.get_state(),
-                   "epoch": self.epoch, "step": self.step, "samples": self.samples})
+                   "epoch": self.epoch, "step": self.step, "samples": self.samples,
+                   "partial": self.partial.state_dict() if self.partial else None})
         return st
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -182,6 +180,7 @@ class RandomSearch(SearchStrategy):
         self.sample_gen.set_state(state["sample_gen"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.samples = [dict(s) for s in state["samples"]]
+        self.partial = Meter.from_state(state["partial"]) if state.get("partial") else None
 
 
 STRATEGIES.register("random", RandomSearch, aliases=("random_search",))

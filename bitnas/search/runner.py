@@ -1,58 +1,54 @@
 """Drive a search: data split → strategy → per-unit metrics and checkpoints → genotype.json.
 
 Every unit ends with an atomic `last.pt` holding the strategy state and every RNG state, so a
-search killed at any point resumes (`resume=True`) to the same α and genotype.
+search killed at any point resumes (`resume=True`) to the same α and genotype; SIGINT/SIGTERM
+stop at the next step and write `last.pt` with the partial unit first.
 """
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
+from dataclasses import asdict
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from bitnas.data import load_dataset, take_subset, train_val_split
-from bitnas.errors import ConfigError
-from bitnas.run import RunDir, default_out
+from bitnas.common import faults
+from bitnas.common.distributed import init_distributed
+from bitnas.common.signals import StopRequest, graceful_stop
+from bitnas.config import check_resume_config
+from bitnas.data import ImageDataset, check_training_split, load_dataset, take_subset, train_val_split
+from bitnas.errors import ConfigError, DataError
+from bitnas.run import RunDir, check_out, clear_run, default_out
 from bitnas.search.config import SearchConfig
-from bitnas.search.strategy import STRATEGIES, SearchContext, SearchStrategy, check_strategy_keys
-from bitnas.utils import load_checkpoint, resolve_device, rng_state, save_checkpoint, seed_everything, set_rng_state, truncate_jsonl
+from bitnas.search.strategy import STRATEGIES, SearchContext, SearchStrategy, UnitInterrupted, check_strategy_keys
+from bitnas.utils import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state, truncate_jsonl
 
 log = logging.getLogger("bitnas")
 
-# Test hooks: SIGKILL after computing unit N (before it is logged and checkpointed), and a dump
-# of every rank's final strategy state to DIR/state_rank<r>.pt (multi-process equality tests).
-KILL_AT_UNIT_ENV = "BITNAS_TEST_KILL_AT_UNIT"
-DUMP_STATE_ENV = "BITNAS_TEST_DUMP_STATE"
-
-
-def init_process_group(device: torch.device) -> tuple[int, int]:
-    """(rank, world size); joins the torchrun group (gloo on CPU, nccl on CUDA) when launched by it."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def make_context(cfg: SearchConfig) -> SearchContext:
-    device = resolve_device(cfg.device)
-    rank, world = init_process_group(device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if not cfg.out:
-        raise ConfigError("out: a run directory is required")
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
+def load_search_data(cfg: SearchConfig, world_size: int) -> tuple[ImageDataset, ImageDataset]:
+    """(train, val): the training images (optionally a class-balanced subset) split in two; refused
+    when the train part cannot fill a batch or misses a class."""
     full = load_dataset(cfg.data, "train")
     ds = take_subset(full, cfg.train_subset, cfg.seed) if cfg.train_subset else full
     train_idx, val_idx = train_val_split(ds.labels, cfg.val_fraction, cfg.seed)
-    return SearchContext(cfg=cfg, device=device, train_set=ds.subset(train_idx), val_set=ds.subset(val_idx),
-                         run=RunDir(cfg.out, writer=rank == 0), rank=rank, world_size=world)
+    if len(val_idx) == 0:
+        raise DataError(f"val_fraction {cfg.val_fraction}: leaves no validation image of the {len(ds)} training images")
+    train_set, val_set = ds.subset(train_idx), ds.subset(val_idx)
+    what = f"train_subset {cfg.train_subset}" if cfg.train_subset else f"data {cfg.data}"
+    check_training_split(train_set, cfg.batch_size, world_size, f"{what} (the search trains on {1 - cfg.val_fraction:g} of it)")
+    return train_set, val_set
+
+
+def make_context(cfg: SearchConfig, stop: StopRequest | None = None) -> SearchContext:
+    """What a strategy runs in: process group and device, the data splits, and the run directory
+    (not created: nothing touches the disk until the run has been checked)."""
+    info = init_distributed(cfg.device)
+    train_set, val_set = load_search_data(cfg, info.world_size)
+    return SearchContext(cfg=cfg, device=info.device, train_set=train_set, val_set=val_set,
+                         run=RunDir(cfg.out, writer=info.is_main, create=False), rank=info.rank,
+                         world_size=info.world_size, stop=stop or StopRequest())
 
 
 def _checkpoint(ctx: SearchContext, strat: SearchStrategy, records: int, elapsed: float) -> None:
@@ -60,59 +56,79 @@ def _checkpoint(ctx: SearchContext, strat: SearchStrategy, records: int, elapsed
         return
     save_checkpoint(ctx.run.file("last.pt"), {
         "kind": "search", "strategy_name": strat.name, "strategy": strat.state_dict(), "rng": rng_state(),
-        "records": records, "elapsed": elapsed, "config": _cfg_dict(ctx.cfg),
+        "records": records, "elapsed": elapsed, "config": asdict(ctx.cfg),
     })
 
 
-def _cfg_dict(cfg: SearchConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(cfg)
-
-
 def run_search(cfg: SearchConfig, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) a search; returns the summary also written to genotype.json."""
+    """Run (or resume) a search; returns the summary also written to genotype.json.
+
+    Everything is checked (config, strategy settings, --out, data, the checkpoint to resume)
+    before the run directory is touched. SIGINT/SIGTERM stop at the next step with a resumable
+    `last.pt` and raise `Interrupted`."""
     from bitnas.search import strategies  # noqa: F401 - registers every strategy
 
-    check_strategy_keys(cfg, STRATEGIES.get(cfg.strategy))
     if not cfg.out:
         cfg.out = default_out("search")
-    if cfg.threads < 0:
-        raise ConfigError(f"threads must be ≥ 0, got {cfg.threads}")
+    cfg.validate()
+    strategy = STRATEGIES.get(cfg.strategy)
+    check_strategy_keys(cfg, strategy)
+    strategy.check_config(cfg)
     torch.set_num_threads(cfg.threads or 1)
+    with graceful_stop() as stop:
+        return _run(cfg, strategy, resume, stop)
+
+
+def _run(cfg: SearchConfig, strategy: type[SearchStrategy], resume: bool, stop: StopRequest) -> dict[str, Any]:
+    check_out(cfg.out, "search", resume, cfg.force)
     seed_everything(cfg.seed)
-    ctx = make_context(cfg)
-    strat = STRATEGIES.get(cfg.strategy)(ctx)
+    ctx = make_context(cfg, stop)
+    run = ctx.run
+    strat = strategy(ctx)
     records, elapsed = 0, 0.0
-    last = ctx.run.file("last.pt")
-    if resume and last.exists():
-        ck = load_checkpoint(last, map_location=ctx.device)
-        if ck.get("strategy_name") != strat.name:
-            raise ConfigError(f"{last}: made by strategy '{ck.get('strategy_name')}', not '{strat.name}'")
+    last = run.file("last.pt")
+    ck = load_checkpoint(last, map_location=ctx.device) if resume and last.exists() else None
+    if ck is not None:
+        if ck.get("kind") != "search" or ck.get("strategy_name") != strat.name:
+            made = f"strategy '{ck.get('strategy_name')}'" if ck.get("kind") == "search" else "another command"
+            raise ConfigError(f"{last}: made by {made}, not a '{strat.name}' search")
+        check_resume_config(ck.get("config") or {}, cfg, str(last))
         strat.load_state_dict(ck["strategy"])
         set_rng_state(ck["rng"])
         records, elapsed = int(ck["records"]), float(ck["elapsed"])
+    elif resume:
+        log.info("%s: no last.pt to resume from; starting from the beginning", run.path)
+    if ctx.rank == 0 and ck is None:
+        gone = clear_run(run.path)
+        if gone:
+            log.warning("%s: replacing %s of an earlier run", run.path, ", ".join(gone))
+    run.create()
+    if ck is not None:
         if ctx.rank == 0:
-            truncate_jsonl(ctx.run.file("metrics.jsonl"), records)
+            truncate_jsonl(run.file("metrics.jsonl"), records)
         log.info("resumed %s search from %s after %d units", strat.name, last, records)
-    elif ctx.rank == 0 and ctx.run.file("metrics.jsonl").exists():
-        ctx.run.file("metrics.jsonl").unlink()
-    ctx.run.save_config(cfg, {"resolved": {"space": strat.space.name, "strategy": strat.name}})
+    run.save_config(cfg, {"resolved": {"space": strat.space.name, "strategy": strat.name}}, command="search")
     log.info("search: strategy %s, space %s (%d ops), %d train / %d val images, device %s, %d process(es)",
              strat.name, strat.space.name, len(strat.space.ops), len(ctx.train_set), len(ctx.val_set), ctx.device,
              ctx.world_size)
-    kill_at_unit = int(os.environ.get(KILL_AT_UNIT_ENV) or 0)
+    hint = f"continue with the same command and --resume (--out {cfg.out})"
     while not strat.finished:
+        if ctx.should_stop():
+            _checkpoint(ctx, strat, records, elapsed)
+            raise stop.interrupted(hint)
         t0 = time.perf_counter()
-        rec = strat.run_unit()
+        try:
+            rec = strat.run_unit()
+        except UnitInterrupted:
+            _checkpoint(ctx, strat, records, elapsed + time.perf_counter() - t0)
+            raise stop.interrupted(hint) from None
         dt = time.perf_counter() - t0
-        if kill_at_unit and records + 1 == kill_at_unit:
-            os.kill(os.getpid(), signal.SIGKILL)
+        faults.point("search.unit", records + 1)
         elapsed += dt
         rec.setdefault("seconds", dt)
         rec["elapsed"] = elapsed
         rec["images"] = strat.images
-        ctx.run.log_metrics(rec)
+        run.log_metrics(rec)
         records += 1
         _checkpoint(ctx, strat, records, elapsed)
     g = strat.genotype()
@@ -126,15 +142,12 @@ def run_search(cfg: SearchConfig, resume: bool = False) -> dict[str, Any]:
         "structure": strat.op_config("binary").structure, "activation": strat.op_config("binary").activation,
     }
     result.update(strat.result_info())
-    ctx.run.write_json("genotype.json", result)
-    dump = os.environ.get(DUMP_STATE_ENV)
-    if dump:
-        save_checkpoint(os.path.join(dump, f"state_rank{ctx.rank}.pt"),
-                        {"strategy": strat.state_dict(), "result": result})
+    run.write_json("genotype.json", result)
+    faults.point("search.end", records, state=lambda: {"strategy": strat.state_dict(), "result": result})
     if ctx.rank == 0:
         log.info("search cost: %.1f s wall, %d images processed (%s)", elapsed, strat.images, result["stop_reason"])
         log.info("genotype: %s", g)
-        log.info("wrote %s", ctx.run.file("genotype.json"))
+        log.info("wrote %s", run.file("genotype.json"))
     if ctx.world_size > 1:
         dist.barrier()
     return result

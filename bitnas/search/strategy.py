@@ -6,8 +6,6 @@ resumes exactly (all strategy state is in `state_dict()`, RNG states in the chec
 """
 from __future__ import annotations
 
-import os
-import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from bitnas.common.distributed import DistInfo, any_rank
+from bitnas.common.signals import StopRequest
 from bitnas.data import BatchLoader, ImageDataset
 from bitnas.errors import ConfigError
 from bitnas.registry import Registry
@@ -41,6 +41,12 @@ class SearchContext:
     rank: int = 0
     world_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    stop: StopRequest = field(default_factory=StopRequest)
+
+    def should_stop(self) -> bool:
+        """True when a stop was requested (SIGINT/SIGTERM) on any rank. Collective under torchrun:
+        every rank calls it at the same point of the same step."""
+        return any_rank(self.stop.requested, DistInfo(self.rank, self.world_size, device=self.device))
 
     @property
     def in_channels(self) -> int:
@@ -112,7 +118,7 @@ class SearchContext:
 COMMON_KEYS = frozenset({
     "strategy", "space", "data", "train_subset", "batch_size", "seed", "device", "out", "init_channels", "layers",
     "structure", "activation", "weight_quantizer", "weight_scale", "pad_value", "binary_preprocess", "num_workers",
-    "progress", "val_fraction", "channels_last", "threads",
+    "progress", "val_fraction", "channels_last", "threads", "force",
 })
 WEIGHT_KEYS = frozenset({"w_optimizer", "w_lr", "w_lr_min", "w_momentum", "w_weight_decay", "grad_clip"})
 
@@ -138,6 +144,20 @@ def check_strategy_keys(cfg: SearchConfig, strategy: type["SearchStrategy"]) -> 
                           f"{', '.join(own)} (besides the data, network and run keys every strategy reads)")
 
 
+class UnitInterrupted(Exception):
+    """Raised by `run_unit` at a safe point inside a unit when a stop was requested: the strategy's
+    `state_dict()` then holds the partial unit, which `run_unit` continues after a resume."""
+
+
+def make_op_config(cfg: SearchConfig, space: SearchSpace, precision: str) -> OpConfig:
+    """The space's defaults (structure, activation) overridden by explicit config values."""
+    return OpConfig(
+        precision=precision, structure=cfg.structure or space.structure, activation=cfg.activation or space.activation,
+        weight_quantizer=cfg.weight_quantizer, weight_scale=cfg.weight_scale, pad_value=cfg.pad_value, affine=False,
+        binary_preprocess=cfg.binary_preprocess,
+    )
+
+
 class SearchStrategy:
     """Base class. Subclasses set `name`, `default_space`, `reads` (the config keys they use beyond
     `COMMON_KEYS`) and implement the abstract methods."""
@@ -147,10 +167,24 @@ class SearchStrategy:
     reads: frozenset[str] = frozenset()
 
     def __init__(self, ctx: SearchContext) -> None:
+        self.check_config(ctx.cfg)
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.images = 0
         self.stop_reason = ""
+
+    @classmethod
+    def check_config(cls, cfg: SearchConfig) -> None:
+        """Refuse settings this strategy cannot run (unknown space, structure, quantizer, …) before any
+        data is loaded or file written. Subclasses extend it with their own keys."""
+        space = get_space(cfg.space or cls.default_space)
+        for precision in cls.precisions(cfg):
+            make_op_config(cfg, space, precision)
+
+    @classmethod
+    def precisions(cls, cfg: SearchConfig) -> tuple[str, ...]:
+        """The precisions of the supernets the strategy builds."""
+        return (cfg.precision,)
 
     @property
     def space(self) -> SearchSpace:
@@ -158,13 +192,7 @@ class SearchStrategy:
 
     def op_config(self, precision: str) -> OpConfig:
         """The space's defaults (structure, activation) overridden by explicit config values."""
-        sp = self.space
-        return OpConfig(
-            precision=precision, structure=self.cfg.structure or sp.structure,
-            activation=self.cfg.activation or sp.activation, weight_quantizer=self.cfg.weight_quantizer,
-            weight_scale=self.cfg.weight_scale, pad_value=self.cfg.pad_value, affine=False,
-            binary_preprocess=self.cfg.binary_preprocess,
-        )
+        return make_op_config(self.cfg, self.space, precision)
 
     def build_supernet(self, precision: str, k_normal: int = 1, k_reduce: int = 1, edge_norm: bool = False) -> SuperNetwork:
         net = SuperNetwork(
@@ -220,14 +248,3 @@ class SearchStrategy:
     def models(self) -> dict[str, nn.Module]:
         """Named models whose weights the checkpoint stores (for `bitnas plot` and inspection)."""
         return {}
-
-
-KILL_AT_STEP_ENV = "BITNAS_TEST_KILL_AT_STEP"
-
-
-def kill_hook_for_tests(step: int) -> None:
-    """Test hook: SIGKILL this process when global step `step` (1-based) of a search is reached
-    and the environment variable BITNAS_TEST_KILL_AT_STEP equals it (used by the resume tests)."""
-    target = os.environ.get(KILL_AT_STEP_ENV)
-    if target and int(target) == step:
-        os.kill(os.getpid(), signal.SIGKILL)

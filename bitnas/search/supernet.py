@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bitnas.common.edges import rank_edges
 from bitnas.errors import ConfigError
 from bitnas.space.batchnorm import BatchNorm2d, relayout
 from bitnas.space.config import OpConfig
@@ -321,20 +322,10 @@ class SuperNetwork(nn.Module):
 
 def _derive_cell(scores: Tensor, ops: Sequence[str], steps: int, zero_op: str | None) -> list[tuple[str, int]]:
     """Per node keep the 2 incoming edges with the strongest non-zero op (DARTS rule)."""
-    keep = [k for k, o in enumerate(ops) if o != zero_op]
-    if not keep:
-        raise ValueError("the space has no op besides the zero op")
     gene: list[tuple[str, int]] = []
-    start = 0
-    for i in range(steps):
-        n = 2 + i
-        w = scores[start:start + n]
-        best_val = [max(float(w[j, k]) for k in keep) for j in range(n)]
-        best_op = [max(keep, key=lambda k, j=j: float(w[j, k])) for j in range(n)]
-        chosen = sorted(range(n), key=lambda j: -best_val[j])[:2]
-        for j in sorted(chosen):
-            gene.append((ops[best_op[j]], j))
-        start += n
+    for node in rank_edges(scores, ops, steps, zero_op):
+        for e in sorted(node[:2], key=lambda e: e.input):
+            gene.append((ops[e.op], e.input))
     return gene
 
 

@@ -18,6 +18,8 @@ from bitnas.registry import Registry
 from bitnas.space.operations import OPS
 
 Edge = tuple[str, int]
+MAX_EDGES = 128  # 64 intermediate nodes: far beyond any cell, small enough to refuse forged files early
+MAX_TEXT_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,12 @@ class Genotype:
         missing = [k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in d]
         if missing:
             raise ConfigError(f"{source}: missing field(s) {', '.join(missing)}")
+        for k in ("normal", "reduce", "normal_concat", "reduce_concat"):
+            if not isinstance(d[k], (list, tuple)):
+                what = "[op, input] edges" if k in ("normal", "reduce") else "node numbers"
+                raise ConfigError(f"{source}: '{k}' must be a list of {what}, got a {type(d[k]).__name__} ({d[k]!r:.60})")
+            if len(d[k]) > MAX_EDGES:
+                raise ConfigError(f"{source}: '{k}' has {len(d[k])} entries; a cell has at most {MAX_EDGES // 2} nodes here")
         try:
             g = cls(
                 normal=tuple(_edge(e, source) for e in d["normal"]),
@@ -115,7 +123,7 @@ def _int(v: Any, source: str) -> int:
 
 def _edge(e: Any, source: str) -> Edge:
     if not isinstance(e, (list, tuple)) or len(e) != 2 or not isinstance(e[0], str):
-        raise ConfigError(f"{source}: an edge must be (op_name, input_index), got {e!r}")
+        raise ConfigError(f"{source}: an edge must be [op_name, input_index], got {e!r:.60}")
     return e[0], _int(e[1], source)
 
 
@@ -194,6 +202,9 @@ GENOTYPES.register("PDARTS", parse_genotype_text(
 def load_genotype(spec: str) -> Genotype:
     """A registered name, a JSON file (genotype.json of a run), or pasted Genotype(...) text."""
     s = spec.strip()
+    if not s:
+        raise ConfigError("genotype: empty; give a registered name (see `bitnas genotypes`), a genotype JSON file "
+                          "or pasted Genotype(...) text")
     if s in GENOTYPES:
         return GENOTYPES.get(s)
     if s.startswith("Genotype"):
@@ -202,7 +213,7 @@ def load_genotype(spec: str) -> Genotype:
     if p.suffix.lower() in (".json", ".txt", ".py") or p.exists():
         if not p.is_file():
             raise ConfigError(f"{spec}: genotype file not found")
-        text = p.read_text()
+        text = read_text_file(p, "genotype file")
         if text.lstrip().startswith("Genotype"):
             return parse_genotype_text(text, source=str(p))
         try:
@@ -214,6 +225,20 @@ def load_genotype(spec: str) -> Genotype:
     raise AssertionError("unreachable")
 
 
+def read_text_file(p: Path, what: str) -> str:
+    """The UTF-8 text of a user file, or a ConfigError saying why not (unreadable, not text, too big)."""
+    try:
+        if p.stat().st_size > MAX_TEXT_BYTES:
+            raise ConfigError(f"{p}: {p.stat().st_size:,} bytes is far too large for a {what}")
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the {what} ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a text {what} (not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
 def build_hints(spec: str) -> dict[str, str]:
     """Module structure and activation a search recorded beside its genotype (genotype.json),
     so the found network is trained with the op forms it was searched with; {} otherwise."""
@@ -221,8 +246,8 @@ def build_hints(spec: str) -> dict[str, str]:
     if p.suffix.lower() != ".json" or not p.is_file():
         return {}
     try:
-        d = json.loads(p.read_text())
-    except json.JSONDecodeError:
+        d = json.loads(read_text_file(p, "genotype file"))
+    except (json.JSONDecodeError, ConfigError):
         return {}
     if not isinstance(d, dict):
         return {}

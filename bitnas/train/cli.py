@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 from bitnas.config import add_config_args, config_from_args
 from bitnas.errors import BitnasError
 from bitnas.train.config import TrainConfig
+from bitnas.utils import to_json
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -34,7 +34,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     r = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device,
                             genotype=args.genotype, precision=args.precision)
     if args.json:
-        print(json.dumps(r))
+        print(to_json(r))
     else:
         print(f"{r['checkpoint']} on {r['data']} test ({r['num_images']} images): "
               f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")

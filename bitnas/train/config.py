@@ -66,11 +66,9 @@ class TrainConfig(BaseConfig):
 
     def validate(self) -> "TrainConfig":
         """Refuse values that would fail later, with the key named; return self."""
+        self.check_common()
         checks = [
             (self.epochs >= 1, "epochs", "must be at least 1"),
-            (self.batch_size >= 1, "batch_size", "must be at least 1"),
-            (self.init_channels >= 1, "init_channels", "must be at least 1"),
-            (self.layers >= 1, "layers", "must be at least 1"),
             (self.lr > 0, "lr", "must be positive"),
             (self.lr_min >= 0, "lr_min", "must be >= 0"),
             (self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = off)"),
@@ -84,7 +82,6 @@ class TrainConfig(BaseConfig):
             (0.0 < self.stage1_fraction < 1.0, "stage1_fraction", "must be in (0, 1)"),
             (self.parent_epochs >= 0, "parent_epochs", "must be >= 0"),
             (self.eval_every >= 0, "eval_every", "must be >= 0"),
-            (self.train_subset >= 0, "train_subset", "must be >= 0"),
             (self.test_subset >= 0, "test_subset", "must be >= 0"),
             (self.image_size >= 0, "image_size", "must be >= 0"),
             (self.threads >= 0, "threads", "must be >= 0"),

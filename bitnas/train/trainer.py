@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import os
-import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +26,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitnas.binary import binarized_layers
-from bitnas.data import Augment, BatchLoader, ImageDataset, load_dataset, take_subset, train_val_split
+from bitnas.config import check_resume_config
+from bitnas.data import (
+    Augment, BatchLoader, ImageDataset, check_training_split, load_dataset, take_subset, train_val_split,
+)
 from bitnas.data.loader import mix_seed
 from bitnas.errors import BitnasError, ConfigError, DataError
-from bitnas.nets import arch_spec, build_network, network_from_checkpoint, network_from_spec
-from bitnas.run import RunDir, default_out
+from bitnas.nets import arch_spec, build_network, network_from_checkpoint
+from bitnas.nets.limits import check_build_kwargs, check_input_size
+from bitnas.run import RunDir, check_out, clear_run, default_out
 from bitnas.space.genotypes import Genotype, build_hints, load_genotype
 from bitnas.train.config import TrainConfig
-from bitnas.train.distributed import (
-    DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_object, cleanup, init_distributed, unwrap,
+from bitnas.common import faults, signals
+from bitnas.common.finite import check_step, grad_norm
+from bitnas.common.schedules import LRSchedule
+from bitnas.common.distributed import (
+    DistInfo, any_rank, all_gather_objects, all_reduce_sum, barrier, broadcast_object, cleanup, init_distributed, unwrap,
     wrap_model,
 )
 from bitnas.train.losses import CenterLoss, KernelLoss, distillation_loss
@@ -50,10 +53,6 @@ from bitnas.utils import (
 log = logging.getLogger("bitnas")
 
 CHECKPOINT_FORMAT = "bitnas-train/1"
-KILL_HOOK_ENV = "BITNAS_TEST_KILL_AT_STEP"
-# Config keys that may change between a run and its resume without changing the trajectory.
-RESUME_FREE_KEYS = frozenset({"resume", "out", "progress", "device", "eval_every", "test_eval", "num_workers",
-                              "threads"})
 
 
 # ---------------------------------------------------------------------------- data
@@ -79,8 +78,9 @@ class TrainData:
         return self.train.input_shape[1]
 
 
-def load_train_data(cfg: TrainConfig) -> TrainData:
-    """Train (optionally a class-balanced subset, minus a stratified validation split) and test."""
+def load_train_data(cfg: TrainConfig, world_size: int = 1) -> TrainData:
+    """Train (optionally a class-balanced subset, minus a stratified validation split) and test;
+    refused when the training images cannot fill one batch per process or miss a class."""
     size = cfg.image_size or None
     kw = {"image_size": size} if size else {}
     train = load_dataset(cfg.data, "train", **kw)
@@ -99,6 +99,8 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
             raise DataError(f"val_fraction {cfg.val_fraction}: leaves an empty train or validation split "
                             f"of the {len(train)} training images")
         train, val = train.subset(tr_idx), train.subset(val_idx)
+    what = f"train_subset {cfg.train_subset}" if cfg.train_subset else f"data {cfg.data}"
+    check_training_split(train, cfg.batch_size, world_size, what)
     return TrainData(train=train, val=val, test=test)
 
 
@@ -137,51 +139,23 @@ def accuracy_counts(logits: Tensor, y: Tensor, k: int = 5) -> tuple[int, int]:
     return int(hit[:, 0].sum()), int(hit.any(dim=1).sum())
 
 
-class LRSchedule:
-    """Per-step learning rate: cosine or linear from `lr` to `lr_min` over `total_steps`, or constant."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, lr: float, lr_min: float, total_steps: int) -> None:
-        self.optimizer, self.kind, self.lr, self.lr_min = optimizer, kind, lr, lr_min
-        self.total_steps = max(1, total_steps)
-        self.step_count = 0
-
-    def lr_at(self, step: int) -> float:
-        t = min(step, self.total_steps) / self.total_steps
-        if self.kind == "cosine":
-            return self.lr_min + (self.lr - self.lr_min) * 0.5 * (1.0 + math.cos(math.pi * t))
-        if self.kind == "linear":
-            return self.lr + (self.lr_min - self.lr) * t
-        return self.lr
-
-    def apply(self) -> float:
-        """Set the learning rate of the next step on every param group and return it."""
-        lr = self.lr_at(self.step_count)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        return lr
-
-    def step(self) -> None:
-        self.step_count += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "lr": self.lr, "lr_min": self.lr_min, "total_steps": self.total_steps,
-                "step": self.step_count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step_count = int(state["step"])
-
-
 # ---------------------------------------------------------------------------- trainer
+
+def check_resumable(state: dict[str, Any], cfg: TrainConfig, arch: dict[str, Any], source: str) -> None:
+    """A training checkpoint made by this run: the format, the network and every result-shaping key match."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise BitnasError(f"{source}: not a bitnas training checkpoint (format {state.get('format')!r})")
+    if state.get("arch") != arch:
+        raise ConfigError(f"{source}: made for another network (genotype/precision/size/data differ); "
+                          "resume needs the same settings, or use another --out")
+    check_resume_config(state.get("config") or {}, cfg, source)
+
 
 class Trainer:
     """Trains one network (child or parent) for `cfg.epochs` epochs in `run`.
 
     parent: the trained fp32 parent (unwrapped, frozen) when the method uses one: kernel
     loss with H = parent kernel, distillation from its logits, or initialisation.
-
-    Test hook: with the environment variable BITNAS_TEST_KILL_AT_STEP=N the process SIGKILLs
-    itself right after optimizer step N (counted over the whole run, from 1), so the tests can
-    check exact resume after a hard kill. Unset in normal use.
     """
 
     def __init__(self, cfg: TrainConfig, data: TrainData, run: RunDir, info: DistInfo,
@@ -228,6 +202,7 @@ class Trainer:
         self.best: dict[str, Any] = {"key": "val_top1" if data.val is not None else "last_epoch", "value": None,
                                      "epoch": None}
         self.stage = 0
+        self.partial: dict[str, Any] | None = None  # sums of an epoch stopped at a step (resumable)
         self._begin_stage(self.stage_of(0))
 
     # -------------------------------------------------------------- setup helpers
@@ -306,21 +281,12 @@ class Trainer:
                      "in_channels": self.data.in_channels, "mean": list(self.data.train.mean),
                      "std": list(self.data.train.std)},
             "world_size": self.info.world_size,
+            "partial": self.partial,
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
         """Restore a `state_dict()`; refuses one made for another architecture or config."""
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise BitnasError(f"{source}: not a bitnas training checkpoint (format {state.get('format')!r})")
-        if state.get("arch") != self.arch:
-            raise ConfigError(f"{source}: made for another network (genotype/precision/size/data differ); "
-                              "resume needs the same settings, or use another --out")
-        saved = state.get("config") or {}
-        mine = dataclasses.asdict(self.cfg)
-        changed = sorted(k for k in mine if k not in RESUME_FREE_KEYS and k in saved and saved[k] != mine[k])
-        if changed:
-            diffs = ", ".join(f"{k}: {saved[k]!r} → {mine[k]!r}" for k in changed)
-            raise ConfigError(f"{source}: resume needs the same config; changed: {diffs}")
+        check_resumable(state, self.cfg, self.arch, source)
         if len(state["rng"]) != self.info.world_size:
             raise ConfigError(f"{source}: saved by {len(state['rng'])} process(es) but this run has "
                               f"{self.info.world_size}; exact resume needs the same number")
@@ -334,6 +300,7 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.metrics = list(state["metrics"])
         self.best = dict(state["best"])
+        self.partial = dict(state["partial"]) if state.get("partial") else None
         if self.center_loss is not None and state.get("center_loss") is not None:
             self.center_loss.load_state_dict(state["center_loss"])
 
@@ -345,11 +312,13 @@ class Trainer:
             save_checkpoint(path, state)
         return path
 
-    def resume_from(self, path: Path) -> bool:
-        """Load `path` if it exists (True), truncating metrics.jsonl to the checkpointed epochs."""
-        if not path.is_file():
-            return False
-        state = load_checkpoint(path, map_location=self.device)
+    def resume_from(self, path: Path, state: dict[str, Any] | None = None) -> bool:
+        """Load `path` (or its already loaded `state`) if it exists (True), truncating metrics.jsonl to
+        the checkpointed epochs."""
+        if state is None:
+            if not path.is_file():
+                return False
+            state = load_checkpoint(path, map_location=self.device)
         self.load_state_dict(state, str(path))
         if self.info.is_main:
             truncate_jsonl(self.run.file("metrics.jsonl"), len(self.metrics))
@@ -359,7 +328,7 @@ class Trainer:
 
     # -------------------------------------------------------------- loop
 
-    def _enter_epoch(self, epoch: int) -> None:
+    def _enter_epoch(self, epoch: int, reseed: bool = True) -> None:
         stage = self.stage_of(epoch)
         if stage != self.stage:
             log.info("%sstage %d: %s", self._prefix(), stage,
@@ -367,7 +336,8 @@ class Trainer:
             self._begin_stage(stage)
         self.train_loader.set_epoch(epoch)
         self.model.drop_path_prob = self.cfg.drop_path_prob * epoch / self.epochs
-        torch.manual_seed(mix_seed(self.cfg.seed, epoch, self.info.rank, 0x7E57))
+        if reseed:  # a resumed partial epoch continues from the RNG state of its checkpoint
+            torch.manual_seed(mix_seed(self.cfg.seed, epoch, self.info.rank, 0x7E57))
 
     def compute_loss(self, logits: Tensor, aux: Tensor | None, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
         """The training loss and its components (unweighted, for the metrics)."""
@@ -397,13 +367,18 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch over this rank's shard; returns lr (of its first step) and metrics over all ranks."""
-        self._enter_epoch(epoch)
-        first_lr = self.scheduler.lr_at(self.scheduler.step_count)
+        resuming = self.partial is not None
+        self._enter_epoch(epoch, reseed=not resuming)
+        part = self.partial if resuming else {"lr": self.scheduler.lr_at(self.scheduler.step_count), "n_seen": 0,
+                                               "n_correct": 0, "loss_sum": 0.0, "sums": {}}
+        self.partial = None
+        first_lr = float(part["lr"])
+        sums: dict[str, float] = dict(part["sums"])
+        n_seen, n_correct, loss_sum = int(part["n_seen"]), int(part["n_correct"]), float(part["loss_sum"])
         self.net.train()
         if self.parent is not None:
             self.parent.eval()
-        sums: dict[str, float] = {}
-        n_seen, n_correct, loss_sum = 0, 0, 0.0
+        stop = signals.current()
         batches: Iterable = self.train_loader
         bar = None
         if self._show_progress():
@@ -412,7 +387,6 @@ class Trainer:
             bar = tqdm(batches, total=len(self.train_loader) - self.train_loader.position, leave=False,
                        desc=f"{self.label or 'train'} {epoch + 1}/{self.epochs}", dynamic_ncols=True)
             batches = bar
-        kill_at = int(os.environ.get(KILL_HOOK_ENV, "0") or 0)
         for x, y in batches:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             self.scheduler.apply()
@@ -420,8 +394,10 @@ class Trainer:
             loss, parts = self.compute_loss(logits, aux, x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if self.cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            norm = nn.utils.clip_grad_norm_(params, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else grad_norm(params)
+            check_step(loss.detach(), norm, f"{self._prefix()}epoch {epoch + 1} step {self.global_step + 1}",
+                       self.optimizer.param_groups[0]["lr"], self.info.world_size)
             self.optimizer.step()
             self.scheduler.step()
             if self.center_loss is not None:
@@ -435,9 +411,15 @@ class Trainer:
             self.global_step += 1
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", top1=f"{100.0 * n_correct / n_seen:.1f}")
-            if kill_at and self.global_step == kill_at:
-                # Test hook (tests/train): die like a SIGKILLed job, mid-epoch, without cleanup.
-                os.kill(os.getpid(), signal.SIGKILL)
+            faults.point("train.step", self.global_step)
+            if self.train_loader.position < len(self.train_loader) and any_rank(stop.requested, self.info):
+                # a safe point mid-epoch: keep the partial sums, write last.pt, stop
+                self.partial = {"lr": first_lr, "n_seen": n_seen, "n_correct": n_correct, "loss_sum": loss_sum,
+                                "sums": dict(sums)}
+                if bar is not None:
+                    bar.close()
+                self.save("last.pt")
+                raise stop.interrupted(self._resume_hint())
         if bar is not None:
             bar.close()
         keys = sorted(sums)
@@ -485,8 +467,13 @@ class Trainer:
                 self.save("best.pt")
             self.save("last.pt")
             self._log_epoch(record)
+            if self.epoch < self.epochs and any_rank(signals.current().requested, self.info):
+                raise signals.current().interrupted(self._resume_hint())
         barrier(self.info)
         return self.metrics[-1] if self.metrics else {}
+
+    def _resume_hint(self) -> str:
+        return f"{self.run.file('last.pt')} holds the run: continue with the same command and --resume"
 
     def _update_best(self, record: dict[str, Any]) -> bool:
         key = self.best["key"]
@@ -585,9 +572,10 @@ def _check_parent_checkpoint(ck: dict[str, Any], path: str, genotype: Genotype |
                              build_kw: dict[str, Any]) -> None:
     """The parent must be fp32, of the same genotype (or hand-designed network), classes and input
     channels as the child."""
-    if "arch" not in ck:
+    arch = ck.get("arch")
+    if not isinstance(arch, dict) or not isinstance(arch.get("network"), dict):
         raise BitnasError(f"{path}: no architecture stored in this checkpoint")
-    net = ck["arch"]["network"]
+    net = arch["network"]
     if net.get("precision") != "fp32":
         raise ConfigError(f"parent_checkpoint {path}: a parent must be full precision, this one is {net.get('precision')!r}")
     stored = ck["arch"].get("genotype")
@@ -605,20 +593,29 @@ def _frozen(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def obtain_parent(cfg: TrainConfig, data: TrainData, run: RunDir, info: DistInfo) -> tuple[nn.Module, dict[str, Any]]:
-    """The frozen fp32 parent and its test figures (the parent as used, evaluated once): loaded from
-    parent_checkpoint, from a finished `<out>/parent.pt` when resuming, or trained in `<out>/parent/`
-    (its last epoch, copied there)."""
-    genotype = None if cfg.network else load_genotype(cfg.genotype)
+def load_parent_checkpoint(cfg: TrainConfig, data: TrainData, genotype: Genotype | None,
+                           info: DistInfo) -> nn.Module:
+    """The fp32 network of `parent_checkpoint`, checked (precision, genotype, sizes, weights) and built."""
+    src = cfg.parent_checkpoint
+    ck = load_checkpoint(src, map_location=info.device)
+    _check_parent_checkpoint(ck, src, genotype, build_kwargs(cfg, data, "fp32"))
+    return network_from_checkpoint(ck, src)
+
+
+def obtain_parent(cfg: TrainConfig, data: TrainData, run: RunDir, info: DistInfo,
+                  given: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The frozen fp32 parent and its test figures (the parent as used, evaluated once): `given`
+    (loaded from parent_checkpoint, which is copied to `<out>/parent.pt`), a finished
+    `<out>/parent.pt` when resuming, or trained in `<out>/parent/` (its last epoch, copied there)."""
     target = run.file("parent.pt")
-    if cfg.parent_checkpoint:
+    if given is not None:
         src = cfg.parent_checkpoint
-        ck = load_checkpoint(src, map_location=info.device)
-        _check_parent_checkpoint(ck, src, genotype, build_kwargs(cfg, data, "fp32"))
         if info.is_main and Path(src).resolve() != target.resolve():
             atomic_write_bytes(target, Path(src).read_bytes())
         barrier(info)
-    elif cfg.resume and target.is_file():
+        model = _frozen(given, info.device)
+        return model, evaluate_model(model, eval_loader(data.test, cfg.batch_size, info), info, info.device, "test")
+    if cfg.resume and target.is_file():
         ck = load_checkpoint(target, map_location=info.device)
         log.info("[parent] using the finished parent %s", target)
     else:
@@ -626,48 +623,23 @@ def obtain_parent(cfg: TrainConfig, data: TrainData, run: RunDir, info: DistInfo
             cfg, precision="fp32", method="plain", kd_weight=0.0, init_from_parent=False, two_stage=False,
             parent_checkpoint="", epochs=cfg.parent_epochs or cfg.epochs, out=str(run.file("parent")))
         prun = RunDir(pcfg.out, writer=info.is_main)
-        prun.save_config(pcfg)
+        prun.save_config(pcfg, command="train")
         trainer = Trainer(pcfg, data, prun, info, label="parent")
         if not (cfg.resume and trainer.resume_from(prun.file("last.pt"))):
-            _clear_run_files(prun, info)
+            if info.is_main:
+                clear_run(prun.path)
+            barrier(info)
         trainer.fit()
         if info.is_main:
             atomic_write_bytes(target, prun.file("last.pt").read_bytes())
-        _detach_log_file(prun)
+        prun.detach_log_file()
         barrier(info)
         ck = load_checkpoint(target, map_location=info.device)
-    model = _frozen(network_from_spec(ck["arch"]), info.device)
-    model.load_state_dict(ck["model"])
+    model = _frozen(network_from_checkpoint(ck, str(target)), info.device)
     return model, evaluate_model(model, eval_loader(data.test, cfg.batch_size, info), info, info.device, "test")
 
 
-def _detach_log_file(run: RunDir) -> None:
-    """Stop copying log lines into `run`'s run.log (the parent's log ends with its training)."""
-    target = str(run.file("run.log").resolve())
-    for h in list(log.handlers):
-        if isinstance(h, logging.FileHandler) and h.baseFilename == target:
-            log.removeHandler(h)
-            h.close()
-
-
 # ---------------------------------------------------------------------------- entry point
-
-def _clear_run_files(run: RunDir, info: DistInfo, keep: str = "") -> None:
-    """Fresh start in an existing directory: drop the files of an earlier run (except `keep`)."""
-    if info.is_main:
-        kept = Path(keep).resolve() if keep else None
-        stale = [n for n in ("last.pt", "best.pt", "parent.pt", "metrics.jsonl", "result.json")
-                 if run.file(n).exists() and run.file(n).resolve() != kept]
-        if stale:
-            log.warning("%s: starting over, replacing %s of an earlier run (use --resume to continue it)",
-                        run.path, ", ".join(stale))
-        for n in stale:
-            run.file(n).unlink()
-        parent_dir = run.file("parent")
-        if parent_dir.is_dir() and not (kept and parent_dir.resolve() in kept.parents):
-            shutil.rmtree(parent_dir)
-    barrier(info)
-
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train `cfg` (under torchrun: on every process); returns final metrics and file paths.
@@ -682,7 +654,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if not info.is_main:
         log.setLevel(logging.ERROR)
     try:
-        result = _train(cfg, info)
+        with signals.graceful_stop():
+            result = _train(cfg, info)
     except BaseException:
         if info.enabled and info.owns_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -695,30 +668,42 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     t0 = time.time()
     out = broadcast_object(cfg.out or default_out("train"), info)
     cfg = dataclasses.replace(cfg, out=out)
-    if not cfg.network:
-        load_genotype(cfg.genotype)
+    genotype = None if cfg.network else load_genotype(cfg.genotype)
     hints = {} if cfg.network else {k: v for k, v in build_hints(cfg.genotype).items() if not getattr(cfg, k)}
     if hints:
         log.info("train: using the search's %s", ", ".join(f"{k} {v}" for k, v in hints.items()))
         cfg = dataclasses.replace(cfg, **hints)
-    data = load_train_data(cfg)
-    run = RunDir(out, writer=info.is_main)
+    # everything is checked before the run directory is touched
+    check_out(out, "train", cfg.resume, cfg.force)
+    data = load_train_data(cfg, info.world_size)
+    check_network(cfg, data, genotype)
+    given_parent = load_parent_checkpoint(cfg, data, genotype, info) if cfg.needs_parent and cfg.parent_checkpoint else None
+    run = RunDir(out, writer=info.is_main, create=False)
     resuming = cfg.resume and run.file("last.pt").is_file()
+    resume_state = None
+    if resuming:
+        resume_state = load_checkpoint(run.file("last.pt"), map_location=info.device)
+        arch = arch_spec(genotype, **build_kwargs(cfg, data, cfg.precision))
+        check_resumable(resume_state, cfg, arch, str(run.file("last.pt")))
     if cfg.resume and not resuming:
         log.info("%s: no last.pt to resume from; starting from the beginning", run.path)
-    if not cfg.resume:
-        _clear_run_files(run, info, keep=cfg.parent_checkpoint)
-    run.save_config(cfg)
+    if not cfg.resume and info.is_main:
+        gone = clear_run(run.path, keep=cfg.parent_checkpoint)
+        if gone:
+            log.warning("%s: replacing %s of an earlier run", run.path, ", ".join(gone))
+    barrier(info)
+    run.create()
+    run.save_config(cfg, command="train")
     log.info("train: %s, %s, C=%d, %d cells, %d epochs on %d images of %s (%s) → %s", cfg.network or cfg.genotype,
-             cfg.precision,
-             cfg.init_channels, cfg.layers, cfg.epochs, len(data.train), data.train.name, info.device, run.path)
+             cfg.precision, cfg.init_channels, cfg.layers, cfg.epochs, len(data.train), data.train.name, info.device,
+             run.path)
 
     parent, parent_final = None, {}
     if cfg.needs_parent:
-        parent, parent_final = obtain_parent(cfg, data, run, info)
+        parent, parent_final = obtain_parent(cfg, data, run, info, given=given_parent)
     trainer = Trainer(cfg, data, run, info, parent=parent, label="child" if parent is not None else "")
-    if resuming:
-        trainer.resume_from(run.file("last.pt"))
+    if resume_state is not None:
+        trainer.resume_from(run.file("last.pt"), resume_state)
     final = trainer.fit()
     test = trainer.final_test()
     result = {
@@ -732,6 +717,14 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     }
     run.write_json("result.json", result)
     return result
+
+
+def check_network(cfg: TrainConfig, data: TrainData, genotype: Genotype | None) -> None:
+    """The network `cfg` describes can be built for `data`: known op settings, sizes in range,
+    images large enough for its stride-2 stages."""
+    kw = build_kwargs(cfg, data, cfg.precision)
+    check_build_kwargs(kw, "train", multiplier=len(genotype.normal_concat) if genotype is not None else 4)
+    check_input_size(cfg.style, cfg.layers, data.image_size, f"data {cfg.data}", blocks=cfg.network)
 
 
 # ---------------------------------------------------------------------------- eval

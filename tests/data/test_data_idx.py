@@ -185,3 +185,42 @@ def test_error_messages_are_one_line(tmp_path: Path, fmnist_writer, caplog) -> N
     with pytest.raises(DataError) as info:
         load_dataset(f"fashion-mnist:{d}", "train")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name,mean,classes", [
+    ("mnist", (0.1307,), tuple("0123456789")),
+    ("kmnist", (0.1918,), ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
+])
+def test_mnist_and_kmnist_read_idx_by_their_own_name(isolated_search, fmnist_writer, name, mean, classes) -> None:
+    """`mnist:DIR`, `kmnist:DIR` and the default locations (DIR/mnist, …) read the same IDX layout with
+    their own statistics and class names."""
+    written = fmnist_writer(isolated_search["env"] / name, gz=True, seed=3)
+    for spec in (name, f"{name}:{isolated_search['env']}"):
+        ds = load_dataset(spec, "test")
+        assert np.array_equal(ds.images[:, 0].numpy(), written["t10k_images"])
+        assert np.array_equal(ds.labels.numpy(), written["t10k_labels"])
+        assert ds.name == name and ds.mean == mean and ds.classes == classes and ds.num_classes == 10
+
+
+def test_mnist_not_found_names_where_it_looked(isolated_search) -> None:
+    with pytest.raises(DataError, match=r"mnist: train-images-idx3-ubyte\[\.gz\] not found; looked in .*mnist:PATH"):
+        load_dataset("mnist", "train")
+
+
+def test_generic_idx_takes_classes_and_statistics_from_its_training_images(tmp_path: Path, idx_writer) -> None:
+    """idx:DIR: classes 0..max training label, mean/std of the training pixels (computed here with numpy)."""
+    rng = np.random.default_rng(5)
+    train = rng.integers(0, 256, (12, 9, 7), dtype=np.uint8)
+    test = rng.integers(0, 256, (4, 9, 7), dtype=np.uint8)
+    idx_writer(tmp_path / "train-images-idx3-ubyte", train, IMAGES_MAGIC)
+    idx_writer(tmp_path / "train-labels-idx1-ubyte", np.arange(12) % 3, LABELS_MAGIC)
+    idx_writer(tmp_path / "t10k-images-idx3-ubyte", test, IMAGES_MAGIC)
+    idx_writer(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 1, 2, 3]), LABELS_MAGIC)
+    ds = load_dataset(f"idx:{tmp_path}", "train")
+    assert ds.num_classes == 3 and ds.classes == ("0", "1", "2") and ds.images.shape == (12, 1, 9, 7)
+    assert ds.mean == (round(float(train.mean() / 255), 4),)
+    assert ds.std == (round(float((train / 255).std()), 4),)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: label 3 at index 3 is out of range"):
+        load_dataset(f"idx:{tmp_path}", "test")  # a class the training images never had
+    with pytest.raises(DataError, match=r"idx: a directory is required"):
+        load_dataset("idx", "train")

@@ -102,9 +102,13 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"directory does not exist"):
         load_dataset(f"imagefolder:{tmp_path / 'nope'}", "train")
     (tmp_path / "train" / "a").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"train: empty dataset"):
+    with pytest.raises(DataError, match=r"train/a: empty class folder"):
         load_dataset(f"imagefolder:{tmp_path}", "train")
     _save(tmp_path / "train" / "a" / "0.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "train" / "b").mkdir()
+    with pytest.raises(DataError, match=r"train/b: empty class folder"):  # one empty class among full ones
+        load_dataset(f"imagefolder:{tmp_path}", "train")
+    (tmp_path / "train" / "b").rmdir()
     with pytest.raises(DataError, match=r"no test/ or val/ subfolder"):
         load_dataset(f"imagefolder:{tmp_path}", "test")
     _save(tmp_path / "test" / "zebra" / "0.png", np.zeros((4, 4), np.uint8))

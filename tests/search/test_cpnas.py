@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bitnas.binary import binarized_layers
+from bitnas.common import faults
 from bitnas.binary.layers import BinaryConv2d
 from bitnas.config import update_config
 from bitnas.data import ImageDataset
@@ -282,12 +283,12 @@ def write_tiny_fashion_mnist(d: Path) -> Path:
 
 
 def search(out: Path, data: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
-    """The `bitnas` command line in a fresh single-threaded process (BITNAS_TEST_KILL_AT_UNIT: SIGKILL
-    after computing unit N, before it is logged and checkpointed)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BITNAS_TEST_")}
+    """The `bitnas` command line in a fresh single-threaded process (`kill_at`: SIGKILL after computing
+    unit N, before it is logged and checkpointed)."""
+    env = {k: v for k, v in os.environ.items() if k != faults.ENV}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if kill_at is not None:
-        env["BITNAS_TEST_KILL_AT_UNIT"] = str(kill_at)
+        env[faults.ENV] = json.dumps([{"at": "search.unit", "index": kill_at, "do": "kill"}])
     cmd = [sys.executable, "-c", LAUNCH, *SEARCH_ARGS, "--data", f"fashion-mnist:{data}", "--out", str(out), *extra,
            *SEARCH_OVERRIDES]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

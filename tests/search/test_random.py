@@ -62,7 +62,7 @@ def test_genotype_paths_run_exactly_the_genotype() -> None:
 
 
 def test_tiny_random_search_scores_samples_and_returns_the_best(tmp_path: Path) -> None:
-    common = dict(strategy="random", data="fashion-mnist-embedded", train_subset=60, batch_size=32, init_channels=4,
+    common = dict(strategy="random", data="fashion-mnist-embedded", train_subset=60, batch_size=30, init_channels=4,
                   layers=2, random_samples=3, progress="off", threads=1)
     res = run_search(SearchConfig(epochs=1, out=str(tmp_path / "a"), **common))
     saved = json.loads((tmp_path / "a" / "genotype.json").read_text())

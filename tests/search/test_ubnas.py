@@ -97,7 +97,7 @@ def test_ubnas_supernet_builds_with_every_structure(structure: str) -> None:
 
 
 def test_real_search_stops_early_and_records_why(tmp_path: Path) -> None:
-    cfg = SearchConfig(strategy="ubnas", data="fashion-mnist-embedded", train_subset=60, batch_size=32, epochs=5,
+    cfg = SearchConfig(strategy="ubnas", data="fashion-mnist-embedded", train_subset=60, batch_size=30, epochs=5,
                        init_channels=8, layers=2, warmup_epochs=0, early_stop="genotype", early_stop_patience=1,
                        arch_lr=1e-7, out=str(tmp_path / "run"), progress="off", threads=1)
     result = run_search(cfg)

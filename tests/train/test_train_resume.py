@@ -1,13 +1,14 @@
 """Exact resume: a run SIGKILLed during epoch 2 and resumed ends bitwise identical."""
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
 import torch
 
 from bitnas.cli import main
-from bitnas.train.trainer import KILL_HOOK_ENV
+from bitnas.common import faults
 from bitnas.utils import load_checkpoint, read_jsonl
 
 from train_helpers import TINY, TINY_KV, run_bitnas
@@ -28,7 +29,7 @@ def _same_state(a: dict, b: dict) -> None:
 
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path: Path) -> None:
     killed, ref = tmp_path / "killed", tmp_path / "ref"
-    p = run_bitnas(["train", *ARGS, "--out", str(killed), *KV], env={KILL_HOOK_ENV: "3"})
+    p = run_bitnas(["train", *ARGS, "--out", str(killed), *KV], env={faults.ENV: json.dumps([{"at": "train.step", "index": 3, "do": "kill"}])})
     assert p.returncode == -signal.SIGKILL, p.stderr
     assert load_checkpoint(killed / "last.pt")["epoch"] == 1
     assert len(read_jsonl(killed / "metrics.jsonl")) == 1

@@ -1,21 +1,29 @@
-"""Multi-process training under torchrun: process group, DDP wrapper, metric reduction.
+"""Multi-process runs under torchrun (search and training): process group, DDP wrapper, reductions.
 
 `init_distributed` reads RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun). Without them the
 run is a single process and every helper here is a no-op. CPU uses the gloo backend, CUDA
 nccl with one device per local rank.
+
+Every collective waits at most `timeout` seconds (`BITNAS_DIST_TIMEOUT`, default
+`DEFAULT_TIMEOUT`) instead of the backend's 30 minutes, so a dead or frozen rank ends the job
+in bounded time; `lost_rank_error` turns the backend's exception into one user-facing line.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from bitnas.errors import ConfigError
+from bitnas.errors import BitnasError, ConfigError
 from bitnas.utils import resolve_device
+
+TIMEOUT_ENV = "BITNAS_DIST_TIMEOUT"
+DEFAULT_TIMEOUT = 300.0
 
 
 @dataclass
@@ -48,8 +56,23 @@ def _env_int(name: str) -> int | None:
         raise ConfigError(f"environment variable {name}={v!r} is not an integer") from None
 
 
+def dist_timeout() -> float:
+    """Seconds a collective may wait for the other ranks: $BITNAS_DIST_TIMEOUT or the default."""
+    v = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not v:
+        return DEFAULT_TIMEOUT
+    try:
+        t = float(v)
+    except ValueError:
+        t = -1.0
+    if not 0 < t < 1e7:
+        raise ConfigError(f"environment variable {TIMEOUT_ENV}={v!r}: expected seconds > 0")
+    return t
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the torchrun process group if RANK/WORLD_SIZE are set (gloo on CPU, nccl on CUDA)."""
+    timeout = timedelta(seconds=dist_timeout())
     rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
     local = _env_int("LOCAL_RANK") or 0
     dev = resolve_device(device)
@@ -60,7 +83,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
+                                timeout=timeout)
         owns = True
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev, owns_group=owns)
 
@@ -118,3 +142,30 @@ def cleanup(info: DistInfo) -> None:
         dist.barrier()
         if info.owns_group:
             dist.destroy_process_group()
+
+
+def is_lost_rank(e: BaseException) -> bool:
+    """True for the exceptions a collective raises when another rank died or stopped answering."""
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and dist.is_available() and dist.is_initialized() and any(
+        k in text for k in ("timed out", "timeout", "connection closed", "connection reset", "broken pipe",
+                            "gloo", "nccl"))
+
+
+def lost_rank_error(e: BaseException) -> BitnasError:
+    """The one-line error of a rank whose peers died or froze (the backend's message shortened)."""
+    rank = dist.get_rank() if dist.is_initialized() else _env_int("RANK")
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return BitnasError(f"rank {rank}: lost contact with the other processes of this torchrun job (a rank died or "
+                       f"did not answer within {dist_timeout():g} s, ${TIMEOUT_ENV}): {first}")
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank if `flag` is true on any (one tiny all-reduce; `flag` when single-process)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)

@@ -1,0 +1,279 @@
+"""Every bad input is refused with one line `bitnas: error: …`, exit code 2, no traceback, and
+nothing left behind: no run directory is made, no existing file is changed.
+
+Each case builds its inputs in a fresh directory (the working directory of the command, so a
+default `runs/…` would land there too), runs the command line in this process, and compares the
+directory's files and their contents before and after.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bitnas.cli import main
+from bitnas.nets import arch_spec, build_network
+from bitnas.space.genotypes import GENOTYPES
+from bitnas.utils import save_checkpoint
+
+S = ["search", "--data", "fashion-mnist-embedded", "--train-subset", "40", "--batch-size", "8", "--init-channels", "2",
+     "--layers", "1", "--epochs", "1", "--out", "out", "progress=off", "threads=1"]
+T = ["train", "--genotype", "DARTS_V2", "--data", "fashion-mnist-embedded", "--train-subset", "40", "--batch-size", "8",
+     "--init-channels", "2", "--layers", "1", "--epochs", "1", "--out", "out", "progress=off", "threads=1",
+     "test_subset=20"]
+
+
+def opt(argv: list[str], flag: str, value: str) -> list[str]:
+    """`argv` with option `flag` set to `value` (replaced if present)."""
+    out = list(argv)
+    if flag in out:
+        out[out.index(flag) + 1] = value
+    else:
+        out[1:1] = [flag, value]
+    return out
+
+
+def tiny_checkpoint(d: Path, name: str = "ck.pt", **network: object) -> Path:
+    """A real bitnas training checkpoint of a tiny network (C=2, 1 cell); `network` overrides stored
+    build settings (forged architectures)."""
+    kw = dict(style="cifar", precision="binary", structure="cpnas", init_channels=2, layers=1, num_classes=10,
+              in_channels=1)
+    g = GENOTYPES.get("DARTS_V2")
+    model = build_network(g, **kw)
+    spec = arch_spec(g, **kw)
+    spec["network"].update(network)
+    path = d / name
+    save_checkpoint(path, {"format": "bitnas-train/1", "arch": spec, "model": model.state_dict(), "epoch": 1})
+    return path
+
+
+def flipped_checkpoint(d: Path) -> Path:
+    """A checkpoint with one bit flipped inside a stored tensor (a disk or copy error)."""
+    path = tiny_checkpoint(d)
+    data = bytearray(path.read_bytes())
+    stored = torch.load(path, weights_only=True)["model"]["classifier.weight"].numpy().tobytes()
+    at = data.find(stored[:16])
+    assert at > 0
+    data[at + 3] ^= 0x04
+    path.write_bytes(bytes(data))
+    return path
+
+
+def empty_file(d: Path, name: str = "e.pt") -> str:
+    (d / name).touch()
+    return name
+
+
+def with_file(d: Path, name: str, text: str, argv: list[str]) -> list[str]:
+    (d / name).write_text(text)
+    return argv
+
+
+def earlier_run(d: Path, command: str, argv: list[str]) -> list[str]:
+    fake_run(d, command)
+    return argv
+
+
+def empty_last_pt(d: Path) -> list[str]:
+    (fake_run(d, "train") / "last.pt").write_bytes(b"")
+    return T + ["--resume"]
+
+
+class Evil:
+    """Unpickling this would run a shell command: a checkpoint must never execute what it contains."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.marker}",)
+
+
+def evil_checkpoint(d: Path) -> Path:
+    path = d / "parent.pt"
+    buf = io.BytesIO()
+    torch.save({"arch": Evil(d / "pwned")}, buf, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def fake_run(d: Path, command: str) -> Path:
+    """The files an earlier run of `command` left in d/out."""
+    out = d / "out"
+    (out / "plots").mkdir(parents=True)
+    (out / "config.yaml").write_text(f"command: {command}\nseed: 0\n")
+    (out / "last.pt").write_bytes(b"checkpoint of the earlier run")
+    (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (out / ("genotype.json" if command == "search" else "result.json")).write_text("{}\n")
+    return out
+
+
+def image_folder(d: Path, side: int = 8, empty_class: bool = False) -> Path:
+    root = d / "imgs"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            if empty_class and split == "train" and c == "b":
+                continue
+            for i in range(4):
+                Image.fromarray(np.full((side, side), 40 * i, np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def genotype_file(d: Path, content: bytes, name: str = "g.json") -> str:
+    (d / name).write_bytes(content)
+    return name
+
+
+WRONG_TYPE_EDGE = json.dumps({"normal": "sep_conv_3x3", "normal_concat": [2], "reduce": [], "reduce_concat": [2]})
+
+# (id, inputs → argv, a piece of the expected message)
+CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
+    # tracebacks before
+    ("genotype file not UTF-8", lambda d: opt(T, "--genotype", genotype_file(d, b"\xff\xfe{bad")), "not UTF-8"),
+    ("seed too large", lambda d: S + ["seed=99999999999999999999999"], "seed: must be in 0..9223372036854775807"),
+    ("arch_lr negative", lambda d: opt(S, "--strategy", "pcdarts") + ["arch_lr=-5"], "arch_lr: must be >= 0"),
+    ("summary init-channels 0", lambda d: ["summary", "--genotype", "DARTS_V2", "--init-channels", "0"],
+     "init_channels must be an integer in 1..4096"),
+    ("summary image-size 1 imagenet", lambda d: ["summary", "--genotype", "DARTS_V2", "--image-size", "1", "--style",
+                                                 "imagenet", "--init-channels", "8", "--layers", "3"],
+     "1×1 inputs are too small for a imagenet-style network"),
+    ("summary empty checkpoint", lambda d: ["summary", "--checkpoint", empty_file(d)],
+     "e.pt: empty file (0 bytes)"),
+    ("eval empty checkpoint", lambda d: ["eval", empty_file(d), "--data", "fashion-mnist-embedded"],
+     "e.pt: empty file (0 bytes)"),
+    ("train resume from empty last.pt", empty_last_pt, "last.pt: empty file"),
+    # resource bombs
+    ("checkpoint claims 10**6 layers", lambda d: ["summary", "--checkpoint", str(tiny_checkpoint(d, layers=10**6))],
+     "layers must be an integer in 1..256"),
+    ("checkpoint claims a huge width", lambda d: ["summary", "--checkpoint", str(tiny_checkpoint(d, init_channels=4000, layers=20))],
+     "the network would have more than"),
+    ("checkpoint claims more than it holds", lambda d: ["eval", str(tiny_checkpoint(d, layers=200)), "--data",
+                                                        "fashion-mnist-embedded"],
+     "needs at least"),
+    ("checkpoint with an unknown build key", lambda d: ["summary", "--checkpoint", str(tiny_checkpoint(d, rm_rf=1))],
+     "unknown network setting 'rm_rf'"),
+    # accepted before, should not be
+    ("lr=inf", lambda d: T + ["lr=inf"], "'lr' must be a finite number"),
+    ("lr=nan", lambda d: T + ["lr=nan"], "'lr' must be a finite number"),
+    ("search epochs 0", lambda d: opt(opt(S, "--strategy", "pcdarts"), "--epochs", "0"),
+     "a pcdarts search needs at least 1 epoch"),
+    ("train subset smaller than a batch", lambda d: opt(T, "--train-subset", "5"), "cannot fill one batch of 8"),
+    ("train subset missing classes", lambda d: opt(opt(T, "--train-subset", "8"), "--batch-size", "4"),
+     "hold no image of 2 of the 10 classes"),
+    ("search subset missing classes", lambda d: opt(opt(S, "--train-subset", "12"), "--batch-size", "2"),
+     "of the 10 classes"),
+    ("image folder with an empty class", lambda d: opt(T, "--data", f"imagefolder:{image_folder(d, empty_class=True)}"),
+     "train/b: empty class folder"),
+    ("images too small for the network", lambda d: opt(opt(opt(T, "--data", f"imagefolder:{image_folder(d, side=1)}"),
+                                                           "--train-subset", "8"), "--batch-size", "4") + ["layers=3", "test_subset=0"],
+     "1×1 inputs are too small"),
+    ("bit-flipped checkpoint", lambda d: ["eval", str(flipped_checkpoint(d)), "--data", "fashion-mnist-embedded"],
+     "corrupt checkpoint: its contents no longer match the SHA-256"),
+    ("search --out on a training run", lambda d: earlier_run(d, "train", S), "holds an earlier train run"),
+    ("train --out on a search run", lambda d: earlier_run(d, "search", T), "holds an earlier search run"),
+    ("train --out on an earlier training run", lambda d: earlier_run(d, "train", T),
+     "use --resume to continue it, --force to replace it"),
+    ("search --resume on a training run", lambda d: earlier_run(d, "train", S + ["--resume"]),
+     "holds a train run, not a search"),
+    # refused, but used to leave a half-made run folder
+    ("cp_temperature=0", lambda d: S + ["cp_temperature=0"], "cp_temperature must be > 0"),
+    ("rounds 0", lambda d: opt(S, "--rounds", "0"), "rounds (T) must be at least 1"),
+    ("sample-steps -1", lambda d: opt(S, "--sample-steps", "-1"), "sample_steps must be ≥ 0"),
+    ("search epochs -3", lambda d: opt(opt(S, "--strategy", "pcdarts"), "--epochs", "-3"), "needs at least 1 epoch"),
+    ("search batch-size 0", lambda d: opt(S, "--batch-size", "0"), "batch_size: must be at least 1"),
+    ("space foo", lambda d: opt(S, "--space", "foo"), "unknown search space 'foo'"),
+    ("structure foo", lambda d: opt(S, "--structure", "foo"), "'foo'"),
+    ("activation foo", lambda d: S + ["activation=foo"], "unknown quantizer 'foo'"),
+    ("weight_quantizer foo", lambda d: T + ["weight_quantizer=foo"], "unknown quantizer 'foo'"),
+    ("malicious parent_checkpoint", lambda d: T + ["method=cp", f"parent_checkpoint={evil_checkpoint(d)}"],
+     "not a bitnas checkpoint (UnpicklingError"),
+    # cosmetic
+    ("empty genotype name", lambda d: opt(T, "--genotype", ""), "genotype: empty; give a registered name"),
+    ("wrong-type JSON edge", lambda d: opt(T, "--genotype", genotype_file(d, WRONG_TYPE_EDGE.encode())),
+     "'normal' must be a list of [op, input] edges, got a str"),
+    # --out that cannot hold a run
+    ("--out is a file", lambda d: with_file(d, "f", "x", opt(S, "--out", "f")), "exists and is not a directory"),
+    ("--out below a file", lambda d: with_file(d, "f", "x", opt(T, "--out", "f/run")), "is not a directory"),
+    ("--out under /proc", lambda d: opt(T, "--out", "/proc/bitnas-run"), "cannot create a run directory in /proc"),
+    # more options
+    ("unknown dataset", lambda d: opt(T, "--data", "fashion-mnits"), "unknown dataset 'fashion-mnits'"),
+    ("idx without a directory", lambda d: opt(S, "--data", f"idx:{d / 'nope'}"), "directory does not exist"),
+    ("val_fraction 1", lambda d: S + ["val_fraction=1"], "val_fraction: must be in (0, 1)"),
+    ("train layers 0", lambda d: opt(T, "--layers", "0"), "layers: must be at least 1"),
+    ("search init-channels 0", lambda d: opt(S, "--init-channels", "0"), "init_channels: must be at least 1"),
+    ("threads -1", lambda d: S + ["threads=-1"], "threads: must be >= 0"),
+    ("train epochs 0", lambda d: opt(T, "--epochs", "0"), "epochs: must be at least 1"),
+    ("unrolled with adam", lambda d: opt(S, "--strategy", "darts") + ["--unrolled", "w_optimizer=adam"],
+     "needs w_optimizer: sgd"),
+]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh working directory; bitnas logging and torch threads restored afterwards."""
+    d = tmp_path / "work"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    log = logging.getLogger("bitnas")
+    handlers, level = list(log.handlers), log.level
+    for h in handlers:
+        log.removeHandler(h)
+    threads = torch.get_num_threads()
+    yield d
+    for h in log.handlers:
+        h.close()
+    log.handlers[:] = handlers
+    log.setLevel(level)
+    torch.set_num_threads(threads)
+
+
+def snapshot(d: Path) -> dict[str, str]:
+    """Every file and folder under d with a digest of its contents."""
+    out = {}
+    for p in sorted(d.rglob("*")):
+        out[str(p.relative_to(d))] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
+
+
+def test_the_table_is_large_enough() -> None:
+    assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("make_argv,needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_in_one_line_leaving_nothing(workdir: Path, capsys: pytest.CaptureFixture,
+                                                          make_argv: Callable[[Path], list[str]], needle: str) -> None:
+    argv = make_argv(workdir)
+    before = snapshot(workdir)
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    lines = err.strip("\n").splitlines()
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("bitnas: error: "), err
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in err and out == ""
+    assert snapshot(workdir) == before
+    assert not (workdir / "pwned").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_out_in_a_read_only_directory(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    ro = workdir / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main(opt(S, "--out", "ro/run")) == 2
+        assert "cannot create a run directory in ro" in capsys.readouterr().err
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)

@@ -27,7 +27,7 @@ from bitnas.space.genotypes import GENOTYPES
 from bitnas.utils import save_checkpoint
 
 S = ["search", "--data", "fashion-mnist-embedded", "--train-subset", "40", "--batch-size", "8", "--init-channels", "2",
-     "--layers", "1", "--epochs", "1", "--out", "out", "progress=off", "threads=1"]
+     "--layers", "1", "--out", "out", "progress=off", "threads=1"]
 T = ["train", "--genotype", "DARTS_V2", "--data", "fashion-mnist-embedded", "--train-subset", "40", "--batch-size", "8",
      "--init-channels", "2", "--layers", "1", "--epochs", "1", "--out", "out", "progress=off", "threads=1",
      "test_subset=20"]
@@ -168,9 +168,10 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("lr=nan", lambda d: T + ["lr=nan"], "'lr' must be a finite number"),
     ("search epochs 0", lambda d: opt(opt(S, "--strategy", "pcdarts"), "--epochs", "0"),
      "a pcdarts search needs at least 1 epoch"),
-    ("train subset smaller than a batch", lambda d: opt(T, "--train-subset", "5"), "cannot fill one batch of 8"),
+    ("train subset smaller than a batch", lambda d: opt(opt(T, "--train-subset", "20"), "--batch-size", "32"),
+     "cannot fill one batch of 32"),
     ("train subset missing classes", lambda d: opt(opt(T, "--train-subset", "8"), "--batch-size", "4"),
-     "hold no image of 2 of the 10 classes"),
+     "training images hold no image of 3 of the 10 classes ('T-shirt/top', 'Trouser', 'Pullover')"),
     ("search subset missing classes", lambda d: opt(opt(S, "--train-subset", "12"), "--batch-size", "2"),
      "of the 10 classes"),
     ("image folder with an empty class", lambda d: opt(T, "--data", f"imagefolder:{image_folder(d, empty_class=True)}"),

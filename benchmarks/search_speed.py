@@ -8,14 +8,14 @@ so machine load affects them equally. Peak memory is measured per contender in a
 subprocess: the growth of the high-water RSS over 3 iterations on CPU (Linux VmHWM), or
 `torch.cuda.max_memory_allocated` on CUDA.
 
-The public PC-DARTS implementation (Xu et al.) is loaded at run time from the bare git snapshot
-`--reference-git` (model_search.py, operations.py, genotypes.py, architect.py exported to a temp
-directory, with `.cuda()` shimmed to a no-op); it is never copied into this repository. Without
-the snapshot that part is skipped with a message.
+The public PC-DARTS implementation (Xu et al.) is loaded at run time from the git directory of a
+clone given as `--reference-git DIR` or $BITNAS_PCDARTS_GIT (model_search.py, operations.py,
+genotypes.py, architect.py exported to a temp directory, with `.cuda()` shimmed to a no-op); it is
+never copied into this repository. Without the clone that part is skipped with a message.
 
     .venv/bin/python benchmarks/search_speed.py                      # everything, full size
     .venv/bin/python benchmarks/search_speed.py --configs cifar --strategies pcdarts \\
-        --reference --iters 5 --warmup 2 --threads 1                  # quick side-by-side
+        --reference --reference-git PC-DARTS/.git --iters 5 --warmup 2 --threads 1   # quick side-by-side
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import argparse
 import atexit
 import importlib
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -37,7 +38,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-REFERENCE_GIT = "/work/.mirror/yuhuixu1993+PC-DARTS/repo/.git"
+REFERENCE_GIT_ENV = "BITNAS_PCDARTS_GIT"
 REFERENCE_FILES = ("model_search.py", "operations.py", "genotypes.py", "architect.py")
 
 CONFIGS = {
@@ -232,7 +233,8 @@ def main() -> None:
                    help="supernet precision of our strategies: default (binary), binary or fp32")
     p.add_argument("--reference", action="store_true", help="also time the public PC-DARTS code (fp32) beside "
                    "our pcdarts in fp32")
-    p.add_argument("--reference-git", default=REFERENCE_GIT, help="bare git dir of yuhuixu1993/PC-DARTS")
+    p.add_argument("--reference-git", default=os.environ.get(REFERENCE_GIT_ENV, ""),
+                   help=f"git dir (e.g. a bare clone) of yuhuixu1993/PC-DARTS (default: ${REFERENCE_GIT_ENV})")
     p.add_argument("--iters", type=int, default=20, help="timed iterations")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
@@ -249,9 +251,10 @@ def main() -> None:
     threads = torch.get_num_threads()
     device = torch.device(a.device)
     precision = "binary" if a.precision == "default" else a.precision
-    ref_dir = load_reference(a.reference_git) if a.reference else None
+    ref_dir = load_reference(a.reference_git) if a.reference and a.reference_git else None
     if a.reference and ref_dir is None:
-        print(f"reference: {a.reference_git} not found; skipping the public PC-DARTS timing")
+        print(f"reference: {a.reference_git or f'no --reference-git or ${REFERENCE_GIT_ENV}'} not found; skipping the "
+              "public PC-DARTS timing")
     print(f"torch {torch.__version__}, {threads} thread(s), device {device}, {a.iters} timed iterations after "
           f"{a.warmup} warm-up, channels_last={a.channels_last}")
     for name in a.configs.split(","):

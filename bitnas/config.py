@@ -63,7 +63,7 @@ class BaseConfig:
 
     def check_common(self) -> None:
         """Refuse values of the shared keys that would fail later or make no sense, naming the key."""
-        checks = [
+        refuse_failed(self, [
             (self.data.strip() != "", "data", "must name a dataset"),
             (self.train_subset >= 0, "train_subset", "must be >= 0 (0 = all)"),
             (self.batch_size >= 1, "batch_size", "must be at least 1"),
@@ -71,10 +71,16 @@ class BaseConfig:
             (self.init_channels >= 1, "init_channels", "must be at least 1"),
             (self.layers >= 1, "layers", "must be at least 1"),
             (self.num_workers >= 0, "num_workers", "must be >= 0"),
-        ]
-        for ok, key, msg in checks:
-            if not ok:
-                raise ConfigError(f"{key}: {msg}, got {getattr(self, key)!r:.80}")
+        ])
+
+
+def refuse_failed(cfg: Any, checks: list[tuple[bool, str, str]]) -> None:
+    """Raise ConfigError for the first failed (ok, key, message) check, naming the key(s) and value(s);
+    `key` may join several keys with '/'."""
+    for ok, key, msg in checks:
+        if not ok:
+            value = "/".join(repr(getattr(cfg, k)) for k in key.split("/"))
+            raise ConfigError(f"{key}: {msg}, got {value:.80}")
 
 
 def _field_type(cls: type, f: dataclasses.Field) -> Any:

@@ -112,7 +112,7 @@ def test_training_uses_the_structure_recorded_by_the_search(tmp_path: Path) -> N
     assert build_hints(str(f)) == {"structure": "bireal", "activation": "approx_sign"}
     assert build_hints("DARTS_V2") == {}
     rc = main(["train", "--genotype", str(f), "--data", "fashion-mnist-embedded", "--init-channels", "4",
-               "--layers", "2", "--epochs", "1", "--train-subset", "64", "--out", str(tmp_path / "t"),
+               "--layers", "2", "--epochs", "1", "--train-subset", "64", "--batch-size", "32", "--out", str(tmp_path / "t"),
                "test_subset=50", "progress=off"])
     assert rc == 0
     from bitnas.utils import load_checkpoint

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bitnas.config import BaseConfig, opt
-from bitnas.errors import ConfigError
+from bitnas.config import BaseConfig, opt, refuse_failed
 
 
 @dataclass
@@ -90,8 +89,5 @@ class SearchConfig(BaseConfig):
             (self.early_stop_min_epochs >= 0, "early_stop_min_epochs", "must be >= 0"),
             (self.threads >= 0, "threads", "must be >= 0 (0 = auto)"),
         ]
-        for ok, key, msg in checks:
-            if not ok:
-                value = "/".join(repr(getattr(self, k)) for k in key.split("/"))
-                raise ConfigError(f"{key}: {msg}, got {value:.80}")
+        refuse_failed(self, checks)
         return self

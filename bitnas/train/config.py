@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bitnas.config import BaseConfig, opt
+from bitnas.config import BaseConfig, opt, refuse_failed
 from bitnas.errors import ConfigError
 
 
@@ -86,9 +86,7 @@ class TrainConfig(BaseConfig):
             (self.image_size >= 0, "image_size", "must be >= 0"),
             (self.threads >= 0, "threads", "must be >= 0"),
         ]
-        for ok, key, msg in checks:
-            if not ok:
-                raise ConfigError(f"{key}: {msg}")
+        refuse_failed(self, checks)
         if self.network:
             from bitnas.nets.blocks import BLOCKS
 

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from bitnas.data import load_dataset
+from bitnas.data import datasets
 from bitnas.data.datasets import EMBEDDED_FASHION_MNIST
 
-FULL = Path("/work/shared/datasets/fashion-mnist")
+FULL = next((d for d in datasets._search_dirs("fashion-mnist") if (d / "train-images-idx3-ubyte.gz").is_file()),
+            Path("fashion-mnist-not-found"))
 
 
 @pytest.mark.skipif(not (FULL / "train-images-idx3-ubyte.gz").is_file(), reason="full Fashion-MNIST absent")

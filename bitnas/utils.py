@@ -1,14 +1,16 @@
-"""Small shared helpers: atomic writes, strict JSON lines, verified checkpoints, devices, seeding."""
+"""Small shared helpers: atomic writes, strict JSON lines, sealed checkpoints, devices, seeding."""
 from __future__ import annotations
 
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import logging
 import math
 import os
 import random
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -161,78 +163,71 @@ def truncate_jsonl(path: str | Path, keep: int) -> None:
     atomic_write_text(path, "".join(to_json(r) + "\n" for r in recs))
 
 
-CHECKSUM_KEY = "content_sha256"
+# A checkpoint is the zip file torch.save writes, with the SHA-256 of those bytes in the zip comment:
+# torch.load (and any zip reader) still reads it, and every byte of it is covered.
+DIGEST_TAG = b"bitnas-sha256:"
+_EOCD = b"PK\x05\x06"  # zip end-of-central-directory record: 22 bytes + comment
 
 
-def content_digest(obj: Any) -> str:
-    """SHA-256 of a checkpoint's contents: every key, value, type, tensor dtype, shape and byte.
-
-    Computed on what `torch.save` is given and again on what `torch.load` returns, so any bit that
-    changed in between (a flipped bit in a tensor, a number, a name) changes the digest."""
-    h = hashlib.sha256()
-    _digest(h, obj)
-    return h.hexdigest()
+def _eocd_at(data: bytes, comment_length: int) -> int | None:
+    """Where the end-of-central-directory record sits if it is followed by exactly `comment_length` bytes."""
+    i = len(data) - 22 - comment_length
+    if i >= 0 and data[i:i + 4] == _EOCD and struct.unpack_from("<H", data, i + 20)[0] == comment_length:
+        return i
+    return None
 
 
-def _digest(h: Any, o: Any) -> None:
-    if isinstance(o, torch.Tensor):
-        t = o.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    elif isinstance(o, dict):
-        h.update(f"D{len(o)}".encode())
-        for k, v in o.items():
-            _digest(h, k)
-            _digest(h, v)
-    elif isinstance(o, (list, tuple)):
-        h.update(f"{'L' if isinstance(o, list) else 'U'}{len(o)}".encode())
-        for v in o:
-            _digest(h, v)
-    elif isinstance(o, bool) or o is None:
-        h.update(f"B{o}".encode())
-    elif isinstance(o, int):
-        h.update(f"I{o};".encode())
-    elif isinstance(o, float):
-        h.update(f"F{o.hex()};".encode())
-    elif isinstance(o, str):
-        b = o.encode("utf-8", "surrogatepass")
-        h.update(f"S{len(b)}:".encode() + b)
-    elif isinstance(o, bytes):
-        h.update(f"Y{len(o)}:".encode() + o)
-    else:
-        h.update(f"R{o!r};".encode())
+def seal(zipped: bytes) -> bytes:
+    """torch.save output with its SHA-256 appended as the zip comment."""
+    i = _eocd_at(zipped, 0)
+    if i is None:
+        raise ValueError("not a zip file without a comment")
+    tag = DIGEST_TAG + hashlib.sha256(zipped).hexdigest().encode()
+    return zipped[:i + 20] + struct.pack("<H", len(tag)) + tag
+
+
+def unseal(data: bytes, source: str | Path) -> bool:
+    """True if `data` carries a digest and it matches; False for files written without one (older
+    bitnas, other tools); BitnasError when the digest or the bytes it covers were altered."""
+    n = len(DIGEST_TAG) + 64
+    i = _eocd_at(data, n)
+    if i is None and DIGEST_TAG not in data[-2 * n:]:
+        return False
+    if i is None or not data[-n:].startswith(DIGEST_TAG):
+        raise BitnasError(f"{source}: corrupt checkpoint: its SHA-256 record is damaged")
+    if hashlib.sha256(data[:i + 20] + b"\0\0").hexdigest().encode() != data[-64:]:
+        raise BitnasError(f"{source}: corrupt checkpoint: its bytes no longer match the SHA-256 stored when it was "
+                          "written (the file changed on disk)")
+    return True
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save with a SHA-256 of the contents (`content_sha256`) to a temp file, then rename."""
-    import io
-
+    """torch.save, sealed with the SHA-256 of its bytes, written atomically."""
     buf = io.BytesIO()
-    torch.save({**state, CHECKSUM_KEY: content_digest(state)}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    torch.save(state, buf)
+    atomic_write_bytes(path, seal(buf.getvalue()))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with weights_only=True (a checkpoint can never run code) and verify its SHA-256.
-
-    Files written before checkpoints carried a digest load unverified."""
+    """Verify the SHA-256 (files written before checkpoints carried one load unverified), then load with
+    weights_only=True: a checkpoint can never run code."""
     path = Path(path)
     if not path.is_file():
         raise BitnasError(f"{path}: checkpoint not found")
-    if path.stat().st_size == 0:
-        raise BitnasError(f"{path}: empty file (0 bytes), not a bitnas checkpoint")
     try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
+        data = path.read_bytes()
+    except OSError as e:
+        raise BitnasError(f"{path}: cannot read ({os_reason(e)})") from None
+    if not data:
+        raise BitnasError(f"{path}: empty file (0 bytes), not a bitnas checkpoint")
+    unseal(data, path)
+    try:
+        ck = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise BitnasError(f"{path}: not a bitnas checkpoint ({type(e).__name__}{': ' + first if first else ''})") from None
     if not isinstance(ck, dict):
         raise BitnasError(f"{path}: not a bitnas checkpoint (it holds a {type(ck).__name__}, not a dict)")
-    if CHECKSUM_KEY in ck:
-        stored = ck.pop(CHECKSUM_KEY)
-        if stored != content_digest(ck):
-            raise BitnasError(f"{path}: corrupt checkpoint: its contents no longer match the SHA-256 stored when it "
-                              "was written (the file changed on disk)")
     return ck
 
 

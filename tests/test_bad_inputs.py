@@ -180,7 +180,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
                                                            "--train-subset", "8"), "--batch-size", "4") + ["layers=3", "test_subset=0"],
      "1×1 inputs are too small"),
     ("bit-flipped checkpoint", lambda d: ["eval", str(flipped_checkpoint(d)), "--data", "fashion-mnist-embedded"],
-     "corrupt checkpoint: its contents no longer match the SHA-256"),
+     "corrupt checkpoint: its bytes no longer match the SHA-256"),
     ("search --out on a training run", lambda d: earlier_run(d, "train", S), "holds an earlier train run"),
     ("train --out on a search run", lambda d: earlier_run(d, "search", T), "holds an earlier search run"),
     ("train --out on an earlier training run", lambda d: earlier_run(d, "train", T),

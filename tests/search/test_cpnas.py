@@ -1,10 +1,7 @@
-"""CP-NAS search (METHODS §4.4): sampling without replacement, indicator, removal, 1-bit child, exact resume."""
+"""CP-NAS search (METHODS §4.4): sampling without replacement, indicator, removal, 1-bit child (exact resume: tests/test_crash_resume.py)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -14,7 +11,6 @@ import pytest
 import torch
 
 from bitnas.binary import binarized_layers
-from bitnas.common import faults
 from bitnas.binary.layers import BinaryConv2d
 from bitnas.config import update_config
 from bitnas.data import ImageDataset
@@ -27,7 +23,6 @@ from bitnas.search.strategy import SearchContext
 
 torch.set_num_threads(1)
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = {"init_channels": 4, "layers": 3, "batch_size": 16, "rounds": 1, "sample_steps": 1, "val_subset": 32,
         "cp_eval_batch": 32, "progress": "off", "seed": 0}
 
@@ -255,74 +250,3 @@ def test_child_is_one_bit_and_parent_is_full_precision(tmp_path: Path) -> None:
     assert not binarized_layers(strat.parent)
     assert not any(isinstance(m, BinaryConv2d) and m.input_quantizer is not None for m in strat.parent.modules())
     assert [n for n, _ in strat.parent.named_parameters()] == [n for n, _ in strat.child.named_parameters()]
-
-
-# -- exact resume ----------------------------------------------------------------------------
-
-SEARCH_ARGS = ["search", "--strategy", "cpnas", "--space", "cpnas_test4", "--init-channels", "4", "--layers", "3",
-               "--rounds", "1", "--sample-steps", "1", "--batch-size", "8"]
-SEARCH_OVERRIDES = ["val_subset=16", "cp_eval_batch=16", "progress=off"]
-# `python -m bitnas` with one extra registered space: 4 ops (zero, identity, max pool, sep conv 3×3)
-# make 2 + 3 + 4 = 9 samples and 3 removals — 12 units instead of the 42 of the 8-op space.
-LAUNCH = ("import sys; from bitnas.space.spaces import SPACES; "
-          "SPACES.register('cpnas_test4', SPACES.get('cpnas').with_ops(('none', 'skip_connect', 'max_pool_3x3', "
-          "'sep_conv_3x3'), name='cpnas_test4')); from bitnas.cli import main; sys.exit(main(sys.argv[1:]))")
-
-
-def write_tiny_fashion_mnist(d: Path) -> Path:
-    """64 training images of 12×12 in the Fashion-MNIST IDX format (labels loosely tied to brightness)."""
-    d.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(0)
-    for prefix, n in (("train", 64), ("t10k", 8)):
-        labels = torch.randint(0, 10, (n,), generator=g)
-        images = torch.randint(0, 60, (n, 12, 12), generator=g) + 19 * labels[:, None, None]
-        for kind, arr, magic in (("images-idx3", images, 0x803), ("labels-idx1", labels, 0x801)):
-            header = magic.to_bytes(4, "big") + b"".join(int(x).to_bytes(4, "big") for x in arr.shape)
-            (d / f"{prefix}-{kind}-ubyte").write_bytes(header + arr.to(torch.uint8).numpy().tobytes())
-    return d
-
-
-def search(out: Path, data: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
-    """The `bitnas` command line in a fresh single-threaded process (`kill_at`: SIGKILL after computing
-    unit N, before it is logged and checkpointed)."""
-    env = {k: v for k, v in os.environ.items() if k != faults.ENV}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    if kill_at is not None:
-        env[faults.ENV] = json.dumps([{"at": "search.unit", "index": kill_at, "do": "kill"}])
-    cmd = [sys.executable, "-c", LAUNCH, *SEARCH_ARGS, "--data", f"fashion-mnist:{data}", "--out", str(out), *extra,
-           *SEARCH_OVERRIDES]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-
-
-def final_weights(run: Path) -> dict[str, Any]:
-    ck = torch.load(run / "last.pt", weights_only=True)
-    return unpack_tensors(ck["strategy"]["weights"])
-
-
-def test_kill_and_resume_gives_the_same_search(tmp_path: Path) -> None:
-    data = write_tiny_fashion_mnist(tmp_path / "fm")
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    r = search(full, data)
-    assert r.returncode == 0, r.stderr[-3000:]
-    # units: 4 samples, removal, 3 samples, removal, 2 samples, removal; unit 7 = the 2nd sample with K = 3
-    killed = search(cut, data, kill_at=7)
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    assert not (cut / "genotype.json").exists() and len((cut / "metrics.jsonl").read_text().splitlines()) == 6
-    r = search(cut, data, "--resume")
-    assert r.returncode == 0, r.stderr[-3000:]
-    a, b = (json.loads((d / "genotype.json").read_text()) for d in (full, cut))
-    assert a["genotype"] == b["genotype"] and a["images_processed"] == b["images_processed"]
-    wa, wb = final_weights(full), final_weights(cut)
-    for name in ("child", "parent"):
-        sa, sb = wa["nets"][name], wb["nets"][name]
-        assert sa.keys() == sb.keys()
-        for key in sa:
-            assert torch.equal(sa[key], sb[key]), f"{name}.{key} differs after resume"
-    assert torch.equal(wa["nets"]["child"]["alphas_normal"], wb["nets"]["child"]["alphas_normal"])
-    strip = ("seconds", "elapsed", "step_seconds")
-    ra, rb = ([{k: v for k, v in json.loads(line).items() if k not in strip}
-               for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, cut))
-    assert ra == rb
-    hist = json.loads((full / "cpnas_history.json").read_text())
-    assert len(hist["removals"]) == 3 and hist["space"] == "cpnas_test4"
-    assert (cut / "plots" / "cpnas_scores.png").is_file()

@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Callable
 
@@ -102,7 +101,7 @@ class Evil:
 def evil_checkpoint(d: Path) -> Path:
     path = d / "parent.pt"
     buf = io.BytesIO()
-    torch.save({"arch": Evil(d / "pwned")}, buf, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    torch.save({"arch": Evil(d / "pwned")}, buf, pickle_protocol=2)
     path.write_bytes(buf.getvalue())
     return path
 

@@ -144,14 +144,16 @@ def cleanup(info: DistInfo) -> None:
             dist.destroy_process_group()
 
 
+# What gloo and nccl say when a peer died (connection closed) or stopped answering (timed out).
+LOST_RANK_SIGNS = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe", "gloo", "nccl")
+
+
 def is_lost_rank(e: BaseException) -> bool:
-    """True for the exceptions a collective raises when another rank died or stopped answering."""
+    """True for the exceptions a collective raises in a torchrun job when another rank died or froze."""
     if isinstance(e, getattr(dist, "DistError", ())):
         return True
-    text = str(e).lower()
-    return isinstance(e, RuntimeError) and dist.is_available() and dist.is_initialized() and any(
-        k in text for k in ("timed out", "timeout", "connection closed", "connection reset", "broken pipe",
-                            "gloo", "nccl"))
+    multi = (_env_int("WORLD_SIZE") or 1) > 1
+    return multi and isinstance(e, RuntimeError) and any(k in str(e).lower() for k in LOST_RANK_SIGNS)
 
 
 def lost_rank_error(e: BaseException) -> BitnasError:

@@ -15,7 +15,7 @@ Actions:
 
     kill     SIGKILL this process: a hard crash, no cleanup, no checkpoint
     signal   send `"signal"` (e.g. "SIGTERM", "SIGINT") to this process: a graceful stop
-    freeze   stop answering (sleep, signals ignored): a hung rank
+    freeze   stop answering (sleep; SIGINT/SIGTERM act as by default): a hung rank
     exit     `os._exit("code")`: a rank that dies without a word
     trace    append {"index", "sha256"} of the payload `tensors` to `"dir"`/trace_rank<r>.jsonl
     dump     torch.save the payload `state` (a callable) to `"dir"`/<point>_rank<r>.pt
@@ -95,8 +95,8 @@ def _signal(rule: dict[str, Any], name: str, index: int, rank: int, payload: dic
 
 
 def _freeze(rule: dict[str, Any], name: str, index: int, rank: int, payload: dict[str, Any]) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # hung, not checkpointing: a signal ends it as it would by default
+        signal.signal(sig, signal.SIG_DFL)
     while True:
         time.sleep(3600)
 

@@ -1,9 +1,15 @@
-"""`torchrun --nproc_per_node=2 -m bitnas train` on CPU (gloo): rank 0 alone writes the run."""
+"""`torchrun --nproc_per_node=2 -m bitnas train` on CPU (gloo): rank 0 alone writes the run; a rank that
+hangs or dies ends the job in bounded time."""
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
+from bitnas.common import faults
 from bitnas.utils import load_checkpoint, read_jsonl
 
 from train_helpers import TINY, TINY_KV, run_bitnas
@@ -25,3 +31,24 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     ck = load_checkpoint(out / "last.pt")
     assert ck["world_size"] == 2 and len(ck["rng"]) == 2
     assert not any(k.startswith("module.") for k in ck["model"])
+
+
+@pytest.mark.parametrize("fault", ["freeze", "exit"])
+def test_a_frozen_or_dead_rank_ends_the_job_with_one_error_line(tmp_path: Path, fault: str) -> None:
+    """Rank 1 hangs (or dies) after its first step: rank 0 stops within BITNAS_DIST_TIMEOUT (not gloo's 30 minutes)
+    with one `bitnas: error:` line and no traceback of its own."""
+    rule = {"at": "train.step", "index": 1, "rank": 1, "do": fault}
+    env = {"BITNAS_DIST_TIMEOUT": "5", faults.ENV: json.dumps([rule])}
+    launcher = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "bitnas"]
+    t0 = time.monotonic()
+    p = run_bitnas(["train", *TINY, "--epochs", "1", "--train-subset", "128", "--out", str(tmp_path / "ddp"),
+                    *TINY_KV], launcher=launcher, env=env, timeout=240)
+    seconds = time.monotonic() - t0
+    out = (p.stdout + p.stderr).splitlines()
+    errors = [line for line in out if "bitnas: error:" in line]
+    assert p.returncode != 0
+    assert len(errors) == 1 and errors[0].startswith("bitnas: error: rank 0: lost contact"), "\n".join(out[-40:])
+    assert not [line for line in out if line.lstrip("[rank0]: ").startswith('File "') and "bitnas" in line]
+    if fault == "freeze":
+        assert "within 5 s" in errors[0]
+    assert seconds < 200  # job start, two steps, the 5 s wait and torchrun's shutdown

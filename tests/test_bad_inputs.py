@@ -7,6 +7,7 @@ directory's files and their contents before and after.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ from PIL import Image
 from bitnas.cli import main
 from bitnas.nets import arch_spec, build_network
 from bitnas.space.genotypes import GENOTYPES
-from bitnas.utils import save_checkpoint
+from bitnas.utils import load_checkpoint, save_checkpoint
 
 S = ["search", "--data", "fashion-mnist-embedded", "--train-subset", "40", "--batch-size", "8", "--init-channels", "2",
      "--layers", "1", "--out", "out", "progress=off", "threads=1"]
@@ -277,3 +278,29 @@ def test_out_in_a_read_only_directory(workdir: Path, capsys: pytest.CaptureFixtu
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+def test_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
+        workdir: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills while epoch 2's last.pt is written: one error line, exit 2, epoch 1's last.pt intact."""
+    real, writes = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name.startswith(".last.pt."):
+            writes.append(name)
+            if len(writes) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    rc = main(opt(T, "--epochs", "2"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(writes) == 2
+    assert err[-1] == ("bitnas: error: out/last.pt: cannot write (No space left on device); "
+                       "the previous last.pt is unchanged"), err
+    monkeypatch.undo()
+    ck = load_checkpoint(workdir / "out" / "last.pt")
+    assert ck["epoch"] == 1 and load_checkpoint(workdir / "out" / "best.pt")["epoch"] >= 1
+    assert not list((workdir / "out").glob(".*.tmp"))

@@ -19,6 +19,33 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def process_state():
+    """Undo what a run started in this process changes process-wide: bitnas log handlers, level and
+    propagation, torch threads. `process_state.detach()` starts with no bitnas handlers (so the
+    command's own one writes to this test's captured stderr)."""
+    import logging
+
+    log = logging.getLogger("bitnas")
+    handlers, level, propagate = list(log.handlers), log.level, log.propagate
+    threads = torch.get_num_threads()
+
+    class State:
+        @staticmethod
+        def detach() -> None:
+            for h in list(log.handlers):
+                log.removeHandler(h)
+
+    yield State
+    for h in log.handlers:
+        if h not in handlers:
+            h.close()
+    log.handlers[:] = handlers
+    log.setLevel(level)
+    log.propagate = propagate
+    torch.set_num_threads(threads)
+
+
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
 

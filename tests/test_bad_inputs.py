@@ -11,7 +11,6 @@ import errno
 import hashlib
 import io
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -221,22 +220,13 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, process_state):
     """A fresh working directory; bitnas logging and torch threads restored afterwards."""
     d = tmp_path / "work"
     d.mkdir()
     monkeypatch.chdir(d)
-    log = logging.getLogger("bitnas")
-    handlers, level = list(log.handlers), log.level
-    for h in handlers:
-        log.removeHandler(h)
-    threads = torch.get_num_threads()
-    yield d
-    for h in log.handlers:
-        h.close()
-    log.handlers[:] = handlers
-    log.setLevel(level)
-    torch.set_num_threads(threads)
+    process_state.detach()
+    return d
 
 
 def snapshot(d: Path) -> dict[str, str]:

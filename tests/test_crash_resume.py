@@ -10,7 +10,6 @@ replay one.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import secrets
@@ -149,17 +148,9 @@ def trace_rule(d: Path) -> dict:
 
 
 @pytest.fixture
-def in_process(monkeypatch: pytest.MonkeyPatch):
+def in_process(monkeypatch: pytest.MonkeyPatch, process_state) -> None:
     """The tiny CP-NAS space registered here too; bitnas logging restored afterwards."""
     monkeypatch.setitem(SPACES._items, "cpnas_test4", SPACES.get("cpnas").with_ops(TINY_OPS, name="cpnas_test4"))
-    log = logging.getLogger("bitnas")
-    handlers, level = list(log.handlers), log.level
-    yield
-    for h in log.handlers:
-        if h not in handlers:
-            h.close()
-    log.handlers[:] = handlers
-    log.setLevel(level)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -25,7 +25,7 @@ from bitnas.search.architect import Architect
 from bitnas.search.early_stopping import EarlyStopping, ranking
 from bitnas.search.steps import Meter, evaluate, make_weight_optimizer, progress, weight_step
 from bitnas.search.config import SearchConfig
-from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, UnitInterrupted
+from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy
 from bitnas.search.supernet import fit_partial_ratio, genotype_paths
 from bitnas.space.genotypes import Genotype
 
@@ -131,11 +131,7 @@ class DifferentiableSearch(SearchStrategy):
                 faults.point("search.arch_step", self.step + 1, tensors=model.arch_parameters)
             loss, logits = weight_step(ctx, model, self.w_optimizer, self.w_params, x, y, cfg.grad_clip)
             train_m.add(loss, logits, y)
-            self.images += y.shape[0] * ctx.world_size
-            self.step += 1
-            faults.point("search.step", self.step)
-            if self.train_loader.position < len(self.train_loader) and ctx.should_stop():
-                raise UnitInterrupted
+            self.end_weight_step(y.shape[0], self.train_loader)
         self.partial = None
         self.scheduler.step()
         ctx.broadcast_buffers(model)

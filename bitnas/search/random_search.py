@@ -19,13 +19,12 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from bitnas.common import faults
 from bitnas.common.batchstats import batch_statistics
 from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
 from bitnas.search.steps import Meter, make_weight_optimizer, progress, weight_step
 from bitnas.search.config import SearchConfig
-from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, UnitInterrupted
+from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy
 from bitnas.search.supernet import SuperNetwork, fit_partial_ratio, genotype_paths
 from bitnas.space.genotypes import Genotype, random_genotype
 
@@ -121,11 +120,7 @@ class RandomSearch(SearchStrategy):
             paths = genotype_paths(self.draw(self.path_gen), self.ops)
             loss, logits = weight_step(ctx, model, self.w_optimizer, self.w_params, x, y, cfg.grad_clip, paths)
             m.add(loss, logits, y)
-            self.images += y.shape[0] * ctx.world_size
-            self.step += 1
-            faults.point("search.step", self.step)
-            if self.train_loader.position < len(self.train_loader) and ctx.should_stop():
-                raise UnitInterrupted
+            self.end_weight_step(y.shape[0], self.train_loader)
         self.partial = None
         self.scheduler.step()
         ctx.broadcast_buffers(model)

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from bitnas.common import faults
 from bitnas.common.distributed import DistInfo, any_rank
 from bitnas.common.signals import StopRequest
 from bitnas.data import BatchLoader, ImageDataset
@@ -171,6 +172,7 @@ class SearchStrategy:
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.images = 0
+        self.step = 0
         self.stop_reason = ""
 
     @classmethod
@@ -202,6 +204,16 @@ class SearchStrategy:
         ).to(self.ctx.device)
         net.channels_last = {"auto": None, "on": True, "off": False}[self.cfg.channels_last]
         return net
+
+    def end_weight_step(self, batch: int, loader: BatchLoader) -> None:
+        """After a weight step on `batch` images of `loader`'s epoch: count them, mark the step for
+        fault injection, and stop here if a stop was requested — a safe point inside the unit, whose
+        partial state the strategy's `state_dict()` holds (never after the epoch's last batch)."""
+        self.images += batch * self.ctx.world_size
+        self.step += 1
+        faults.point("search.step", self.step)
+        if loader.position < len(loader) and self.ctx.should_stop():
+            raise UnitInterrupted
 
     # -- to implement -------------------------------------------------------------------
     @property

@@ -294,3 +294,14 @@ def test_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
     ck = load_checkpoint(workdir / "out" / "last.pt")
     assert ck["epoch"] == 1 and load_checkpoint(workdir / "out" / "best.pt")["epoch"] >= 1
     assert not list((workdir / "out").glob(".*.tmp"))
+
+
+def test_a_loss_that_turns_non_finite_stops_the_run_in_one_line(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """lr=1e30 is a finite number, but the first steps blow the weights up: the run stops at the first
+    non-finite loss with exit code 2, and no JSON file it wrote holds NaN or Infinity."""
+    rc = main(opt(T, "--epochs", "2") + ["lr=1e30", "optimizer=sgd", "grad_clip=0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("bitnas: error: epoch 1 step ") and "the loss is nan" in err[-1], err
+    for f in (workdir / "out").rglob("*.json*"):
+        text = f.read_text()
+        assert "NaN" not in text and "Infinity" not in text, f

@@ -37,7 +37,7 @@ def check_step(loss: Tensor | float, norm: Tensor | float, where: str, lr: float
     value = float(loss)
     if math.isfinite(n) and (world_size > 1 or math.isfinite(value)):
         return
-    what = f"loss {value}" if not math.isfinite(value) else f"gradient norm {n}"
-    raise NonFiniteError(f"{where}: the training {what} is not finite (learning rate {lr:g}); stopped before "
-                         "applying it, the last checkpoint holds the last finite state. Use a smaller learning rate "
-                         "(or grad_clip) and start again")
+    what = f"loss is {value}" if not math.isfinite(value) else f"gradient norm is {n}"
+    raise NonFiniteError(f"{where}: the {what} (learning rate {lr:g}); stopped before applying the step, so no "
+                         "checkpoint holds a non-finite weight. Lower the learning rate (or set grad_clip) and start "
+                         "again")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -171,3 +171,20 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def on_main_rank(check: Callable[[], None], info: DistInfo) -> None:
+    """Run `check` on rank 0 only (e.g. a look at the run directory, which rank 0 alone writes);
+    when it raises a BitnasError every rank raises the same error, so no rank goes on alone."""
+    error: BitnasError | None = None
+    if info.is_main:
+        try:
+            check()
+        except BitnasError as e:
+            error = e
+    if info.enabled:
+        message = broadcast_object(None if error is None else str(error), info)
+        if message is not None and error is None:
+            error = BitnasError(message)
+    if error is not None:
+        raise error

@@ -97,8 +97,8 @@ from bitnas.common.schedules import cosine_lr
 from bitnas.data import BatchLoader, InfiniteLoader
 from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
-from bitnas.search.steps import Meter, make_weight_optimizer, weight_step
 from bitnas.search.config import SearchConfig
+from bitnas.search.steps import Meter, make_weight_optimizer, weight_step
 from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, UnitInterrupted
 from bitnas.search.supernet import SuperNetwork, derive_genotype, fit_partial_ratio, genotype_paths, num_edges
 from bitnas.space.genotypes import Genotype

@@ -22,9 +22,9 @@ from bitnas.common import faults
 from bitnas.data import InfiniteLoader
 from bitnas.errors import ConfigError
 from bitnas.search.architect import Architect
+from bitnas.search.config import SearchConfig
 from bitnas.search.early_stopping import EarlyStopping, ranking
 from bitnas.search.steps import Meter, evaluate, make_weight_optimizer, progress, weight_step
-from bitnas.search.config import SearchConfig
 from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy
 from bitnas.search.supernet import fit_partial_ratio, genotype_paths
 from bitnas.space.genotypes import Genotype

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from bitnas.common.batchstats import batch_statistics
 from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
-from bitnas.search.steps import Meter, make_weight_optimizer, progress, weight_step
 from bitnas.search.config import SearchConfig
+from bitnas.search.steps import Meter, make_weight_optimizer, progress, weight_step
 from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy
 from bitnas.search.supernet import SuperNetwork, fit_partial_ratio, genotype_paths
 from bitnas.space.genotypes import Genotype, random_genotype

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from bitnas.common import faults
-from bitnas.common.distributed import init_distributed
+from bitnas.common.distributed import init_distributed, on_main_rank
 from bitnas.common.signals import StopRequest, graceful_stop
 from bitnas.config import check_resume_config
 from bitnas.data import ImageDataset, check_training_split, load_dataset, take_subset, train_val_split
@@ -26,6 +26,7 @@ from bitnas.search.strategy import STRATEGIES, SearchContext, SearchStrategy, Un
 from bitnas.utils import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state, truncate_jsonl
 
 log = logging.getLogger("bitnas")
+
 
 def load_search_data(cfg: SearchConfig, world_size: int) -> tuple[ImageDataset, ImageDataset]:
     """(train, val): the training images (optionally a class-balanced subset) split in two; refused
@@ -80,7 +81,8 @@ def run_search(cfg: SearchConfig, resume: bool = False) -> dict[str, Any]:
 
 
 def _run(cfg: SearchConfig, strategy: type[SearchStrategy], resume: bool, stop: StopRequest) -> dict[str, Any]:
-    check_out(cfg.out, "search", resume, cfg.force)
+    info = init_distributed(cfg.device)
+    on_main_rank(lambda: check_out(cfg.out, "search", resume, cfg.force), info)
     seed_everything(cfg.seed)
     ctx = make_context(cfg, stop)
     run = ctx.run

@@ -26,6 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitnas.binary import binarized_layers
+from bitnas.common import faults, signals
+from bitnas.common.distributed import (
+    DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier, broadcast_object, cleanup, init_distributed,
+    on_main_rank, unwrap, wrap_model,
+)
+from bitnas.common.finite import check_step, grad_norm
+from bitnas.common.schedules import LRSchedule
 from bitnas.config import check_resume_config
 from bitnas.data import (
     Augment, BatchLoader, ImageDataset, check_training_split, load_dataset, take_subset, train_val_split,
@@ -37,13 +44,6 @@ from bitnas.nets.limits import check_build_kwargs, check_input_size
 from bitnas.run import RunDir, check_out, clear_run, default_out
 from bitnas.space.genotypes import Genotype, build_hints, load_genotype
 from bitnas.train.config import TrainConfig
-from bitnas.common import faults, signals
-from bitnas.common.finite import check_step, grad_norm
-from bitnas.common.schedules import LRSchedule
-from bitnas.common.distributed import (
-    DistInfo, any_rank, all_gather_objects, all_reduce_sum, barrier, broadcast_object, cleanup, init_distributed, unwrap,
-    wrap_model,
-)
 from bitnas.train.losses import CenterLoss, KernelLoss, distillation_loss
 from bitnas.utils import (
     atomic_write_bytes, load_checkpoint, progress_enabled, resolve_device, rng_state, save_checkpoint, seed_everything,
@@ -674,7 +674,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         log.info("train: using the search's %s", ", ".join(f"{k} {v}" for k, v in hints.items()))
         cfg = dataclasses.replace(cfg, **hints)
     # everything is checked before the run directory is touched
-    check_out(out, "train", cfg.resume, cfg.force)
+    on_main_rank(lambda: check_out(out, "train", cfg.resume, cfg.force), info)
     data = load_train_data(cfg, info.world_size)
     check_network(cfg, data, genotype)
     given_parent = load_parent_checkpoint(cfg, data, genotype, info) if cfg.needs_parent and cfg.parent_checkpoint else None

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -42,9 +43,9 @@ def opt(argv: list[str], flag: str, value: str) -> list[str]:
     return out
 
 
-def tiny_checkpoint(d: Path, name: str = "ck.pt", **network: object) -> Path:
+def tiny_checkpoint(d: Path, name: str = "ck.pt", top: dict | None = None, **network: object) -> Path:
     """A real bitnas training checkpoint of a tiny network (C=2, 1 cell); `network` overrides stored
-    build settings (forged architectures)."""
+    build settings and `top` top-level entries (forged files)."""
     kw = dict(style="cifar", precision="binary", structure="cpnas", init_channels=2, layers=1, num_classes=10,
               in_channels=1)
     g = GENOTYPES.get("DARTS_V2")
@@ -52,7 +53,8 @@ def tiny_checkpoint(d: Path, name: str = "ck.pt", **network: object) -> Path:
     spec = arch_spec(g, **kw)
     spec["network"].update(network)
     path = d / name
-    save_checkpoint(path, {"format": "bitnas-train/1", "arch": spec, "model": model.state_dict(), "epoch": 1})
+    save_checkpoint(path, {"format": "bitnas-train/1", "arch": spec, "model": model.state_dict(), "epoch": 1,
+                           **(top or {})})
     return path
 
 
@@ -162,6 +164,13 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
      "needs at least"),
     ("checkpoint with an unknown build key", lambda d: ["summary", "--checkpoint", str(tiny_checkpoint(d, rm_rf=1))],
      "unknown network setting 'rm_rf'"),
+    ("checkpoint whose architecture is text", lambda d: ["eval", str(tiny_checkpoint(d, top={"arch": "x"})), "--data",
+                                                        "fashion-mnist-embedded"], "no stored architecture/weights"),
+    ("checkpoint with a NaN setting", lambda d: ["summary", "--checkpoint", str(tiny_checkpoint(d, pad_value=math.nan))],
+     "pad_value must be a finite number, got nan"),
+    ("checkpoint with a text image size", lambda d: ["eval", str(tiny_checkpoint(d, top={"image_size": "big"})),
+                                                     "--data", f"imagefolder:{image_folder(d)}"],
+     "image_size: the input side must be an integer"),
     # accepted before, should not be
     ("lr=inf", lambda d: T + ["lr=inf"], "'lr' must be a finite number"),
     ("lr=nan", lambda d: T + ["lr=nan"], "'lr' must be a finite number"),

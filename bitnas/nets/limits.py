@@ -9,6 +9,7 @@ back). `check_input_size` refuses inputs too small for the network's stride-2 st
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from bitnas.errors import ConfigError
@@ -71,8 +72,11 @@ def check_build_kwargs(kw: dict[str, Any], source: str, multiplier: int = 4, sto
             ok = isinstance(value, tp) and not (tp is float and isinstance(value, bool))
             if tp is float and isinstance(value, int) and not isinstance(value, bool):
                 ok = True
+            if tp is float and ok and not math.isfinite(value):
+                ok = False
             if not ok:
-                raise ConfigError(f"{source}: {key} must be a {tp.__name__}, got {value!r}")
+                kind = "finite number" if tp is float else tp.__name__
+                raise ConfigError(f"{source}: {key} must be a {kind}, got {value!r:.40}")
         else:
             raise ConfigError(f"{source}: unknown network setting '{key}'")
     OpConfig(**{k: kw[k] for k in OP_KEYS if k in kw})  # known structure, quantizers, weight scale
@@ -91,12 +95,17 @@ def check_build_kwargs(kw: dict[str, Any], source: str, multiplier: int = 4, sto
                           f"{stored:,} weights (a corrupt or forged architecture)")
 
 
+def check_image_side(size: Any, source: str) -> None:
+    """Refuse an image side that is not an integer in 1..MAX_IMAGE_SIZE."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"{source}: the input side must be an integer in 1..{MAX_IMAGE_SIZE}, got {size!r:.40}")
+
+
 def check_input_size(style: str, layers: int, size: Any, source: str, blocks: str = "") -> None:
     """Refuse an input side out of 1..MAX_IMAGE_SIZE, or (genotype networks) one that some stride-2
     stage would reduce below 2 pixels before it halves again (the factorised reduce needs 2×2);
     hand-designed `blocks` networks pool down to any size."""
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
-        raise ConfigError(f"{source}: the input side must be an integer in 1..{MAX_IMAGE_SIZE}, got {size!r:.40}")
+    check_image_side(size, source)
     if blocks:
         return
 

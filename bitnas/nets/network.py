@@ -174,6 +174,8 @@ def network_from_spec(spec: Any, source: str = "checkpoint", stored: int | None 
     kw = dict(spec["network"])
     kw.update(override)
     g = spec["genotype"]
+    if g is None and not kw.get("blocks"):
+        raise BitnasError(f"{source}: neither a genotype nor a hand-designed network is stored")
     genotype = Genotype.from_dict(g, f"{source} genotype") if g is not None else None
     check_build_kwargs(kw, source, multiplier=len(genotype.normal_concat) if genotype is not None else 4,
                        stored=stored)

@@ -40,7 +40,7 @@ from bitnas.data import (
 from bitnas.data.loader import mix_seed
 from bitnas.errors import BitnasError, ConfigError, DataError
 from bitnas.nets import arch_spec, build_network, network_from_checkpoint
-from bitnas.nets.limits import check_build_kwargs, check_input_size
+from bitnas.nets.limits import check_build_kwargs, check_image_side, check_input_size
 from bitnas.run import RunDir, check_out, clear_run, default_out
 from bitnas.space.genotypes import Genotype, build_hints, load_genotype
 from bitnas.train.config import TrainConfig
@@ -740,9 +740,9 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
 
     ck = load_checkpoint(path)
     exported = is_export(ck)
-    if not exported and (not isinstance(ck, dict) or "arch" not in ck or "model" not in ck):
+    spec = ck.get("arch")
+    if not isinstance(spec, dict) or not isinstance(spec.get("network"), dict) or not (exported or "model" in ck):
         raise BitnasError(f"{path}: not a bitnas training checkpoint or export (no stored architecture/weights)")
-    spec = ck["arch"]
     net = spec["network"]
     stored = Genotype.from_dict(spec["genotype"], f"{path} genotype") if spec.get("genotype") is not None else None
     if genotype is not None and load_genotype(genotype) != stored:
@@ -750,7 +750,9 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
                           f"(it holds {stored})")
     if precision is not None and precision != net.get("precision"):
         raise ConfigError(f"{path}: this checkpoint holds a {net.get('precision')} network, not --precision {precision}")
-    size = int(ck.get("image_size") or 0)
+    size = ck.get("image_size") or 0
+    if size:
+        check_image_side(size, f"{path}: image_size")
     kw = {"image_size": size} if size and data.split(":", 1)[0].strip() in ("imagefolder", "image-folder") else {}
     test = load_dataset(data, "test", **kw)
     c = test.input_shape[0]

@@ -1,7 +1,6 @@
 """Pictures of a run: cells as graphs, the strategy's scores over time, training curves."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
 
 from bitnas.space.genotypes import Genotype  # noqa: E402
-from bitnas.utils import read_jsonl  # noqa: E402
+from bitnas.errors import BitnasError  # noqa: E402
+from bitnas.utils import read_json, read_jsonl  # noqa: E402
 
 OP_COLORS = {
     "skip_connect": "#2ca02c", "max_pool_3x3": "#9467bd", "avg_pool_3x3": "#8c564b", "none": "#7f7f7f",
@@ -133,7 +133,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     made: list[Path] = []
     gfile = run_dir / "genotype.json"
     if gfile.exists():
-        made += plot_genotype(Genotype.from_dict(json.loads(gfile.read_text()), str(gfile)), out)
+        made += plot_genotype(Genotype.from_dict(read_json(gfile), str(gfile)), out)
     records = read_jsonl(run_dir / "metrics.jsonl")
     ops = _ops_of(run_dir)
     if ops:
@@ -143,7 +143,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if hist.exists():
         from bitnas.plots_cpnas import plot_cpnas_scores
 
-        made.append(Path(plot_cpnas_scores(json.loads(hist.read_text()), out / "cpnas_scores.png")))
+        history = read_json(hist)
+        if not isinstance(history, dict) or not isinstance(history.get("ops"), list):
+            raise BitnasError(f"{hist}: not a CP-NAS history (no op list)")
+        made.append(Path(plot_cpnas_scores(history, out / "cpnas_scores.png")))
     p = plot_training(records, out / "training.png", title=run_dir.name)
     made += [p] if p else []
     return made
@@ -156,9 +159,15 @@ def _ops_of(run_dir: Path) -> list[str]:
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.exists():
         return []
-    docs = yaml.safe_load(cfg_file.read_text()) or {}
-    space = (docs.get("resolved") or {}).get("space")
-    if not space:
+    try:
+        docs = yaml.safe_load(cfg_file.read_text(errors="replace")) or {}
+    except yaml.YAMLError as e:
+        raise BitnasError(f"{cfg_file}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(docs, dict):
+        return []
+    resolved = docs.get("resolved")
+    space = resolved.get("space") if isinstance(resolved, dict) else None
+    if not isinstance(space, str) or not space:
         return []
     from bitnas.space.spaces import get_space
 

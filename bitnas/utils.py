@@ -118,6 +118,19 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def read_json(path: str | Path) -> Any:
+    """The value of a JSON file, or a BitnasError naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BitnasError(f"{path}: cannot read ({os_reason(e)})") from None
+    except UnicodeDecodeError:
+        raise BitnasError(f"{path}: not a text file (not UTF-8)") from None
+    except json.JSONDecodeError as e:
+        raise BitnasError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON object per line (flushed, so a killed run keeps what it logged)."""
     try:

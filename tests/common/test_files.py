@@ -139,3 +139,17 @@ def test_plot_reads_a_run_whose_metrics_end_in_a_torn_line(tmp_path: Path) -> No
     lines = [json.dumps({"epoch": e, "train_loss": 2.0 / e, "train_top1": 10.0 * e, "lr": 0.1}) for e in (1, 2)]
     (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"epoch": 3, "train_lo')
     assert plot_run(run)
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("genotype.json", "{bad", "genotype.json: not valid JSON (Expecting property name"),
+    ("genotype.json", "[1, 2]", "genotype.json: expected a JSON object"),
+    ("cpnas_history.json", '{"removals": []}', "cpnas_history.json: not a CP-NAS history"),
+    ("config.yaml", "a: [1", "config.yaml: not valid YAML"),
+])
+def test_plot_of_a_damaged_run_is_a_one_line_error(tmp_path: Path, name: str, content: str, needle: str) -> None:
+    from bitnas.plots import plot_run
+
+    (tmp_path / name).write_text(content)
+    with pytest.raises(BitnasError, match=re.escape(needle)):
+        plot_run(tmp_path)

@@ -65,7 +65,7 @@ def run(name: str, args: list[str], out: Path, threads: int) -> dict[str, Any]:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     flags = [x for x in args if "=" not in x or x.startswith("-")]
     overrides = [x for x in args if "=" in x and not x.startswith("-")]
-    cmd = [sys.executable, "-m", "bitnas", "search", *flags, "--out", str(out), *overrides, "progress=off"]
+    cmd = [sys.executable, "-m", "bitnas", "search", *flags, "--out", str(out), "--force", *overrides, "progress=off"]
     print(f"\n$ {' '.join(cmd[1:])}", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)

@@ -34,7 +34,8 @@ def train_command(args: argparse.Namespace, out: Path, extra_flags: list[str], e
                     "-m", "bitnas"]
     else:
         launcher = [sys.executable, "-m", "bitnas"]
-    flags = ["train", "--config", args.recipe, "--genotype", "DARTS_V2", "--data", args.data, "--out", str(out)]
+    flags = ["train", "--config", args.recipe, "--genotype", "DARTS_V2", "--data", args.data, "--out", str(out),
+             "--force"]  # the benchmark owns its output folder
     for name in ("epochs", "train_subset", "init_channels", "layers", "batch_size", "seed"):
         v = getattr(args, name)
         if v is not None:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bitnas.config import to_yaml
 from bitnas.errors import BitnasError, ConfigError
 from bitnas.utils import append_jsonl, atomic_write_json, atomic_write_text, os_reason, remove_orphan_temps
@@ -38,10 +40,8 @@ def run_kind(path: str | Path) -> str | None:
     cfg = p / "config.yaml"
     if cfg.is_file():
         try:
-            import yaml
-
             data = yaml.safe_load(cfg.read_text(errors="replace"))
-        except Exception:  # noqa: BLE001 - an unreadable config only makes the kind unknown
+        except (OSError, yaml.YAMLError):  # an unreadable config only makes the kind unknown
             data = None
         if isinstance(data, dict) and data.get("command") in ("search", "train", "demo"):
             return str(data["command"])
@@ -162,8 +162,6 @@ class RunDir:
     def save_config(self, cfg: Any, extra: dict[str, Any] | None = None, command: str = "") -> None:
         """config.yaml: `command: NAME` (as in recipes) and the resolved config, then `extra`."""
         if self.writer:
-            import yaml
-
             text = yaml.safe_dump({"command": command}) if command else ""
             text += to_yaml(cfg)
             if extra:

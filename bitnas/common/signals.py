@@ -7,8 +7,12 @@ stderr and the conventional exit code 128 + signal (130 for SIGINT, 143 for SIGT
 signal restores the default behaviour, so an impatient Ctrl-C still stops at once (the last
 checkpoint stays valid: every write is atomic).
 
-Under torchrun every rank must stop at the same step: `agree(flag)` makes the decision
-collective (see `bitnas.common.distributed.any_rank`).
+Under torchrun every rank must stop at the same step: the loops ask
+`bitnas.common.distributed.any_rank(request.requested, info)`, one tiny all-reduce per step.
+
+The study runner (or any long loop) reuses the pieces: `with graceful_stop() as stop:` around
+the loop, `stop.requested` at its safe points, `raise stop.interrupted(how_to_resume)` after
+its checkpoint; the command line prints the message and exits with `Interrupted.exit_code`.
 """
 from __future__ import annotations
 

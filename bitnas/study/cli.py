@@ -2,20 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from bitnas.study.runner import Interrupted, run_study
+    from bitnas.study.runner import run_study
     from bitnas.study.spec import load_spec
 
     spec = load_spec(args.spec, list(args.overrides or []))
     out = args.out or f"runs/study-{spec.name}"
-    try:
-        run_study(spec, out, fidelity_only=args.fidelity)
-    except Interrupted as e:
-        print(f"bitnas: {e}", file=sys.stderr)
-        return 128 + e.signum
+    run_study(spec, out, fidelity_only=args.fidelity)
     print(f"study {spec.name}: {out}/table.md, {out}/trials.jsonl, {out}/plots/")
     return 0
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from bitnas.common.signals import StopRequest, graceful_stop
 from bitnas.errors import BitnasError, ConfigError
 from bitnas.study.executors import Job, make_executor
 from bitnas.study.records import TrialFiles, build_record, random_genotype_for
@@ -32,14 +33,6 @@ log = logging.getLogger("bitnas")
 # Keys that may change between a study and its rerun without changing any result; arms may be
 # added (or dropped), but an arm kept under the same name must keep its definition.
 RERUN_FREE_KEYS = ("workers", "executor", "ray_address", "description", "name", "arms", "fidelity")
-
-
-class Interrupted(BitnasError):
-    """SIGINT/SIGTERM: the running trials were checkpointed; rerun the command to resume."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"study interrupted by {signal.Signals(signum).name}; rerun the same command to resume")
-        self.signum = signum
 
 
 def read_records(path: Path) -> dict[str, dict[str, Any]]:
@@ -71,7 +64,6 @@ class StudyRunner:
         self.by_id = {t.id: t for t in self.trials}
         self.records: dict[str, dict[str, Any]] = {}
         self.failed: dict[str, str] = {}
-        self._signal: int | None = None
 
     # -- set-up ----------------------------------------------------------------------------
     def _check_rerun(self) -> None:
@@ -111,13 +103,11 @@ class StudyRunner:
         log.info("study %s: %d trials, %d already finished, %d to run → %s", self.spec.name, len(self.trials),
                  len(self.trials) - len(todo), len(todo), self.out)
         executor = make_executor(self.spec.executor, self._slots(), self.spec.ray_address)
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = self._bar(len(todo))
         try:
-            self._loop(todo, executor, bar)
+            with graceful_stop() as stop:
+                self._loop(todo, executor, bar, stop)
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
             if bar is not None:
                 bar.close()
             executor.close()
@@ -138,22 +128,18 @@ class StudyRunner:
 
         return tqdm(total=total, desc=f"study {self.spec.name}", unit="trial", dynamic_ncols=True)
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signal = signum
-
     def _ready(self, t: Trial, running: set[str]) -> bool:
         return t.id not in running and all(d in self.records for d in t.deps)
 
-    def _loop(self, todo: list[Trial], executor: Any, bar: Any) -> None:
+    def _loop(self, todo: list[Trial], executor: Any, bar: Any, stop: StopRequest) -> None:
         pending = list(todo)
         running: set[str] = set()
         while pending or running:
-            if self._signal is not None:
-                log.info("study: %s received, checkpointing %d running trial(s)",
-                         signal.Signals(self._signal).name, len(running))
+            if stop.requested:
+                log.info("study: %s received, checkpointing %d running trial(s)", stop.name, len(running))
                 executor.stop(signal.SIGTERM)
                 self._write_records()
-                raise Interrupted(self._signal)
+                raise stop.interrupted("rerun the same command to resume")
             blocked = [t for t in pending if any(d in self.failed for d in t.deps)]
             for t in blocked:
                 pending.remove(t)
@@ -169,14 +155,14 @@ class StudyRunner:
                 break
             for job_id, rc in executor.wait(timeout=2.0):
                 running.discard(job_id)
-                self._finished(self.by_id[job_id], rc)
+                self._finished(self.by_id[job_id], rc, stop)
                 if bar is not None:
                     bar.update(1)
 
-    def _finished(self, t: Trial, rc: int) -> None:
+    def _finished(self, t: Trial, rc: int, stop: StopRequest) -> None:
         if rc != 0:
             why = self.files.last_error(t) or f"exit code {rc}"
-            if rc in (-signal.SIGTERM, 143, -signal.SIGINT, 130) and self._signal is not None:
+            if rc in (-signal.SIGTERM, 143, -signal.SIGINT, 130) and stop.requested:
                 return
             self.failed[t.id] = why
             log.error("study: %s failed: %s (log: %s)", t.id, why, self.files.log(t))

@@ -1,0 +1,84 @@
+// Helpers shared by the kernel translation units. Everything here has internal linkage (anonymous
+// namespace, no standard-library templates), so the AVX2 unit, compiled with -mavx2, never lends
+// an instruction-set-specific copy of a shared function to the portable code.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "engine.h"
+
+namespace bitnas {
+namespace {
+
+inline int imin(int a, int b) { return a < b ? a : b; }
+inline int imax(int a, int b) { return a > b ? a : b; }
+
+// Word j of group `group`'s channels of one packed pixel (bits shifted down to bit 0, tail zero).
+inline word_t group_word(const word_t* px, int in_words, int group, int cin_g, int j) {
+  const std::int64_t first = std::int64_t(group) * cin_g + 64 * std::int64_t(j);
+  const int wi = int(first >> 6), sh = int(first & 63);
+  word_t v = px[wi] >> sh;
+  if (sh && wi + 1 < in_words) v |= px[wi + 1] << (64 - sh);
+  const int left = cin_g - 64 * j;
+  if (left < 64) v &= (word_t(1) << left) - 1;
+  return v;
+}
+
+// Output pixel `pix` (flat over n, oy, ox) -> its batch index and top-left input coordinate.
+struct PixelOrigin {
+  int n, iy0, ix0;
+};
+inline PixelOrigin origin_of(const Geom& g, std::int64_t pix) {
+  const std::int64_t per_img = std::int64_t(g.oh) * g.ow;
+  const int n = int(pix / per_img);
+  const int r = int(pix - n * per_img);
+  const int oy = r / g.ow, ox = r - oy * g.ow;
+  return {n, oy * g.sh - g.pt, ox * g.sw - g.pl};
+}
+
+// Gather the taps of output pixel `pix` for group `group`: calls put(k, word) for every one of
+// the taps*g_words words in (tap, word) order (zero words outside the image, i.e. +1), and
+// returns the number of taps outside the image, listing them in `oob` (may be nullptr).
+template <class Put>
+inline int gather_pixel(const word_t* in, const Geom& g, int group, std::int64_t pix, int* oob, Put put) {
+  const PixelOrigin o = origin_of(g, pix);
+  const int gw = g.g_words();
+  const bool aligned = g.groups == 1 || (g.cin_g() % 64 == 0);
+  const int word0 = aligned ? (g.groups == 1 ? 0 : group * (g.cin_g() / 64)) : 0;
+  int n_oob = 0, k = 0;
+  for (int ky = 0; ky < g.kh; ++ky) {
+    const int iy = o.iy0 + ky * g.dh;
+    for (int kx = 0; kx < g.kw; ++kx) {
+      const int ix = o.ix0 + kx * g.dw;
+      if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
+        if (oob) oob[n_oob] = ky * g.kw + kx;
+        ++n_oob;
+        for (int j = 0; j < gw; ++j) put(k++, word_t(0));
+        continue;
+      }
+      const word_t* px = in + ((std::int64_t(o.n) * g.h + iy) * g.w + ix) * g.in_words;
+      if (aligned) {
+        for (int j = 0; j < gw; ++j) put(k++, px[word0 + j]);
+      } else {
+        for (int j = 0; j < gw; ++j) put(k++, group_word(px, g.in_words, group, g.cin_g(), j));
+      }
+    }
+  }
+  return n_oob;
+}
+
+// Zero-padding correction of one pixel's dot row for one group: with taps outside the image
+// reading +1, each such tap added sum_c w = wsum[tap][o]; a ternary (zero) border adds nothing.
+inline void correct_border(const Geom& g, int group, std::int32_t* dot, int n_oob, const int* oob,
+                           const std::int32_t* wsum) {
+  if (g.pad_one || n_oob == 0) return;
+  const int og = g.cout_g(), o0 = group * og;
+  for (int i = 0; i < n_oob; ++i) {
+    const std::int32_t* ws = wsum + std::int64_t(oob[i]) * g.cout + o0;
+    for (int o = 0; o < og; ++o) dot[o0 + o] -= ws[o];
+  }
+}
+
+}  // namespace
+}  // namespace bitnas

@@ -1,0 +1,319 @@
+// Driver: CPU detection, a small thread pool, and BinaryConv (weights laid out per ISA, tiling,
+// groups, the depthwise path and the output transform).
+#include "driver.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+namespace bitnas {
+
+// ------------------------------------------------------------------ CPU features and ISA choice
+
+CpuFeatures cpu_features() {
+  CpuFeatures f;
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  f.avx2 = __builtin_cpu_supports("avx2");
+  f.fma = __builtin_cpu_supports("fma");
+  f.popcnt = __builtin_cpu_supports("popcnt");
+  f.bmi2 = __builtin_cpu_supports("bmi2");
+#endif
+  return f;
+}
+
+bool isa_supported(Isa isa) {
+  if (isa != Isa::kAvx2) return true;
+  const CpuFeatures f = cpu_features();
+  return kernels_avx2() != nullptr && f.avx2 && f.fma && f.popcnt && f.bmi2;
+}
+
+Isa best_isa() { return isa_supported(Isa::kAvx2) ? Isa::kAvx2 : Isa::kScalar; }
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kReference: return "reference";
+    case Isa::kScalar: return "scalar";
+    case Isa::kAvx2: return "avx2";
+  }
+  return "?";
+}
+
+bool parse_isa(const std::string& name, Isa* out) {
+  for (Isa i : {Isa::kReference, Isa::kScalar, Isa::kAvx2})
+    if (name == isa_name(i)) {
+      *out = i;
+      return true;
+    }
+  return false;
+}
+
+static const Kernels* kernels_for(Isa isa) {
+  if (isa == Isa::kAvx2) {
+    if (!isa_supported(Isa::kAvx2)) throw std::runtime_error("the AVX2 kernels need a CPU with AVX2, FMA, POPCNT and BMI2");
+    return kernels_avx2();
+  }
+  return kernels_scalar();
+}
+
+// ------------------------------------------------------------------ thread pool
+
+namespace {
+
+class Pool {
+ public:
+  void run(int threads, std::int64_t ntasks, const std::function<void(std::int64_t, int)>& fn) {
+    std::lock_guard<std::mutex> serial(run_mutex_);
+    const int helpers = threads - 1;
+    {
+      std::unique_lock<std::mutex> lk(m_);
+      while (int(workers_.size()) < helpers) {
+        const int id = int(workers_.size()) + 1;
+        workers_.emplace_back([this, id] { loop(id); });
+      }
+      fn_ = &fn;
+      ntasks_ = ntasks;
+      next_.store(0);
+      participants_ = helpers;
+      pending_ = helpers;
+      ++generation_;
+    }
+    cv_.notify_all();
+    work(0);
+    std::unique_lock<std::mutex> lk(m_);
+    done_.wait(lk, [this] { return pending_ == 0; });
+    fn_ = nullptr;
+  }
+
+ private:
+  void work(int id) {
+    for (std::int64_t t = next_.fetch_add(1); t < ntasks_; t = next_.fetch_add(1)) (*fn_)(t, id);
+  }
+  void loop(int id) {
+    std::uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lk(m_);
+        cv_.wait(lk, [&] { return generation_ != seen; });
+        seen = generation_;
+        if (id > participants_) continue;
+      }
+      work(id);
+      std::lock_guard<std::mutex> lk(m_);
+      if (--pending_ == 0) done_.notify_all();
+    }
+  }
+
+  std::mutex run_mutex_, m_;
+  std::condition_variable cv_, done_;
+  std::vector<std::thread> workers_;
+  const std::function<void(std::int64_t, int)>* fn_ = nullptr;
+  std::int64_t ntasks_ = 0;
+  std::atomic<std::int64_t> next_{0};
+  int participants_ = 0, pending_ = 0;
+  std::uint64_t generation_ = 0;
+};
+
+// One pool per process; a forked child (whose copy has no threads) makes its own. Never
+// destroyed: its idle workers end with the process.
+Pool& pool() {
+  static std::mutex m;
+  static Pool* p = nullptr;
+  static pid_t owner = 0;
+  std::lock_guard<std::mutex> lk(m);
+  if (!p || owner != getpid()) {
+    p = new Pool();
+    owner = getpid();
+  }
+  return *p;
+}
+
+}  // namespace
+
+void parallel_for(int threads, std::int64_t ntasks, const std::function<void(std::int64_t, int)>& fn) {
+  threads = int(std::min<std::int64_t>(std::max(threads, 1), ntasks));
+  if (threads <= 1) {
+    for (std::int64_t t = 0; t < ntasks; ++t) fn(t, 0);
+    return;
+  }
+  pool().run(threads, ntasks, fn);
+}
+
+// ------------------------------------------------------------------ packing
+
+void pack(const float* x, std::int64_t npix, int c, std::int64_t ld, const float* scale, const float* shift,
+          word_t* out, Isa isa, int threads) {
+  auto fn = isa == Isa::kReference ? reference_pack : kernels_for(isa)->pack;
+  const std::int64_t chunk = std::max<std::int64_t>(1, 16384 / std::max(c, 1));
+  const std::int64_t tasks = (npix + chunk - 1) / chunk;
+  const int nw = words_for(c);
+  parallel_for(threads, tasks, [&](std::int64_t t, int) {
+    const std::int64_t p0 = t * chunk, p1 = std::min(npix, p0 + chunk);
+    fn(x + p0 * ld, p1 - p0, c, ld, scale, shift, out + p0 * nw);
+  });
+}
+
+// ------------------------------------------------------------------ BinaryConv
+
+EpiParams Transform::params() const {
+  auto ptr = [](const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); };
+  EpiParams p;
+  p.mul = ptr(mul);
+  p.add = ptr(add);
+  p.act = act;
+  p.slope = ptr(slope);
+  p.shift_in = ptr(shift_in);
+  p.shift_out = ptr(shift_out);
+  p.bits_scale = ptr(bits_scale);
+  p.bits_shift = ptr(bits_shift);
+  p.thr_sign = thr_sign.empty() ? nullptr : thr_sign.data();
+  p.thr = thr.empty() ? nullptr : thr.data();
+  return p;
+}
+
+BinaryConv::BinaryConv(const std::uint8_t* neg, int cout, int cin, int groups, int kh, int kw, int sh, int sw,
+                       int dh, int dw, int pt, int pl, bool pad_one) {
+  Geom& g = base_;
+  g.cin = cin;
+  g.cout = cout;
+  g.groups = groups;
+  g.kh = kh; g.kw = kw; g.sh = sh; g.sw = sw; g.dh = dh; g.dw = dw; g.pt = pt; g.pl = pl;
+  g.pad_one = pad_one;
+  const int cin_g = g.cin_g(), taps = g.taps(), gw = g.g_words();
+  canon_.assign(std::size_t(cout) * taps * gw, 0);
+  wsum_.assign(std::size_t(taps) * cout, 0);
+  for (int o = 0; o < cout; ++o)
+    for (int c = 0; c < cin_g; ++c)
+      for (int t = 0; t < taps; ++t) {
+        const bool b = neg[(std::size_t(o) * cin_g + c) * taps + t] != 0;
+        if (b) canon_[(std::size_t(o) * taps + t) * gw + (c >> 6)] |= word_t(1) << (c & 63);
+        wsum_[std::size_t(t) * cout + o] += b ? -1 : 1;
+      }
+  const Kernels* ks[2] = {kernels_scalar(), kernels_avx2()};
+  for (int s = 0; s < 2; ++s) {
+    if (!ks[s]) continue;
+    group_stride_[s] = ks[s]->prepare_dense(nullptr, g, nullptr);
+    dense_[s].assign(std::size_t(group_stride_[s]) * groups, 0);
+    for (int grp = 0; grp < groups; ++grp)
+      ks[s]->prepare_dense(canon_.data() + std::size_t(grp) * g.cout_g() * taps * gw, g,
+                           dense_[s].data() + std::size_t(grp) * group_stride_[s]);
+  }
+  depthwise_ = groups == cin && cout == cin && taps <= 127;
+  if (depthwise_) {
+    cpad_ = (cin + 31) / 32 * 32;
+    dw_.assign(std::size_t(taps) * cpad_, 0);
+    for (int c = 0; c < cin; ++c)
+      for (int t = 0; t < taps; ++t) dw_[std::size_t(t) * cpad_ + c] = neg[std::size_t(c) * taps + t] ? -1 : 1;
+  }
+}
+
+Geom BinaryConv::geom(int n, int h, int w, int oh, int ow) const {
+  Geom g = base_;
+  g.n = n; g.h = h; g.w = w; g.oh = oh; g.ow = ow;
+  g.in_words = words_for(g.cin);
+  return g;
+}
+
+void BinaryConv::run(const word_t* in, int n, int h, int w, int oh, int ow, const EpiIO& io, Isa isa,
+                     int threads) const {
+  const Geom g = geom(n, h, w, oh, ow);
+  if (g.out_pixels() == 0) return;
+  if (isa == Isa::kReference) {
+    std::vector<std::int32_t> dot(std::size_t(g.out_pixels()) * g.cout);
+    reference_conv(in, g, canon_.data(), dot.data());
+    reference_epilogue(dot.data(), g.cout, int(g.out_pixels()), 0, g.cout, transform_.params(), io);
+    return;
+  }
+  const Kernels* k = kernels_for(isa);
+  if (depthwise_) return run_depthwise(in, g, io, k, threads);
+  run_dense(in, g, io, k, isa == Isa::kAvx2 ? 1 : 0, threads);
+}
+
+void BinaryConv::run_dense(const word_t* in, const Geom& g, const EpiIO& io, const Kernels* k, int slot,
+                           int threads) const {
+  const std::int64_t kwords = std::int64_t(g.taps()) * g.g_words();
+  // A tile's gathered activations (16 bytes per word in the AVX2 layout) stay within ~16 KiB.
+  const int tile = int(std::max<std::int64_t>(6, std::min<std::int64_t>(48, 16384 / (16 * kwords))) / 6 * 6);
+  const std::int64_t npix = g.out_pixels(), tiles = (npix + tile - 1) / tile;
+  const std::int64_t dot_ld = (g.cout + 7) / 8 * 8;
+  const std::int64_t scratch_bytes = k->dense_scratch(g, tile);
+  const int nthreads = int(std::min<std::int64_t>(std::max(threads, 1), tiles));
+  std::vector<std::vector<std::int64_t>> scratch(nthreads);  // 8-byte aligned storage
+  std::vector<std::vector<std::int32_t>> dots(nthreads);
+  const EpiParams params = transform_.params();
+  parallel_for(nthreads, tiles, [&](std::int64_t t, int id) {
+    if (scratch[id].empty()) {
+      scratch[id].resize(std::size_t(scratch_bytes / 8 + 8));
+      dots[id].resize(std::size_t(tile * dot_ld));
+    }
+    const std::int64_t p0 = t * tile, p1 = std::min(npix, p0 + tile);
+    for (int grp = 0; grp < g.groups; ++grp)
+      k->dense(in, g, grp, dense_[slot].data() + std::size_t(grp) * group_stride_[slot], wsum_.data(), p0, p1,
+               dots[id].data(), dot_ld, scratch[id].data());
+    k->epilogue(dots[id].data(), dot_ld, int(p1 - p0), p0, g.cout, params, io);
+  });
+}
+
+namespace {
+
+// Sign bytes of the 8 bits of every byte value: bit set -> -1, clear -> +1.
+struct SignTable {
+  std::int8_t v[256][8];
+  SignTable() {
+    for (int b = 0; b < 256; ++b)
+      for (int j = 0; j < 8; ++j) v[b][j] = (b >> j) & 1 ? -1 : 1;
+  }
+};
+const SignTable kSigns;
+
+}  // namespace
+
+void BinaryConv::run_depthwise(const word_t* in, const Geom& g, const EpiIO& io, const Kernels* k,
+                               int threads) const {
+  // Work unit: a band of output rows of one image. Its input rows (with the border, in the padding
+  // value) are expanded to sign bytes once, then every output pixel reads its taps from there.
+  const int band = std::max(1, std::min(g.oh, 256 / std::max(g.ow, 1)));
+  const int bands = (g.oh + band - 1) / band;
+  const std::int64_t units = std::int64_t(g.n) * bands;
+  const int row_span = (band - 1) * g.sh + (g.kh - 1) * g.dh + 1;
+  const int col0 = -g.pl, img_w = (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1;
+  const int cpad = cpad_, nw = g.in_words;
+  const std::int8_t pad = g.pad_one ? 1 : 0;
+  const int nthreads = int(std::min<std::int64_t>(std::max(threads, 1), units));
+  std::vector<std::vector<std::int8_t>> imgs(nthreads);
+  std::vector<std::vector<std::int32_t>> dots(nthreads);
+  const EpiParams params = transform_.params();
+  parallel_for(nthreads, units, [&](std::int64_t u, int id) {
+    if (imgs[id].empty()) {
+      imgs[id].resize(std::size_t(row_span) * img_w * cpad + 32);
+      dots[id].resize(std::size_t(band) * g.ow * cpad);
+    }
+    const int n = int(u / bands), oy0 = int(u % bands) * band, oy1 = std::min(g.oh, oy0 + band);
+    const int row0 = oy0 * g.sh - g.pt, rows = (oy1 - 1 - oy0) * g.sh + (g.kh - 1) * g.dh + 1;
+    std::int8_t* img = imgs[id].data();
+    for (int r = 0; r < rows; ++r) {
+      const int iy = row0 + r;
+      for (int c = 0; c < img_w; ++c) {
+        const int ix = col0 + c;
+        std::int8_t* dst = img + (std::size_t(r) * img_w + c) * cpad;
+        if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
+          std::memset(dst, pad, cpad);
+          continue;
+        }
+        const word_t* px = in + ((std::int64_t(n) * g.h + iy) * g.w + ix) * nw;
+        for (int b = 0; b < cpad / 8; ++b) std::memcpy(dst + 8 * b, kSigns.v[(px[b >> 3] >> (8 * (b & 7))) & 0xff], 8);
+      }
+    }
+    k->depthwise(img, rows, img_w, cpad, row0, col0, dw_.data(), g, oy0, oy1, dots[id].data(), cpad);
+    const std::int64_t pix0 = (std::int64_t(n) * g.oh + oy0) * g.ow;
+    k->epilogue(dots[id].data(), cpad, (oy1 - oy0) * g.ow, pix0, g.cout, params, io);
+  });
+}
+
+}  // namespace bitnas

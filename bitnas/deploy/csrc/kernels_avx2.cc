@@ -1,0 +1,325 @@
+// AVX2 kernels (x86-64 with AVX2, FMA, POPCNT, BMI2; compiled with -mavx2 -mfma -mpopcnt -mbmi2).
+//
+// Binary conv core: AVX2 has no vector popcount, so bytes are counted with the nibble lookup
+// (vpshufb on a 16-entry table). Both operands are kept "nibble-split": a word w is stored as
+// lo = w & 0x0f.. and hi = (w >> 4) & 0x0f.., and since (a ^ w) & m = (a & m) ^ (w & m), one
+// XOR of split operands feeds vpshufb directly. Per 256 binary MACs (4 output channels x 64
+// channels of one pixel): 2 XOR + 2 vpshufb + 2 byte adds. Byte counters take at most 31 words
+// (31 * 8 < 256) before vpsadbw folds them into 64-bit sums. Register block: P output pixels
+// (activation words broadcast) x 8 output channels (two vectors of 4 channels).
+//
+// This unit uses no standard-library templates, so nothing compiled here with AVX2 is shared
+// with the portable code (see detail.h).
+#include "engine.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "detail.h"
+
+namespace bitnas {
+namespace {
+
+constexpr word_t kLoNibbles = 0x0f0f0f0f0f0f0f0fULL;
+constexpr int kBlock = 8;       // output channels per weight block (two vectors of 4)
+constexpr int kMaxChunk = 31;   // words counted in bytes before folding
+
+inline __m256i lookup_table() {
+  return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3,
+                          2, 3, 3, 4);
+}
+
+// ------------------------------------------------------------------ bit-packing of activations
+
+inline word_t pack64(const float* x, const float* scale, const float* shift, int ch0) {
+  const __m256 zero = _mm256_setzero_ps();
+  word_t bits = 0;
+  for (int j = 0; j < 8; ++j) {
+    __m256 v = _mm256_loadu_ps(x + 8 * j);
+    if (scale) v = _mm256_mul_ps(v, _mm256_loadu_ps(scale + ch0 + 8 * j));
+    if (shift) v = _mm256_add_ps(v, _mm256_loadu_ps(shift + ch0 + 8 * j));
+    bits |= word_t(unsigned(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)))) << (8 * j);
+  }
+  return bits;
+}
+
+void pack_avx2(const float* x, std::int64_t npix, int c, std::int64_t ld, const float* scale,
+               const float* shift, word_t* out) {
+  const int nw = words_for(c), full = c / 64;
+  for (std::int64_t p = 0; p < npix; ++p) {
+    const float* xp = x + p * ld;
+    word_t* o = out + p * nw;
+    for (int w = 0; w < full; ++w) o[w] = pack64(xp + 64 * w, scale, shift, 64 * w);
+    if (full < nw) {
+      word_t bits = 0;
+      for (int ch = 64 * full; ch < c; ++ch) {
+        float v = xp[ch];
+        if (scale) v = v * scale[ch];
+        if (shift) v = v + shift[ch];
+        bits |= word_t(v < 0.0f) << (ch - 64 * full);
+      }
+      o[full] = bits;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ output transform
+
+void epilogue_avx2(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout,
+                   const EpiParams& p, const EpiIO& io) {
+  const int nw = words_for(cout), vec_end = cout & ~7;
+  const __m256 zero = _mm256_setzero_ps();
+  const bool want_float = io.out || io.bits;
+  for (int i = 0; i < npix; ++i) {
+    const std::int64_t pix = pix0 + i;
+    const std::int32_t* d = dot + i * dot_ld;
+    word_t* bits = io.bits ? io.bits + pix * nw : nullptr;
+    if (bits) std::memset(bits, 0, sizeof(word_t) * nw);
+    for (int o = 0; o < vec_end; o += 8) {
+      const __m256i di = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o));
+      if (io.ints) _mm256_storeu_si256(reinterpret_cast<__m256i*>(io.ints + pix * io.ints_ld + o), di);
+      if (io.threshold) {
+        if (bits) {
+          const __m256i s = _mm256_sign_epi32(di, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.thr_sign + o)));
+          const __m256i neg = _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.thr + o)), s);
+          bits[o >> 6] |= word_t(unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(neg)))) << (o & 63);
+        }
+        continue;
+      }
+      if (!want_float) continue;
+      __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(di), _mm256_loadu_ps(p.mul + o));
+      v = _mm256_add_ps(v, _mm256_loadu_ps(p.add + o));
+      if (io.res) v = _mm256_add_ps(v, _mm256_loadu_ps(io.res + pix * io.res_ld + o));
+      if (p.act == kActRelu) {
+        v = _mm256_max_ps(v, zero);
+      } else if (p.act == kActPrelu) {
+        const __m256 neg = _mm256_mul_ps(_mm256_loadu_ps(p.slope + o), v);
+        v = _mm256_blendv_ps(neg, v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
+      } else if (p.act == kActRprelu) {
+        __m256 u = _mm256_sub_ps(v, _mm256_loadu_ps(p.shift_in + o));
+        const __m256 neg = _mm256_mul_ps(_mm256_loadu_ps(p.slope + o), u);
+        u = _mm256_blendv_ps(neg, u, _mm256_cmp_ps(u, zero, _CMP_GT_OQ));
+        v = _mm256_add_ps(u, _mm256_loadu_ps(p.shift_out + o));
+      }
+      if (io.post) v = _mm256_add_ps(v, _mm256_loadu_ps(io.post + pix * io.post_ld + o));
+      if (io.out) _mm256_storeu_ps(io.out + pix * io.out_ld + o, v);
+      if (bits) {
+        __m256 b = v;
+        if (p.bits_scale) b = _mm256_mul_ps(b, _mm256_loadu_ps(p.bits_scale + o));
+        if (p.bits_shift) b = _mm256_add_ps(b, _mm256_loadu_ps(p.bits_shift + o));
+        bits[o >> 6] |= word_t(unsigned(_mm256_movemask_ps(_mm256_cmp_ps(b, zero, _CMP_LT_OQ)))) << (o & 63);
+      }
+    }
+    if (vec_end < cout) {
+      // The last cout % 8 channels: the reference's arithmetic, one channel at a time.
+      for (int o = vec_end; o < cout; ++o) {
+        if (io.ints) io.ints[pix * io.ints_ld + o] = d[o];
+        if (io.threshold) {
+          if (bits && d[o] * p.thr_sign[o] < p.thr[o]) bits[o >> 6] |= word_t(1) << (o & 63);
+          continue;
+        }
+        if (!want_float) continue;
+        float v = float(d[o]) * p.mul[o];
+        v = v + p.add[o];
+        if (io.res) v = v + io.res[pix * io.res_ld + o];
+        if (p.act == kActRelu) {
+          v = v > 0.0f ? v : 0.0f;
+        } else if (p.act == kActPrelu) {
+          v = v > 0.0f ? v : p.slope[o] * v;
+        } else if (p.act == kActRprelu) {
+          float u = v - p.shift_in[o];
+          u = u > 0.0f ? u : p.slope[o] * u;
+          v = u + p.shift_out[o];
+        }
+        if (io.post) v = v + io.post[pix * io.post_ld + o];
+        if (io.out) io.out[pix * io.out_ld + o] = v;
+        if (bits) {
+          float b = v;
+          if (p.bits_scale) b = b * p.bits_scale[o];
+          if (p.bits_shift) b = b + p.bits_shift[o];
+          if (b < 0.0f) bits[o >> 6] |= word_t(1) << (o & 63);
+        }
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ dense binary conv core
+
+// Weights of one group: blocks of 8 output channels; per block and word k: lo[8], hi[8]
+// (channel order o0..o3 in the first vector, o4..o7 in the second), zero for missing channels.
+std::int64_t prepare_dense_avx2(const word_t* canon, const Geom& g, word_t* out) {
+  const int og = g.cout_g(), k = g.taps() * g.g_words();
+  const int blocks = (og + kBlock - 1) / kBlock;
+  const std::int64_t n = std::int64_t(blocks) * k * 2 * kBlock;
+  if (!out) return n;
+  for (int b = 0; b < blocks; ++b)
+    for (int i = 0; i < k; ++i) {
+      word_t* dst = out + (std::int64_t(b) * k + i) * 2 * kBlock;
+      for (int j = 0; j < kBlock; ++j) {
+        const int o = b * kBlock + j;
+        const word_t w = o < og ? canon[std::int64_t(o) * k + i] : 0;
+        dst[j] = w & kLoNibbles;
+        dst[kBlock + j] = (w >> 4) & kLoNibbles;
+      }
+    }
+  return n;
+}
+
+struct Scratch {
+  word_t* act;  // [tile][k][2] split words
+  int* n_oob;
+  int* oob;
+};
+
+Scratch carve(void* scratch, const Geom& g, int tile) {
+  const std::int64_t k = std::int64_t(g.taps()) * g.g_words();
+  Scratch s;
+  s.act = static_cast<word_t*>(scratch);
+  s.n_oob = reinterpret_cast<int*>(s.act + 2 * k * (tile + 4));
+  s.oob = s.n_oob + tile;
+  return s;
+}
+
+std::int64_t dense_scratch_avx2(const Geom& g, int tile) {
+  const std::int64_t k = std::int64_t(g.taps()) * g.g_words();
+  return 16 * k * (tile + 4) + std::int64_t(tile) * (1 + g.taps()) * 4 + 64;
+}
+
+// Sum the four 64-bit lanes of a (counts of channels o0..o3) and b (o4..o7) into 8 int32 lanes.
+inline __m256i lanes_to_epi32(__m256i a, __m256i b) {
+  const __m256i mix = _mm256_or_si256(a, _mm256_slli_epi64(b, 32));
+  return _mm256_permutevar8x32_epi32(mix, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+}
+
+// P pixels x 8 output channels: popcounts of (activation ^ weight) over k words -> pop[P][8].
+template <int P>
+inline void micro_kernel(const word_t* act, int k, const word_t* wts, __m256i* pop) {
+  const __m256i lut = lookup_table();
+  __m256i total[P][2];
+  for (int p = 0; p < P; ++p) total[p][0] = total[p][1] = _mm256_setzero_si256();
+  for (int k0 = 0; k0 < k; k0 += kMaxChunk) {
+    const int k1 = imin(k, k0 + kMaxChunk);
+    __m256i acc[P][2];
+    for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_si256();
+    for (int i = k0; i < k1; ++i) {
+      const __m256i* w = reinterpret_cast<const __m256i*>(wts + std::int64_t(i) * 2 * kBlock);
+      const __m256i wl0 = _mm256_loadu_si256(w), wl1 = _mm256_loadu_si256(w + 1);
+      const __m256i wh0 = _mm256_loadu_si256(w + 2), wh1 = _mm256_loadu_si256(w + 3);
+      for (int p = 0; p < P; ++p) {
+        const word_t* a = act + (std::int64_t(p) * k + i) * 2;
+        const __m256i al = _mm256_set1_epi64x(static_cast<long long>(a[0]));
+        const __m256i ah = _mm256_set1_epi64x(static_cast<long long>(a[1]));
+        acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl0)));
+        acc[p][1] = _mm256_add_epi8(acc[p][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl1)));
+        acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(ah, wh0)));
+        acc[p][1] = _mm256_add_epi8(acc[p][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(ah, wh1)));
+      }
+    }
+    const __m256i zero = _mm256_setzero_si256();
+    for (int p = 0; p < P; ++p) {
+      total[p][0] = _mm256_add_epi64(total[p][0], _mm256_sad_epu8(acc[p][0], zero));
+      total[p][1] = _mm256_add_epi64(total[p][1], _mm256_sad_epu8(acc[p][1], zero));
+    }
+  }
+  for (int p = 0; p < P; ++p) pop[p] = lanes_to_epi32(total[p][0], total[p][1]);
+}
+
+constexpr int kPixels = 3;  // pixels per micro-kernel call
+
+void dense_avx2(const word_t* in, const Geom& g, int group, const void* wts, const std::int32_t* wsum,
+                std::int64_t pix_begin, std::int64_t pix_end, std::int32_t* dot, std::int64_t dot_ld,
+                void* scratch) {
+  const int tile = int(pix_end - pix_begin);
+  const int k = g.taps() * g.g_words(), og = g.cout_g(), taps = g.taps(), o0 = group * og;
+  Scratch s = carve(scratch, g, tile);
+  for (int p = 0; p < tile; ++p) {
+    word_t* a = s.act + std::int64_t(p) * k * 2;
+    s.n_oob[p] = gather_pixel(in, g, group, pix_begin + p, s.oob + p * taps, [a](int i, word_t v) {
+      a[2 * i] = v & kLoNibbles;
+      a[2 * i + 1] = (v >> 4) & kLoNibbles;
+    });
+  }
+  // Pad the gathered rows to a multiple of kPixels (the extra rows' results are dropped).
+  const int padded = (tile + kPixels - 1) / kPixels * kPixels;
+  std::memset(s.act + std::int64_t(tile) * k * 2, 0, sizeof(word_t) * k * 2 * (padded - tile));
+  const __m256i kbits = _mm256_set1_epi32(taps * g.cin_g());
+  const word_t* w = static_cast<const word_t*>(wts);
+  const int blocks = (og + kBlock - 1) / kBlock;
+  for (int b = 0; b < blocks; ++b) {
+    const word_t* wb = w + std::int64_t(b) * k * 2 * kBlock;
+    const int ob = b * kBlock, valid = imin(kBlock, og - ob);
+    for (int p = 0; p < tile; p += kPixels) {
+      __m256i pop[kPixels];
+      micro_kernel<kPixels>(s.act + std::int64_t(p) * k * 2, k, wb, pop);
+      for (int q = 0; q < kPixels && p + q < tile; ++q) {
+        const __m256i d = _mm256_sub_epi32(kbits, _mm256_slli_epi32(pop[q], 1));
+        std::int32_t* row = dot + std::int64_t(p + q) * dot_ld + o0 + ob;
+        if (valid == kBlock) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(row), d);
+        } else {
+          alignas(32) std::int32_t tmp[kBlock];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), d);
+          for (int j = 0; j < valid; ++j) row[j] = tmp[j];
+        }
+      }
+    }
+  }
+  for (int p = 0; p < tile; ++p)
+    correct_border(g, group, dot + std::int64_t(p) * dot_ld, s.n_oob[p], s.oob + p * taps, wsum);
+}
+
+// ------------------------------------------------------------------ depthwise core
+
+// Sign bytes x (+1/-1 inside, the padding value outside) times sign-byte weights, summed over the
+// taps in int8 lanes (|sum| <= taps <= 127), 32 channels per vector.
+void depthwise_avx2(const std::int8_t* img, int img_h, int img_w, int cpad, int row0, int col0,
+                    const std::int8_t* wts, const Geom& g, int oy_begin, int oy_end, std::int32_t* dot,
+                    std::int64_t dot_ld) {
+  (void)img_h;
+  const int chunks = cpad / 32;
+  for (int oy = oy_begin; oy < oy_end; ++oy)
+    for (int ox = 0; ox < g.ow; ++ox) {
+      std::int32_t* d = dot + (std::int64_t(oy - oy_begin) * g.ow + ox) * dot_ld;
+      const int iy0 = oy * g.sh - g.pt - row0, ix0 = ox * g.sw - g.pl - col0;
+      for (int c = 0; c < chunks; ++c) {
+        __m256i acc = _mm256_setzero_si256();
+        for (int ky = 0; ky < g.kh; ++ky) {
+          const std::int8_t* xrow = img + (std::int64_t(iy0 + ky * g.dh) * img_w + ix0) * cpad + 32 * c;
+          const std::int8_t* wrow = wts + std::int64_t(ky * g.kw) * cpad + 32 * c;
+          for (int kx = 0; kx < g.kw; ++kx) {
+            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xrow + std::int64_t(kx) * g.dw * cpad));
+            const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + std::int64_t(kx) * cpad));
+            acc = _mm256_add_epi8(acc, _mm256_sign_epi8(x, wv));
+          }
+        }
+        std::int32_t* dc = d + 32 * c;
+        const __m128i lo = _mm256_castsi256_si128(acc), hi = _mm256_extracti128_si256(acc, 1);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dc), _mm256_cvtepi8_epi32(lo));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dc + 8), _mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dc + 16), _mm256_cvtepi8_epi32(hi));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dc + 24), _mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+      }
+    }
+}
+
+const Kernels kAvx2 = {
+    "avx2", pack_avx2, epilogue_avx2, dense_avx2, dense_scratch_avx2, prepare_dense_avx2, depthwise_avx2,
+};
+
+}  // namespace
+
+const Kernels* kernels_avx2() { return &kAvx2; }
+
+}  // namespace bitnas
+
+#else  // not x86-64: no AVX2 kernels
+
+namespace bitnas {
+const Kernels* kernels_avx2() { return nullptr; }
+}  // namespace bitnas
+
+#endif

@@ -1,0 +1,75 @@
+"""Build of the optional C++ extension `bitnas.deploy._engine` (the 1-bit inference kernels).
+
+Metadata lives in pyproject.toml. The extension is compiled with the machine's C++ compiler
+(C++17, -O3); the AVX2 unit gets -mavx2 -mfma -mpopcnt -mbmi2 on x86-64 while everything else
+stays portable, and the kernels are picked at run time from the CPU's features. If the compiler
+is missing or the build fails, bitnas still installs (the torch path works) and
+`engine="bitpack"` explains how to build the extension.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+CSRC = Path("bitnas") / "deploy" / "csrc"
+SOURCES = ["bindings.cc", "driver.cc", "reference.cc", "kernels_scalar.cc", "kernels_avx2.cc"]
+X86 = platform.machine().lower() in ("x86_64", "amd64", "x64")
+UNIX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-ffp-contract=off", "-pthread"]
+AVX2_FLAGS = {"unix": ["-mavx2", "-mfma", "-mpopcnt", "-mbmi2"], "msvc": ["/arch:AVX2"]}
+
+
+class OptionalBuildExt(build_ext):
+    """Per-file flags for the AVX2 unit; a failed build leaves a warning, not a failed install."""
+
+    def build_extension(self, ext) -> None:
+        compiler = self.compiler
+        kind = compiler.compiler_type
+        original = getattr(compiler, "_compile", None)
+        if original is not None and X86:
+            def _compile(obj, src, ext_, cc_args, extra_postargs, pp_opts):
+                extra = list(extra_postargs)
+                if src.endswith("_avx2.cc"):
+                    extra += AVX2_FLAGS.get(kind, [])
+                return original(obj, src, ext_, cc_args, extra, pp_opts)
+            compiler._compile = _compile
+        if kind == "msvc":
+            ext.extra_compile_args = ["/O2", "/std:c++17", "/fp:precise"]
+            ext.extra_link_args = []
+        try:
+            super().build_extension(ext)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: install without the extension
+            if os.environ.get("BITNAS_REQUIRE_ENGINE"):
+                raise
+            sys.stderr.write(f"warning: bitnas: the C++ inference engine was not built ({e}); bitnas works "
+                             "without it (engine='torch'). Install a C++17 compiler and run `pip install -e .` "
+                             "again to build it.\n")
+        finally:
+            if original is not None:
+                compiler._compile = original
+
+
+def extensions() -> list:
+    try:
+        import pybind11
+    except ImportError:
+        sys.stderr.write("warning: bitnas: pybind11 not found; the C++ inference engine is not built\n")
+        return []
+    from setuptools import Extension
+
+    return [Extension(
+        "bitnas.deploy._engine",
+        sources=[str(CSRC / s) for s in SOURCES],
+        include_dirs=[pybind11.get_include(), str(CSRC)],
+        depends=[str(CSRC / h) for h in ("engine.h", "detail.h", "driver.h")],
+        language="c++",
+        extra_compile_args=UNIX_FLAGS,
+        extra_link_args=["-pthread"],
+    )]
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -239,7 +239,7 @@ void BinaryConv::run_dense(const word_t* in, const Geom& g, const EpiIO& io, con
                            int threads) const {
   const std::int64_t kwords = std::int64_t(g.taps()) * g.g_words();
   // A tile's gathered activations (16 bytes per word in the AVX2 layout) stay within ~16 KiB.
-  const int tile = int(std::max<std::int64_t>(6, std::min<std::int64_t>(48, 16384 / (16 * kwords))) / 6 * 6);
+  const int tile = int(std::max<std::int64_t>(8, std::min<std::int64_t>(60, 16384 / (16 * kwords))));
   const std::int64_t npix = g.out_pixels(), tiles = (npix + tile - 1) / tile;
   const std::int64_t dot_ld = (g.cout + 7) / 8 * 8;
   const std::int64_t scratch_bytes = k->dense_scratch(g, tile);

@@ -32,13 +32,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from bitnas.train.trainer import evaluate_checkpoint
 
     r = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device,
-                            genotype=args.genotype, precision=args.precision)
+                            genotype=args.genotype, precision=args.precision, engine=args.engine,
+                            threads=args.threads)
     if args.json:
         print(to_json(r))
     else:
         print(f"{r['checkpoint']} on {r['data']} test ({r['num_images']} images): "
               f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if not 1 <= v <= 1024:
+        raise argparse.ArgumentTypeError(f"expected 1..1024, got {v}")
+    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,4 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--genotype", default=None, help="refuse the checkpoint unless it was trained for this genotype")
     p.add_argument("--precision", default=None, choices=("binary", "fp32"),
                    help="refuse the checkpoint unless it holds a network of this precision")
+    p.add_argument("--engine", default="torch", choices=("torch", "bitpack"),
+                   help="bitpack: run an export's binary convs on the XNOR-popcount kernels (CPU)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="kernel threads of the bitpack engine")
     p.set_defaults(func=cmd_eval)

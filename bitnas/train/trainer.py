@@ -279,7 +279,7 @@ class Trainer:
             "image_size": self.data.image_size,
             "data": {"name": self.data.train.name, "num_classes": self.data.num_classes,
                      "in_channels": self.data.in_channels, "mean": list(self.data.train.mean),
-                     "std": list(self.data.train.std)},
+                     "std": list(self.data.train.std), "classes": list(self.data.train.classes)},
             "world_size": self.info.world_size,
             "partial": self.partial,
         }
@@ -730,17 +730,23 @@ def check_network(cfg: TrainConfig, data: TrainData, genotype: Genotype | None) 
 # ---------------------------------------------------------------------------- eval
 
 def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str = "auto",
-                        genotype: str | None = None, precision: str | None = None) -> dict[str, Any]:
+                        genotype: str | None = None, precision: str | None = None, engine: str = "torch",
+                        threads: int = 1) -> dict[str, Any]:
     """Rebuild the network stored in checkpoint `path` and evaluate it on the test split of `data`.
 
     `genotype` / `precision`, when given, must agree with the checkpoint (else ConfigError).
+    `engine="bitpack"` runs an export's binary convs on the XNOR-popcount kernels (`threads`).
     Returns top1, top5 (in %), loss (mean cross-entropy), num_images, plus what was evaluated.
     """
-    from bitnas.deploy.export import is_export, network_from_export
+    from bitnas.deploy.export import is_export_file, network_from_export, read_export
 
-    ck = load_checkpoint(path)
-    exported = is_export(ck)
-    spec = ck.get("arch")
+    exported = is_export_file(path)
+    if engine not in ("torch", "bitpack"):
+        raise ConfigError(f"--engine '{engine}': expected torch or bitpack")
+    if engine == "bitpack" and not exported:
+        raise ConfigError(f"{path}: --engine bitpack runs `bitnas export` files; export this checkpoint first")
+    ck = read_export(path) if exported else load_checkpoint(path)
+    spec = ck.get("arch") if isinstance(ck, dict) else None
     if not isinstance(spec, dict) or not isinstance(spec.get("network"), dict) or not (exported or "model" in ck):
         raise BitnasError(f"{path}: not a bitnas training checkpoint or export (no stored architecture/weights)")
     net = spec["network"]
@@ -760,10 +766,16 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
         raise DataError(f"{data}: {c} channel(s) and {test.num_classes} classes, but the network in {path} takes "
                         f"{net.get('in_channels')} channel(s) and has {net.get('num_classes')} classes")
     info = DistInfo(device=resolve_device(device))
+    if engine == "bitpack" and info.device.type != "cpu":
+        raise ConfigError(f"--engine bitpack runs on the CPU, not --device {device}")
     model = (network_from_export(ck, str(path)) if exported else network_from_checkpoint(ck, str(path))).to(info.device)
+    if engine == "bitpack":
+        from bitnas.deploy.graph import EngineNetwork
+
+        model = EngineNetwork(model, ck, threads=threads)
     loader = BatchLoader(test, batch_size, shuffle=False, seed=0)
     m = evaluate_model(model, loader, info, info.device, "test")
     return {"top1": m["test_top1"], "top5": m["test_top5"], "loss": m["test_loss"], "num_images": m["test_images"],
             "checkpoint": str(path), "data": data, "dataset": test.name, "precision": net.get("precision"),
-            "epoch": ck.get("epoch")}
+            "epoch": ck.get("epoch"), "engine": engine}
 

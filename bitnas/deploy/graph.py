@@ -1,0 +1,378 @@
+"""Inference graph of an exported network: binary convs on the XNOR-popcount kernels, the rest in torch.
+
+The network rebuilt from the export (float path) is walked once and every op becomes a unit:
+- a *chain* of binary convs (a conv unit, a separable unit or conv, residual blocks in a row,
+  conv 7×1/1×7), each conv with its fused output transform (α and the BN after it folded into
+  one multiply-add, residual shortcut, PReLU/RPReLU/ReLU, the node's other addend). A conv whose
+  output only feeds the next conv's sign writes that conv's packed input straight away (by an
+  exact integer threshold when nothing else touches the value);
+- the binarised factorised reduce (two strided 1×1 convs writing the halves of one output);
+- identity (its packed form shared by every consumer), zero, and anything else, which runs as the
+  torch module it is (stem, pools, classifier, full-precision convs).
+Activations between units are float NHWC (torch channels-last) with their packed forms cached
+per sign transform, so a state read by several binary ops is packed once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bitnas.binary import BinaryConv2d
+from bitnas.binary.quantizers import CallableQuantizer, LearnableBiasSign
+from bitnas.deploy import engine
+from bitnas.deploy.fold import bn_affine
+from bitnas.nets.cells import Cell
+from bitnas.space.operations import Conv7x1x7, FactorizedReduce, ReLUConvBN, Zero
+from bitnas.space.structures import ConvUnit, ResidualBlock, RPReLU, SepUnit
+
+CL = torch.channels_last
+
+
+class Act:
+    """A float activation (NCHW shape, channels-last memory) and its packed forms by sign transform."""
+
+    __slots__ = ("t", "packs")
+
+    def __init__(self, t: Tensor) -> None:
+        self.t = t if t.is_contiguous(memory_format=CL) else t.contiguous(memory_format=CL)
+        self.packs: dict[Any, np.ndarray] = {}
+
+    def nhwc(self) -> np.ndarray:
+        return self.t.permute(0, 2, 3, 1).numpy()
+
+    def packed(self, transform: "SignTransform | None", isa: str, threads: int) -> np.ndarray:
+        key = id(transform) if transform is not None else None
+        if key not in self.packs:
+            scale, shift = (transform.scale, transform.shift) if transform is not None else (None, None)
+            self.packs[key] = engine.pack(self.nhwc(), scale, shift, isa=isa, threads=threads)
+        return self.packs[key]
+
+
+def new_act(n: int, c: int, h: int, w: int) -> tuple[Tensor, np.ndarray]:
+    """An uninitialised float activation: (NCHW channels-last tensor, its NHWC numpy view)."""
+    buf = torch.empty((n, h, w, c), dtype=torch.float32)
+    return buf.permute(0, 3, 1, 2), buf.numpy()
+
+
+@dataclass(eq=False)
+class SignTransform:
+    """The sign a binary conv takes of its input: sign(x·scale + shift) per channel."""
+
+    scale: np.ndarray | None
+    shift: np.ndarray | None
+
+
+def _sign_transform(bn_in: nn.Module, pre: nn.Module) -> SignTransform | None:
+    scale = shift = None
+    if isinstance(bn_in, nn.BatchNorm2d):
+        s, t = bn_affine(bn_in)
+        scale, shift = s, t
+    if isinstance(pre, LearnableBiasSign):
+        b = pre.bias.detach().double().reshape(-1).numpy()
+        shift = b if shift is None else shift + b
+    if scale is None and shift is None:
+        return None
+    return SignTransform(None if scale is None else scale.astype(np.float32),
+                         None if shift is None else shift.astype(np.float32))
+
+
+@dataclass(eq=False)
+class Step:
+    """One binary conv of a chain: sign transform of its input, shortcut, activation."""
+
+    layer: BinaryConv2d
+    name: str
+    sign: SignTransform | None = None
+    shortcut: str | None = None      # None, "identity" or "avgpool" (of this conv's chain input)
+    act: nn.Module | None = None      # PReLU, RPReLU or ReLU after the residual
+    pool: nn.Module | None = None
+    conv: engine.BinaryConv | None = field(default=None, repr=False)
+    float_out: bool = True
+    threshold: bool = False
+
+
+def _binary_input(layer: nn.Module, pre: nn.Module | None = None) -> bool:
+    """True when `layer` is a binary conv whose input is binarised by a sign (its own or an RSign)."""
+    if not isinstance(layer, BinaryConv2d) or not layer.is_binary:
+        return False
+    if isinstance(layer.weight_quantizer, CallableQuantizer):
+        return False
+    if layer.input_quantizer is None:
+        return isinstance(pre, LearnableBiasSign)
+    return not isinstance(layer.input_quantizer, CallableQuantizer)
+
+
+def _identity(m: nn.Module | None) -> bool:
+    return m is None or isinstance(m, nn.Identity)
+
+
+def chain_steps(m: nn.Module, name: str) -> list[Step] | None:
+    """The binary convs of `m` as a chain (each conv's output feeds only the next), or None."""
+    p = f"{name}." if name else ""
+    if isinstance(m, (ConvUnit, ReLUConvBN)) and _identity(m.pre) and _binary_input(m.conv):
+        return [Step(m.conv, p + "conv")]
+    if isinstance(m, SepUnit) and _identity(m.pre) and _binary_input(m.dw) and _binary_input(m.pw):
+        return [Step(m.dw, p + "dw"), Step(m.pw, p + "pw")]
+    if isinstance(m, Conv7x1x7) and _identity(m.pre) and _binary_input(m.conv_1) and _binary_input(m.conv_2):
+        return [Step(m.conv_1, p + "conv_1"), Step(m.conv_2, p + "conv_2")]
+    if isinstance(m, ResidualBlock) and _binary_input(m.conv, m.pre):
+        if not (isinstance(m.pre, LearnableBiasSign) or _identity(m.pre)):
+            return None
+        if m.shortcut is None:
+            shortcut = None
+        elif isinstance(m.shortcut, nn.Identity):
+            shortcut = "identity"
+        elif isinstance(m.shortcut, nn.AvgPool2d):
+            shortcut = "avgpool"
+        else:
+            return None
+        if not (_identity(m.act) or isinstance(m.act, (nn.PReLU, RPReLU, nn.ReLU))):
+            return None
+        return [Step(m.conv, p + "conv", _sign_transform(m.bn_in, m.pre), shortcut,
+                     None if _identity(m.act) else m.act, m.shortcut if shortcut == "avgpool" else None)]
+    if isinstance(m, nn.Sequential) and len(m) > 0:
+        steps: list[Step] = []
+        for child_name, child in m.named_children():
+            sub = chain_steps(child, p + child_name)
+            if sub is None:
+                return None
+            steps += sub
+        return steps
+    return None
+
+
+def _neg_bits(row: dict[str, Any], bits: np.ndarray) -> np.ndarray:
+    """(C_out, C_in/g, KH, KW) booleans, true where the stored weight is −1 (stored bit 0)."""
+    off, nb = row["bits"]
+    n = int(np.prod(row["shape"]))
+    signs = np.unpackbits(np.asarray(bits[off:off + nb]), bitorder="big")[:n]
+    return (signs == 0).reshape(row["shape"])
+
+
+def _act_params(act: nn.Module | None, c: int) -> dict[str, Any]:
+    if act is None:
+        return {"act": "none"}
+    if isinstance(act, nn.ReLU):
+        return {"act": "relu"}
+    prelu = act.prelu if isinstance(act, RPReLU) else act
+    slope = prelu.weight.detach().float().reshape(-1).numpy()
+    slope = np.broadcast_to(slope, (c,)).copy()
+    if isinstance(act, RPReLU):
+        return {"act": "rprelu", "slope": slope, "shift_in": act.shift_in.detach().float().reshape(-1).numpy(),
+                "shift_out": act.shift_out.detach().float().reshape(-1).numpy()}
+    return {"act": "prelu", "slope": slope}
+
+
+class Compiler:
+    """Builds units from the modules of the float network and the export's folded constants."""
+
+    def __init__(self, exp: dict[str, Any], isa: str, threads: int) -> None:
+        self.rows = {row["name"]: row for row in exp["binary"]}
+        self.exp = exp
+        self.isa, self.threads = isa, threads
+
+    def fold(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        row = self.rows[name]
+        off, n = row["fold"]
+        v = np.asarray(self.exp["fold"][off:off + n], dtype=np.float64)
+        return v[:n // 2], v[n // 2:]
+
+    def kernel(self, layer: BinaryConv2d, name: str, padding: tuple[int, int] | None = None) -> engine.BinaryConv:
+        row = self.rows[name]
+        return engine.BinaryConv(_neg_bits(row, self.exp["bits"]), layer.in_channels, stride=tuple(layer.stride),
+                                 padding=padding or tuple(layer.padding), dilation=tuple(layer.dilation),
+                                 groups=layer.groups, pad_value=layer.pad_value if any(layer.padding) else 0.0)
+
+    def chain(self, steps: list[Step]) -> "Chain":
+        for i, st in enumerate(steps):
+            nxt = steps[i + 1] if i + 1 < len(steps) else None
+            st.conv = self.kernel(st.layer, st.name)
+            mul, add = self.fold(st.name)
+            st.float_out = nxt is None or nxt.shortcut is not None
+            st.threshold = not st.float_out and st.shortcut is None and st.act is None
+            sign = nxt.sign if nxt is not None else None
+            if st.threshold:
+                s = sign.scale.astype(np.float64) if sign is not None and sign.scale is not None else 1.0
+                t = sign.shift.astype(np.float64) if sign is not None and sign.shift is not None else 0.0
+                st.conv.set_transform(threshold=engine.thresholds(s * mul, s * add + t, st.conv.k))
+            else:
+                st.conv.set_transform(mul, add, **_act_params(st.act, st.conv.out_channels),
+                                      bits_scale=sign.scale if sign is not None else None,
+                                      bits_shift=sign.shift if sign is not None else None)
+        return Chain(steps, self.isa, self.threads)
+
+    def unit(self, m: nn.Module, name: str) -> "Unit":
+        if isinstance(m, Zero):
+            return ZeroUnit(m)
+        if isinstance(m, nn.Identity):
+            return IdentityUnit()
+        steps = chain_steps(m, name)
+        if steps:
+            return self.chain(steps)
+        if (isinstance(m, FactorizedReduce) and _identity(m.pre) and _binary_input(m.conv_1)
+                and _binary_input(m.conv_2)):
+            return self.factorized_reduce(m, name)
+        return TorchUnit(m)
+
+    def factorized_reduce(self, m: FactorizedReduce, name: str) -> "FactorizedReduceUnit":
+        convs = []
+        for conv_name, layer, pad in (("conv_1", m.conv_1, None), ("conv_2", m.conv_2, (-1, -1))):
+            full = f"{name}.{conv_name}"
+            k = self.kernel(layer, full, pad)
+            mul, add = self.fold(full)
+            k.set_transform(mul, add)
+            convs.append(k)
+        return FactorizedReduceUnit(convs, self.isa, self.threads)
+
+
+class Unit:
+    """A compiled op: Act -> Act (or ZERO); `fuses_post` units add a second addend in their epilogue."""
+
+    fuses_post = False
+
+    def __call__(self, x: Act, post: Tensor | None = None) -> Any:
+        raise NotImplementedError
+
+
+ZERO = object()
+
+
+class ZeroUnit(Unit):
+    def __init__(self, m: Zero) -> None:
+        self.m = m
+
+    def __call__(self, x: Act, post: Tensor | None = None) -> Any:
+        return ZERO
+
+
+class IdentityUnit(Unit):
+    def __call__(self, x: Act, post: Tensor | None = None) -> Any:
+        return x
+
+
+class TorchUnit(Unit):
+    def __init__(self, m: nn.Module) -> None:
+        self.m = m
+
+    def __call__(self, x: Act, post: Tensor | None = None) -> Any:
+        return Act(self.m(x.t))
+
+
+class Chain(Unit):
+    fuses_post = True
+
+    def __init__(self, steps: list[Step], isa: str, threads: int) -> None:
+        self.steps, self.isa, self.threads = steps, isa, threads
+
+    def __call__(self, x: Act, post: Tensor | None = None) -> Act:
+        first = self.steps[0]
+        bits = x.packed(first.sign, self.isa, self.threads)
+        prev = x.t
+        for i, st in enumerate(self.steps):
+            last = i == len(self.steps) - 1
+            n, h, w = bits.shape[:3]
+            oh, ow = st.conv.out_size(h, w)
+            res = None
+            if st.shortcut == "identity":
+                res = prev.permute(0, 2, 3, 1).numpy()
+            elif st.shortcut == "avgpool":
+                res = st.pool(prev).contiguous(memory_format=CL).permute(0, 2, 3, 1).numpy()
+            out_t = out = out_bits = None
+            if st.float_out:
+                out_t, out = new_act(n, st.conv.out_channels, oh, ow)
+            if not last:
+                out_bits = np.empty((n, oh, ow, engine.words(st.conv.out_channels)), np.uint64)
+            p = post.permute(0, 2, 3, 1).numpy() if last and post is not None else None
+            st.conv.run(bits, (oh, ow), out=out, out_bits=out_bits, res=res, post=p, threshold=st.threshold,
+                        isa=self.isa, threads=self.threads)
+            bits, prev = out_bits, out_t
+        return Act(prev)
+
+
+class FactorizedReduceUnit(Unit):
+    fuses_post = True
+
+    def __init__(self, convs: list[engine.BinaryConv], isa: str, threads: int) -> None:
+        self.convs, self.isa, self.threads = convs, isa, threads
+
+    def __call__(self, x: Act, post: Tensor | None = None) -> Act:
+        bits = x.packed(None, self.isa, self.threads)
+        n, h, w = bits.shape[:3]
+        oh, ow = self.convs[0].out_size(h, w)
+        half = self.convs[0].out_channels
+        out_t, out = new_act(n, 2 * half, oh, ow)
+        p = post.permute(0, 2, 3, 1).numpy() if post is not None else None
+        for i, conv in enumerate(self.convs):
+            sl = slice(i * half, (i + 1) * half)
+            conv.run(bits, (oh, ow), out=out[..., sl], post=None if p is None else p[..., sl], isa=self.isa,
+                     threads=self.threads)
+        return Act(out_t)
+
+
+class CellUnit:
+    """A cell: two preprocessed inputs, nodes summing two ops (the second addend fused into a
+    conv's output transform when one of them ends in a binary conv), concatenation."""
+
+    def __init__(self, cell: Cell, name: str, compiler: Compiler) -> None:
+        self.pre0 = compiler.unit(cell.preprocess0, f"{name}.preprocess0")
+        self.pre1 = compiler.unit(cell.preprocess1, f"{name}.preprocess1")
+        self.ops = [compiler.unit(op, f"{name}.ops.{i}") for i, op in enumerate(cell.ops)]
+        self.indices, self.steps, self.concat = cell.indices, cell.steps, cell.concat
+        self.zero_ops = cell.ops
+
+    def __call__(self, s0: Act, s1: Act) -> Act:
+        states = [self.pre0(s0), self.pre1(s1)]
+        for i in range(self.steps):
+            a, b = 2 * i, 2 * i + 1
+            if not self.ops[b].fuses_post and self.ops[a].fuses_post:
+                a, b = b, a
+            ha = self.ops[a](states[self.indices[a]])
+            xb = states[self.indices[b]]
+            if ha is ZERO:
+                hb = self.ops[b](xb)
+            elif self.ops[b].fuses_post:
+                hb = self.ops[b](xb, ha.t)
+            else:
+                hb = self.ops[b](xb)
+                hb = ha if hb is ZERO else Act(ha.t + hb.t)
+            if hb is ZERO:  # both ops are `none`: zeros of the shape the op gives
+                hb = Act(self.zero_ops[b](xb.t))
+            states.append(hb)
+        return Act(torch.cat([states[i].t for i in self.concat], dim=1))
+
+
+class EngineNetwork(nn.Module):
+    """An exported network whose binary convs run on the bitpack kernels; forward(x) gives
+    (logits, None) like the float network, x normalised as in training (NCHW float32)."""
+
+    def __init__(self, model: nn.Module, exp: dict[str, Any], *, threads: int = 1, isa: str | None = None) -> None:
+        super().__init__()
+        engine.extension()
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.net = model.eval().to(memory_format=CL)
+        self.isa, self.threads = engine.resolve_isa(isa), int(threads)
+        compiler = Compiler(exp, self.isa, self.threads)
+        self.cells = [CellUnit(c, f"cells.{i}", compiler) for i, c in enumerate(model.cells)]
+        self.units = sum(isinstance(u, (Chain, FactorizedReduceUnit)) for c in self.cells
+                         for u in (c.pre0, c.pre1, *c.ops))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, None]:
+        with torch.inference_mode():
+            x = x.float().contiguous(memory_format=CL)
+            s0, s1 = self.net.stem_forward(x)
+            a0, a1 = Act(s0), Act(s1)
+            for cell in self.cells:
+                a0, a1 = a1, cell(a0, a1)
+            pooled = F.adaptive_avg_pool2d(a1.t, 1).flatten(1)
+            return self.net.classifier(pooled), None
+
+    def extra_repr(self) -> str:
+        return f"isa={self.isa}, threads={self.threads}, binary units={self.units}"
+
+

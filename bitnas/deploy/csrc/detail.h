@@ -25,39 +25,50 @@ inline word_t group_word(const word_t* px, int in_words, int group, int cin_g, i
   return v;
 }
 
-// Output pixel `pix` (flat over n, oy, ox) -> its batch index and top-left input coordinate.
-struct PixelOrigin {
-  int n, iy0, ix0;
+// Walks output pixels in order (flat over n, oy, ox) without a division per pixel.
+struct PixelWalk {
+  int n, oy, ox;
+  PixelWalk(const Geom& g, std::int64_t pix) {
+    const std::int64_t per_img = std::int64_t(g.oh) * g.ow;
+    n = int(pix / per_img);
+    const int r = int(pix - n * per_img);
+    oy = r / g.ow;
+    ox = r - oy * g.ow;
+  }
+  void next(const Geom& g) {
+    if (++ox == g.ow) {
+      ox = 0;
+      if (++oy == g.oh) {
+        oy = 0;
+        ++n;
+      }
+    }
+  }
 };
-inline PixelOrigin origin_of(const Geom& g, std::int64_t pix) {
-  const std::int64_t per_img = std::int64_t(g.oh) * g.ow;
-  const int n = int(pix / per_img);
-  const int r = int(pix - n * per_img);
-  const int oy = r / g.ow, ox = r - oy * g.ow;
-  return {n, oy * g.sh - g.pt, ox * g.sw - g.pl};
-}
 
-// Gather the taps of output pixel `pix` for group `group`: calls put(k, word) for every one of
-// the taps*g_words words in (tap, word) order (zero words outside the image, i.e. +1), and
-// returns the number of taps outside the image, listing them in `oob` (may be nullptr).
+// Gather the taps of output pixel `at` for group `group`: calls put(k, word) for every one of the
+// taps*g_words words in (tap, word) order (zero words outside the image, i.e. +1), and returns the
+// number of taps outside the image, listing them in `oob`.
 template <class Put>
-inline int gather_pixel(const word_t* in, const Geom& g, int group, std::int64_t pix, int* oob, Put put) {
-  const PixelOrigin o = origin_of(g, pix);
+inline int gather_pixel(const word_t* in, const Geom& g, int group, const PixelWalk& at, int* oob, Put put) {
+  const int iy0 = at.oy * g.sh - g.pt, ix0 = at.ox * g.sw - g.pl;
   const int gw = g.g_words();
+  const word_t* img = in + std::int64_t(at.n) * g.h * g.w * g.in_words;
+  // Fast path: a 1x1 (or any) kernel whose taps are all inside, groups aligned to words.
   const bool aligned = g.groups == 1 || (g.cin_g() % 64 == 0);
-  const int word0 = aligned ? (g.groups == 1 ? 0 : group * (g.cin_g() / 64)) : 0;
+  const int word0 = aligned && g.groups > 1 ? group * (g.cin_g() / 64) : 0;
   int n_oob = 0, k = 0;
   for (int ky = 0; ky < g.kh; ++ky) {
-    const int iy = o.iy0 + ky * g.dh;
+    const int iy = iy0 + ky * g.dh;
+    const bool row_in = iy >= 0 && iy < g.h;
     for (int kx = 0; kx < g.kw; ++kx) {
-      const int ix = o.ix0 + kx * g.dw;
-      if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
-        if (oob) oob[n_oob] = ky * g.kw + kx;
-        ++n_oob;
+      const int ix = ix0 + kx * g.dw;
+      if (!row_in || ix < 0 || ix >= g.w) {
+        oob[n_oob++] = ky * g.kw + kx;
         for (int j = 0; j < gw; ++j) put(k++, word_t(0));
         continue;
       }
-      const word_t* px = in + ((std::int64_t(o.n) * g.h + iy) * g.w + ix) * g.in_words;
+      const word_t* px = img + (std::int64_t(iy) * g.w + ix) * g.in_words;
       if (aligned) {
         for (int j = 0; j < gw; ++j) put(k++, px[word0 + j]);
       } else {

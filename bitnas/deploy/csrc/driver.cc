@@ -260,20 +260,6 @@ void BinaryConv::run_dense(const word_t* in, const Geom& g, const EpiIO& io, con
   });
 }
 
-namespace {
-
-// Sign bytes of the 8 bits of every byte value: bit set -> -1, clear -> +1.
-struct SignTable {
-  std::int8_t v[256][8];
-  SignTable() {
-    for (int b = 0; b < 256; ++b)
-      for (int j = 0; j < 8; ++j) v[b][j] = (b >> j) & 1 ? -1 : 1;
-  }
-};
-const SignTable kSigns;
-
-}  // namespace
-
 void BinaryConv::run_depthwise(const word_t* in, const Geom& g, const EpiIO& io, const Kernels* k,
                                int threads) const {
   // Work unit: a band of output rows of one image. Its input rows (with the border, in the padding
@@ -297,18 +283,20 @@ void BinaryConv::run_depthwise(const word_t* in, const Geom& g, const EpiIO& io,
     const int n = int(u / bands), oy0 = int(u % bands) * band, oy1 = std::min(g.oh, oy0 + band);
     const int row0 = oy0 * g.sh - g.pt, rows = (oy1 - 1 - oy0) * g.sh + (g.kh - 1) * g.dh + 1;
     std::int8_t* img = imgs[id].data();
+    // Image columns [0, img_w) are input columns col0 + c; those inside [0, w) are expanded.
+    const int c_lo = std::min(std::max(0, -col0), img_w), c_hi = std::max(c_lo, std::min(img_w, g.w - col0));
     for (int r = 0; r < rows; ++r) {
       const int iy = row0 + r;
-      for (int c = 0; c < img_w; ++c) {
-        const int ix = col0 + c;
-        std::int8_t* dst = img + (std::size_t(r) * img_w + c) * cpad;
-        if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
-          std::memset(dst, pad, cpad);
-          continue;
-        }
-        const word_t* px = in + ((std::int64_t(n) * g.h + iy) * g.w + ix) * nw;
-        for (int b = 0; b < cpad / 8; ++b) std::memcpy(dst + 8 * b, kSigns.v[(px[b >> 3] >> (8 * (b & 7))) & 0xff], 8);
+      std::int8_t* dst = img + std::size_t(r) * img_w * cpad;
+      if (iy < 0 || iy >= g.h) {
+        std::memset(dst, pad, std::size_t(img_w) * cpad);
+        continue;
       }
+      std::memset(dst, pad, std::size_t(c_lo) * cpad);
+      std::memset(dst + std::size_t(c_hi) * cpad, pad, std::size_t(img_w - c_hi) * cpad);
+      if (c_hi > c_lo)
+        k->expand(in + ((std::int64_t(n) * g.h + iy) * g.w + col0 + c_lo) * nw, c_hi - c_lo, nw, cpad,
+                  dst + std::size_t(c_lo) * cpad);
     }
     k->depthwise(img, rows, img_w, cpad, row0, col0, dw_.data(), g, oy0, oy1, dots[id].data(), cpad);
     const std::int64_t pix0 = (std::int64_t(n) * g.oh + oy0) * g.ow;

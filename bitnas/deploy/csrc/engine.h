@@ -95,7 +95,10 @@ struct Kernels {
   // Lay out one group's canonical weights ([cout_g][taps][g_words] words) for `dense`;
   // returns the number of 64-bit words written (call with out = nullptr to size it).
   std::int64_t (*prepare_dense)(const word_t* canon, const Geom& g, word_t* out);
-  // Depthwise core on a sign-byte image (see depthwise.h): output pixels of row band
+  // Sign bytes of `npix` packed pixels (in_words words each): cpad bytes per pixel, -1 where the
+  // bit is set, +1 elsewhere (channel padding included: the depthwise weights there are 0).
+  void (*expand)(const word_t* px, std::int64_t npix, int in_words, int cpad, std::int8_t* out);
+  // Depthwise core on a sign-byte image (see BinaryConv::run_depthwise): output pixels of row band
   // [oy_begin, oy_end) of image n; dot rows of cout entries.
   void (*depthwise)(const std::int8_t* img, int img_h, int img_w, int cpad, int row0, int col0,
                     const std::int8_t* wts, const Geom& g, int oy_begin, int oy_end, std::int32_t* dot,

@@ -68,82 +68,71 @@ void pack_avx2(const float* x, std::int64_t npix, int c, std::int64_t ld, const 
 
 // ------------------------------------------------------------------ output transform
 
+// Eight channels o..o+7 of one pixel; lanes at or past `valid` are neither read nor written
+// (masked loads and stores), so the tail of a channel count that is not a multiple of 8 runs here too.
+inline void epilogue8(const std::int32_t* d, int o, int valid, std::int64_t pix, const EpiParams& p,
+                      const EpiIO& io, word_t* bits) {
+  const __m256 zero = _mm256_setzero_ps();
+  const bool full = valid == 8;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lane);
+  auto loadf = [&](const float* a) { return full ? _mm256_loadu_ps(a) : _mm256_maskload_ps(a, mask); };
+  auto loadi = [&](const std::int32_t* a) {
+    return full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)) : _mm256_maskload_epi32(a, mask);
+  };
+  const unsigned keep = full ? 0xffu : (1u << valid) - 1;
+  const __m256i di = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o));  // dot rows are padded
+  if (io.ints) {
+    std::int32_t* dst = io.ints + pix * io.ints_ld + o;
+    if (full) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), di);
+    else _mm256_maskstore_epi32(dst, mask, di);
+  }
+  if (io.threshold) {
+    if (bits) {
+      const __m256i sgn = _mm256_sign_epi32(di, loadi(p.thr_sign + o));
+      const __m256i neg = _mm256_cmpgt_epi32(loadi(p.thr + o), sgn);
+      bits[o >> 6] |= word_t(unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(neg))) & keep) << (o & 63);
+    }
+    return;
+  }
+  if (!io.out && !bits) return;
+  __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(di), loadf(p.mul + o));
+  v = _mm256_add_ps(v, loadf(p.add + o));
+  if (io.res) v = _mm256_add_ps(v, loadf(io.res + pix * io.res_ld + o));
+  if (p.act == kActRelu) {
+    v = _mm256_max_ps(v, zero);
+  } else if (p.act == kActPrelu) {
+    const __m256 neg = _mm256_mul_ps(loadf(p.slope + o), v);
+    v = _mm256_blendv_ps(neg, v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
+  } else if (p.act == kActRprelu) {
+    __m256 u = _mm256_sub_ps(v, loadf(p.shift_in + o));
+    const __m256 neg = _mm256_mul_ps(loadf(p.slope + o), u);
+    u = _mm256_blendv_ps(neg, u, _mm256_cmp_ps(u, zero, _CMP_GT_OQ));
+    v = _mm256_add_ps(u, loadf(p.shift_out + o));
+  }
+  if (io.post) v = _mm256_add_ps(v, loadf(io.post + pix * io.post_ld + o));
+  if (io.out) {
+    float* dst = io.out + pix * io.out_ld + o;
+    if (full) _mm256_storeu_ps(dst, v);
+    else _mm256_maskstore_ps(dst, mask, v);
+  }
+  if (bits) {
+    __m256 b = v;
+    if (p.bits_scale) b = _mm256_mul_ps(b, loadf(p.bits_scale + o));
+    if (p.bits_shift) b = _mm256_add_ps(b, loadf(p.bits_shift + o));
+    bits[o >> 6] |= word_t(unsigned(_mm256_movemask_ps(_mm256_cmp_ps(b, zero, _CMP_LT_OQ))) & keep) << (o & 63);
+  }
+}
+
 void epilogue_avx2(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout,
                    const EpiParams& p, const EpiIO& io) {
-  const int nw = words_for(cout), vec_end = cout & ~7;
-  const __m256 zero = _mm256_setzero_ps();
-  const bool want_float = io.out || io.bits;
+  const int nw = words_for(cout);
   for (int i = 0; i < npix; ++i) {
     const std::int64_t pix = pix0 + i;
     const std::int32_t* d = dot + i * dot_ld;
     word_t* bits = io.bits ? io.bits + pix * nw : nullptr;
     if (bits) std::memset(bits, 0, sizeof(word_t) * nw);
-    for (int o = 0; o < vec_end; o += 8) {
-      const __m256i di = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o));
-      if (io.ints) _mm256_storeu_si256(reinterpret_cast<__m256i*>(io.ints + pix * io.ints_ld + o), di);
-      if (io.threshold) {
-        if (bits) {
-          const __m256i s = _mm256_sign_epi32(di, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.thr_sign + o)));
-          const __m256i neg = _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.thr + o)), s);
-          bits[o >> 6] |= word_t(unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(neg)))) << (o & 63);
-        }
-        continue;
-      }
-      if (!want_float) continue;
-      __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(di), _mm256_loadu_ps(p.mul + o));
-      v = _mm256_add_ps(v, _mm256_loadu_ps(p.add + o));
-      if (io.res) v = _mm256_add_ps(v, _mm256_loadu_ps(io.res + pix * io.res_ld + o));
-      if (p.act == kActRelu) {
-        v = _mm256_max_ps(v, zero);
-      } else if (p.act == kActPrelu) {
-        const __m256 neg = _mm256_mul_ps(_mm256_loadu_ps(p.slope + o), v);
-        v = _mm256_blendv_ps(neg, v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
-      } else if (p.act == kActRprelu) {
-        __m256 u = _mm256_sub_ps(v, _mm256_loadu_ps(p.shift_in + o));
-        const __m256 neg = _mm256_mul_ps(_mm256_loadu_ps(p.slope + o), u);
-        u = _mm256_blendv_ps(neg, u, _mm256_cmp_ps(u, zero, _CMP_GT_OQ));
-        v = _mm256_add_ps(u, _mm256_loadu_ps(p.shift_out + o));
-      }
-      if (io.post) v = _mm256_add_ps(v, _mm256_loadu_ps(io.post + pix * io.post_ld + o));
-      if (io.out) _mm256_storeu_ps(io.out + pix * io.out_ld + o, v);
-      if (bits) {
-        __m256 b = v;
-        if (p.bits_scale) b = _mm256_mul_ps(b, _mm256_loadu_ps(p.bits_scale + o));
-        if (p.bits_shift) b = _mm256_add_ps(b, _mm256_loadu_ps(p.bits_shift + o));
-        bits[o >> 6] |= word_t(unsigned(_mm256_movemask_ps(_mm256_cmp_ps(b, zero, _CMP_LT_OQ)))) << (o & 63);
-      }
-    }
-    if (vec_end < cout) {
-      // The last cout % 8 channels: the reference's arithmetic, one channel at a time.
-      for (int o = vec_end; o < cout; ++o) {
-        if (io.ints) io.ints[pix * io.ints_ld + o] = d[o];
-        if (io.threshold) {
-          if (bits && d[o] * p.thr_sign[o] < p.thr[o]) bits[o >> 6] |= word_t(1) << (o & 63);
-          continue;
-        }
-        if (!want_float) continue;
-        float v = float(d[o]) * p.mul[o];
-        v = v + p.add[o];
-        if (io.res) v = v + io.res[pix * io.res_ld + o];
-        if (p.act == kActRelu) {
-          v = v > 0.0f ? v : 0.0f;
-        } else if (p.act == kActPrelu) {
-          v = v > 0.0f ? v : p.slope[o] * v;
-        } else if (p.act == kActRprelu) {
-          float u = v - p.shift_in[o];
-          u = u > 0.0f ? u : p.slope[o] * u;
-          v = u + p.shift_out[o];
-        }
-        if (io.post) v = v + io.post[pix * io.post_ld + o];
-        if (io.out) io.out[pix * io.out_ld + o] = v;
-        if (bits) {
-          float b = v;
-          if (p.bits_scale) b = b * p.bits_scale[o];
-          if (p.bits_shift) b = b + p.bits_shift[o];
-          if (b < 0.0f) bits[o >> 6] |= word_t(1) << (o & 63);
-        }
-      }
-    }
+    for (int o = 0; o < cout; o += 8) epilogue8(d, o, imin(8, cout - o), pix, p, io, bits);
   }
 }
 
@@ -236,9 +225,10 @@ void dense_avx2(const word_t* in, const Geom& g, int group, const void* wts, con
   const int tile = int(pix_end - pix_begin);
   const int k = g.taps() * g.g_words(), og = g.cout_g(), taps = g.taps(), o0 = group * og;
   Scratch s = carve(scratch, g, tile);
-  for (int p = 0; p < tile; ++p) {
+  PixelWalk at(g, pix_begin);
+  for (int p = 0; p < tile; ++p, at.next(g)) {
     word_t* a = s.act + std::int64_t(p) * k * 2;
-    s.n_oob[p] = gather_pixel(in, g, group, pix_begin + p, s.oob + p * taps, [a](int i, word_t v) {
+    s.n_oob[p] = gather_pixel(in, g, group, at, s.oob + p * taps, [a](int i, word_t v) {
       a[2 * i] = v & kLoNibbles;
       a[2 * i + 1] = (v >> 4) & kLoNibbles;
     });
@@ -274,24 +264,43 @@ void dense_avx2(const word_t* in, const Geom& g, int group, const void* wts, con
 
 // ------------------------------------------------------------------ depthwise core
 
-// Sign bytes x (+1/-1 inside, the padding value outside) times sign-byte weights, summed over the
-// taps in int8 lanes (|sum| <= taps <= 127), 32 channels per vector.
-void depthwise_avx2(const std::int8_t* img, int img_h, int img_w, int cpad, int row0, int col0,
-                    const std::int8_t* wts, const Geom& g, int oy_begin, int oy_end, std::int32_t* dot,
-                    std::int64_t dot_ld) {
-  (void)img_h;
+// 32 sign bytes from 32 bits: byte j of the broadcast spread over 8 lanes, tested against its bit.
+void expand_avx2(const word_t* px, std::int64_t npix, int in_words, int cpad, std::int8_t* out) {
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
+                                          3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
+  const __m256i one = _mm256_set1_epi8(1);
   const int chunks = cpad / 32;
+  for (std::int64_t p = 0; p < npix; ++p) {
+    const std::uint32_t* w = reinterpret_cast<const std::uint32_t*>(px + p * in_words);
+    std::int8_t* o = out + p * cpad;
+    for (int c = 0; c < chunks; ++c) {
+      const __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(w[c])), spread);
+      const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 32 * c), _mm256_or_si256(set, one));
+    }
+  }
+}
+
+// Sign bytes x (+1/-1 inside, the padding value outside) times sign-byte weights, summed over the
+// taps in int8 lanes (|sum| <= taps <= 127), 32 channels per vector. KH = KW = 0: sizes from g.
+template <int KH, int KW>
+void depthwise_impl(const std::int8_t* img, int img_w, int cpad, int row0, int col0, const std::int8_t* wts,
+                    const Geom& g, int oy_begin, int oy_end, std::int32_t* dot, std::int64_t dot_ld) {
+  const int kh = KH ? KH : g.kh, kw = KW ? KW : g.kw;
+  const int chunks = cpad / 32;
+  const std::int64_t row_step = std::int64_t(g.dh) * img_w * cpad, col_step = std::int64_t(g.dw) * cpad;
   for (int oy = oy_begin; oy < oy_end; ++oy)
     for (int ox = 0; ox < g.ow; ++ox) {
       std::int32_t* d = dot + (std::int64_t(oy - oy_begin) * g.ow + ox) * dot_ld;
-      const int iy0 = oy * g.sh - g.pt - row0, ix0 = ox * g.sw - g.pl - col0;
+      const std::int8_t* x0 = img + (std::int64_t(oy * g.sh - g.pt - row0) * img_w + (ox * g.sw - g.pl - col0)) * cpad;
       for (int c = 0; c < chunks; ++c) {
         __m256i acc = _mm256_setzero_si256();
-        for (int ky = 0; ky < g.kh; ++ky) {
-          const std::int8_t* xrow = img + (std::int64_t(iy0 + ky * g.dh) * img_w + ix0) * cpad + 32 * c;
-          const std::int8_t* wrow = wts + std::int64_t(ky * g.kw) * cpad + 32 * c;
-          for (int kx = 0; kx < g.kw; ++kx) {
-            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xrow + std::int64_t(kx) * g.dw * cpad));
+        for (int ky = 0; ky < kh; ++ky) {
+          const std::int8_t* xrow = x0 + ky * row_step + 32 * c;
+          const std::int8_t* wrow = wts + std::int64_t(ky * kw) * cpad + 32 * c;
+          for (int kx = 0; kx < kw; ++kx) {
+            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xrow + kx * col_step));
             const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + std::int64_t(kx) * cpad));
             acc = _mm256_add_epi8(acc, _mm256_sign_epi8(x, wv));
           }
@@ -306,8 +315,21 @@ void depthwise_avx2(const std::int8_t* img, int img_h, int img_w, int cpad, int 
     }
 }
 
+void depthwise_avx2(const std::int8_t* img, int img_h, int img_w, int cpad, int row0, int col0,
+                    const std::int8_t* wts, const Geom& g, int oy_begin, int oy_end, std::int32_t* dot,
+                    std::int64_t dot_ld) {
+  (void)img_h;
+  if (g.kh == 3 && g.kw == 3)
+    depthwise_impl<3, 3>(img, img_w, cpad, row0, col0, wts, g, oy_begin, oy_end, dot, dot_ld);
+  else if (g.kh == 5 && g.kw == 5)
+    depthwise_impl<5, 5>(img, img_w, cpad, row0, col0, wts, g, oy_begin, oy_end, dot, dot_ld);
+  else
+    depthwise_impl<0, 0>(img, img_w, cpad, row0, col0, wts, g, oy_begin, oy_end, dot, dot_ld);
+}
+
 const Kernels kAvx2 = {
-    "avx2", pack_avx2, epilogue_avx2, dense_avx2, dense_scratch_avx2, prepare_dense_avx2, depthwise_avx2,
+    "avx2", pack_avx2, epilogue_avx2, dense_avx2, dense_scratch_avx2, prepare_dense_avx2, expand_avx2,
+    depthwise_avx2,
 };
 
 }  // namespace

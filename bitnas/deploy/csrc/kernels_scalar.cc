@@ -65,9 +65,10 @@ void dense_scalar(const word_t* in, const Geom& g, int group, const void* wts, c
   const int tile = int(pix_end - pix_begin);
   const int k = g.taps() * g.g_words(), og = g.cout_g(), taps = g.taps();
   DenseScratch s = carve(scratch, g, tile);
-  for (int p = 0; p < tile; ++p) {
+  PixelWalk at(g, pix_begin);
+  for (int p = 0; p < tile; ++p, at.next(g)) {
     word_t* a = s.act + std::int64_t(p) * k;
-    s.n_oob[p] = gather_pixel(in, g, group, pix_begin + p, s.oob + p * taps, [a](int i, word_t v) { a[i] = v; });
+    s.n_oob[p] = gather_pixel(in, g, group, at, s.oob + p * taps, [a](int i, word_t v) { a[i] = v; });
   }
   const word_t* w = static_cast<const word_t*>(wts);
   for (int p = 0; p < tile; p += 2) {
@@ -140,9 +141,17 @@ void depthwise_scalar(const std::int8_t* img, int img_h, int img_w, int cpad, in
     }
 }
 
+void expand_scalar(const word_t* px, std::int64_t npix, int in_words, int cpad, std::int8_t* out) {
+  for (std::int64_t p = 0; p < npix; ++p) {
+    const word_t* w = px + p * in_words;
+    std::int8_t* o = out + p * cpad;
+    for (int c = 0; c < cpad; ++c) o[c] = (w[c >> 6] >> (c & 63)) & 1 ? -1 : 1;
+  }
+}
+
 const Kernels kScalar = {
-    "scalar",         pack_scalar,          reference_epilogue, dense_scalar, dense_scratch_scalar,
-    prepare_dense_scalar, depthwise_scalar,
+    "scalar",      pack_scalar,          reference_epilogue, dense_scalar, dense_scratch_scalar,
+    prepare_dense_scalar, expand_scalar, depthwise_scalar,
 };
 
 }  // namespace

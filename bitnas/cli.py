@@ -1,4 +1,4 @@
-"""`bitnas` command line: search | train | eval | study | summary | genotypes | recipes | plot | demo | export."""
+"""`bitnas` command line: search | train | eval | study | summary | genotypes | recipes | plot | demo | export | infer."""
 from __future__ import annotations
 
 import argparse

@@ -1,20 +1,52 @@
-"""`bitnas export`: bit-pack a trained network for deployment."""
+"""`bitnas export` (bit-pack a trained network) and `bitnas infer` (classify image files with it)."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 from bitnas.errors import BitnasError
+
+PSEUDO_FS = ("/proc", "/sys", "/dev")
+
+
+def check_export_target(out: Path, checkpoint: Path) -> None:
+    """Refuse an --out that would destroy something or cannot be written, before any work."""
+    real = Path(os.path.realpath(out))
+    for fs in PSEUDO_FS:
+        if str(real) == fs or str(real).startswith(fs + "/"):
+            raise BitnasError(f"--out {out}: under {fs}, a system pseudo-filesystem, not a place for files")
+    if checkpoint.exists() and real == Path(os.path.realpath(checkpoint)):
+        raise BitnasError(f"--out {out}: is the checkpoint being exported; writing there would destroy it")
+    if out.is_dir():
+        raise BitnasError(f"--out {out}: is a directory; give a file name such as {out / 'model.bitnas'}")
+    if out.exists() or out.is_symlink():
+        from bitnas.deploy.export import is_export_file
+
+        if not out.is_file():
+            raise BitnasError(f"--out {out}: exists and is not a regular file")
+        if not is_export_file(out):
+            raise BitnasError(f"--out {out}: exists and is not a bitnas export; refusing to overwrite it")
+    parent = real.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BitnasError(f"--out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BitnasError(f"--out {out}: directory {parent} is not writable")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from bitnas.deploy.export import export_checkpoint
 
-    if not Path(args.checkpoint).is_file():
+    ck = Path(args.checkpoint)
+    if not ck.is_file():
         raise BitnasError(f"{args.checkpoint}: checkpoint not found")
-    out = args.out or str(Path(args.checkpoint).with_suffix(".bitnas"))
-    r = export_checkpoint(args.checkpoint, out)
+    out = Path(args.out) if args.out else ck.with_suffix(".bitnas")
+    check_export_target(out, ck)
+    r = export_checkpoint(ck, out)
     if args.json:
         print(json.dumps(r))
     else:
@@ -25,12 +57,121 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_list(target: Path) -> list[Path]:
+    from bitnas.data.datasets import IMAGE_EXTENSIONS
+
+    if target.is_file():
+        return [target]
+    if target.is_dir():
+        files = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise BitnasError(f"{target}: no images ({'/'.join(IMAGE_EXTENSIONS)}) in this folder")
+        return files
+    raise BitnasError(f"{target}: no such image file or folder")
+
+
+def classify(model_path: str, images: list[Path], *, engine: str = "auto", threads: int = 1, topk: int = 5,
+             batch_size: int = 64) -> dict[str, Any]:
+    """Top-k classes of each image (decoded, resized and normalised as in training)."""
+    import torch
+
+    from bitnas.data.datasets import _decode
+    from bitnas.deploy import engine as kernels
+    from bitnas.deploy.export import load_export, read_export
+
+    exp = read_export(model_path)
+    inp = exp["input"]
+    if inp.get("mean") is None or inp.get("std") is None:
+        raise BitnasError(f"{model_path}: holds no input normalisation (exported from a checkpoint without data "
+                          "statistics); export a `bitnas train` checkpoint")
+    used = "bitpack" if engine == "bitpack" or (engine == "auto" and kernels.available()) else "torch"
+    model = load_export(model_path, used, threads=threads)
+    mode = "L" if inp["in_channels"] == 1 else "RGB"
+    if inp["in_channels"] not in (1, 3):
+        raise BitnasError(f"{model_path}: takes {inp['in_channels']} channels; image files give 1 or 3")
+    if inp.get("image_size"):
+        hw = (inp["image_size"], inp["image_size"])
+    else:
+        from PIL import Image
+
+        try:
+            with Image.open(images[0]) as im:
+                hw = (im.size[1], im.size[0])
+        except OSError as e:
+            raise BitnasError(f"{images[0]}: unreadable image ({e})") from None
+    mean = torch.tensor(inp["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(inp["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    names = inp.get("classes")
+    k = max(1, min(topk, int(exp["arch"]["network"].get("num_classes", 10))))
+    preds = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        raw = torch.from_numpy(_decode([(p, 0) for p in chunk], mode, hw)).float()
+        x = (raw / 255.0 - mean) / std
+        with torch.inference_mode():
+            probs = torch.softmax(model(x)[0].float(), dim=1)
+        top = torch.topk(probs, k, dim=1)
+        for path, vals, idx in zip(chunk, top.values.tolist(), top.indices.tolist()):
+            preds.append({"file": str(path), "top": [
+                {"class": c, "name": names[c] if names and c < len(names) else str(c), "prob": round(float(v), 6)}
+                for v, c in zip(vals, idx)]})
+    isa = kernels.resolve_isa() if used == "bitpack" else None
+    return {"model": model_path, "engine": used, "isa": isa, "image_size": list(hw), "num_images": len(images),
+            "predictions": preds}
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from bitnas.deploy.export import is_export_file
+
+    if not Path(args.model).is_file():
+        raise BitnasError(f"{args.model}: export not found")
+    if not is_export_file(args.model):
+        raise BitnasError(f"{args.model}: not a bitnas export (make one with `bitnas export CHECKPOINT`)")
+    r = classify(args.model, _image_list(Path(args.images)), engine=args.engine, threads=args.threads,
+                 topk=args.topk, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    for p in r["predictions"]:
+        best = " | ".join(f"{t['name']} {100 * t['prob']:.1f}%" for t in p["top"])
+        print(f"{p['file']}: {best}")
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="bit-pack a trained network (1-bit kernels 8 per byte) for inference",
-                       description="Write the network of a training checkpoint with its binarised kernels packed 8 "
-                                   "signs per byte plus per-channel α, everything else fp32, no auxiliary head or "
-                                   "optimiser state. `bitnas eval FILE` and bitnas.deploy.load_export read it.")
+                       description="Write the network of a training checkpoint as a .bitnas file: binarised kernels "
+                                   "packed 8 signs per byte plus per-channel α and the BN after each folded with α, "
+                                   "the input normalisation, everything else fp32, sealed with a SHA-256; no "
+                                   "auxiliary head or optimiser state. `bitnas infer`, `bitnas eval FILE [--engine "
+                                   "bitpack]` and bitnas.deploy.load_export read it.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a bitnas training checkpoint (last.pt, best.pt)")
-    p.add_argument("--out", default=None, help="output file (default: CHECKPOINT with suffix .bitnas)")
+    p.add_argument("--out", default=None, help="output file (default: CHECKPOINT with suffix .bitnas); an existing "
+                                               "file is only replaced if it is an export")
     p.add_argument("--json", action="store_true", help="print the sizes as one JSON object")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("infer", help="classify image files with an exported network (1-bit kernels)",
+                       description="Decode IMAGE (or every image under DIR), resize and normalise it as in training, "
+                                   "run the exported network and print the top-k classes. With the C++ extension "
+                                   "built, binary convolutions run on the XNOR-popcount kernels (AVX2 where the CPU "
+                                   "has it; $BITNAS_ENGINE_ISA=scalar forces the portable ones).")
+    p.add_argument("model", metavar="FILE", help="a .bitnas export")
+    p.add_argument("images", metavar="IMAGE|DIR", help="an image file, or a folder searched recursively")
+    p.add_argument("--topk", type=_positive, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--engine", default="auto", choices=("auto", "bitpack", "torch"),
+                   help="auto: bitpack when the extension is built, else torch")
+    p.add_argument("--threads", type=_positive, default=1, help="kernel threads of the bitpack engine")
+    p.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass")
+    p.set_defaults(func=cmd_infer)

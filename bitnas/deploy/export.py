@@ -304,7 +304,14 @@ def validate_export(exp: dict[str, Any], source: str = "export") -> None:
 
 def _meta_check(exp: dict[str, Any], source: str) -> None:
     """Build the claimed network without memory (meta device) and compare every tensor it would
-    hold with what the file stores, so nothing larger than the file is ever allocated."""
+    hold with what the file stores, so nothing larger than the file is ever allocated. The
+    number of cells is first checked against the cells the stored tensors name, so a file
+    cannot make even the meta build large."""
+    names = [row[0] for row in exp["fp32_index"]] + [row["name"] for row in exp["binary"]]
+    cells = {int(n.split(".")[1]) for n in names if n.startswith("cells.") and n.split(".")[1].isdigit()}
+    layers = exp["arch"]["network"].get("layers", 20)
+    if cells != set(range(layers)):
+        raise _fail(source, f"arch.network.layers = {layers} but the stored tensors belong to {len(cells)} cells")
     with torch.device("meta"):
         model = network_from_spec(exp["arch"])
     layers = dict(binarized_layers(model))

@@ -45,7 +45,7 @@ LIMITS = {"init_channels": (1, 4096), "layers": (1, 256), "num_classes": (1, 100
           "image_size": (1, 16384), "edges": (2, 64)}
 INT_KEYS = ("init_channels", "layers", "num_classes", "in_channels")
 BUILD_KEYS = {"style": str, "precision": str, "structure": str, "init_channels": int, "layers": int,
-              "num_classes": int, "in_channels": int, "auxiliary": bool, "drop_path_prob": float,
+              "num_classes": int, "in_channels": int, "auxiliary": bool, "drop_path_prob": float, "blocks": str,
               **{f.name: {"str": str, "float": float, "bool": bool}[str(f.type)] for f in fields(OpConfig)}}
 KNOWN_CLASSES = {"fashion-mnist": "FASHION_MNIST_CLASSES", "cifar10": "CIFAR10_CLASSES"}
 
@@ -221,9 +221,11 @@ def validate_export(exp: dict[str, Any], source: str = "export") -> None:
         raise _fail(source, f"export version {exp.get('version')!r} not supported (this bitnas reads {VERSION}; "
                             "re-export the checkpoint)")
     arch = exp.get("arch")
-    if not isinstance(arch, dict) or not isinstance(arch.get("network"), dict) or not isinstance(arch.get("genotype"), dict):
-        raise _fail(source, "no architecture (arch.genotype / arch.network)")
+    if not isinstance(arch, dict) or not isinstance(arch.get("network"), dict):
+        raise _fail(source, "no architecture (arch.network)")
     net = arch["network"]
+    if not isinstance(arch.get("genotype"), dict) and not (arch.get("genotype") is None and net.get("blocks")):
+        raise _fail(source, "no architecture (arch.genotype, or arch.network.blocks for a hand-designed network)")
     for key, value in net.items():
         if key not in BUILD_KEYS:
             raise _fail(source, f"unknown build key {key!r} in arch.network")
@@ -239,7 +241,7 @@ def validate_export(exp: dict[str, Any], source: str = "export") -> None:
     for key in INT_KEYS:
         if key in net:
             _check_range(source, f"arch.network.{key}", net[key], *LIMITS[key])
-    for cell in ("normal", "reduce"):
+    for cell in ("normal", "reduce") if arch["genotype"] is not None else ():
         edges = arch["genotype"].get(cell)
         if not isinstance(edges, list) or not LIMITS["edges"][0] <= len(edges) <= LIMITS["edges"][1]:
             raise _fail(source, f"genotype {cell} cell must have {LIMITS['edges'][0]}..{LIMITS['edges'][1]} edges")

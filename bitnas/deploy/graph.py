@@ -26,6 +26,7 @@ from bitnas.binary import BinaryConv2d
 from bitnas.binary.quantizers import CallableQuantizer, LearnableBiasSign
 from bitnas.deploy import engine
 from bitnas.deploy.fold import bn_affine
+from bitnas.nets.blocks import BiRealUnit, ReActCell
 from bitnas.nets.cells import Cell
 from bitnas.space.operations import Conv7x1x7, FactorizedReduce, ReLUConvBN, Zero
 from bitnas.space.structures import ConvUnit, ResidualBlock, RPReLU, SepUnit
@@ -135,6 +136,8 @@ def chain_steps(m: nn.Module, name: str) -> list[Step] | None:
             return None
         return [Step(m.conv, p + "conv", _sign_transform(m.bn_in, m.pre), shortcut,
                      None if _identity(m.act) else m.act, m.shortcut if shortcut == "avgpool" else None)]
+    if isinstance(m, BiRealUnit) and m.downsample is None:
+        return chain_steps(m.body, p + "body")
     if isinstance(m, nn.Sequential) and len(m) > 0:
         steps: list[Step] = []
         for child_name, child in m.named_children():
@@ -175,6 +178,7 @@ class Compiler:
         self.rows = {row["name"]: row for row in exp["binary"]}
         self.exp = exp
         self.isa, self.threads = isa, threads
+        self.compiled = 0  # binary convs placed on the kernels
 
     def fold(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         row = self.rows[name]
@@ -184,6 +188,7 @@ class Compiler:
 
     def kernel(self, layer: BinaryConv2d, name: str, padding: tuple[int, int] | None = None) -> engine.BinaryConv:
         row = self.rows[name]
+        self.compiled += 1
         return engine.BinaryConv(_neg_bits(row, self.exp["bits"]), layer.in_channels, stride=tuple(layer.stride),
                                  padding=padding or tuple(layer.padding), dilation=tuple(layer.dilation),
                                  groups=layer.groups, pad_value=layer.pad_value if any(layer.padding) else 0.0)
@@ -217,6 +222,17 @@ class Compiler:
         if (isinstance(m, FactorizedReduce) and _identity(m.pre) and _binary_input(m.conv_1)
                 and _binary_input(m.conv_2)):
             return self.factorized_reduce(m, name)
+        if isinstance(m, BiRealUnit) and m.downsample is not None:
+            main = self.unit(m.body, f"{name}.body")
+            if isinstance(main, Chain):
+                return PostAddUnit(main, TorchUnit(m.downsample))
+        if isinstance(m, ReActCell):
+            spatial = self.unit(m.spatial, f"{name}.spatial")
+            pointwise = [self.unit(u, f"{name}.pointwise.{i}") for i, u in enumerate(m.pointwise)]
+            if all(isinstance(u, Chain) for u in pointwise):
+                return ConcatUnit(spatial, pointwise)  # type: ignore[arg-type]
+        if isinstance(m, nn.Sequential) and len(m) > 0:
+            return SequenceUnit([self.unit(c, f"{name}.{n}") for n, c in m.named_children()])
         return TorchUnit(m)
 
     def factorized_reduce(self, m: FactorizedReduce, name: str) -> "FactorizedReduceUnit":
@@ -269,7 +285,9 @@ class Chain(Unit):
     def __init__(self, steps: list[Step], isa: str, threads: int) -> None:
         self.steps, self.isa, self.threads = steps, isa, threads
 
-    def __call__(self, x: Act, post: Tensor | None = None) -> Act:
+    def __call__(self, x: Act, post: Tensor | None = None, out: tuple[Tensor, np.ndarray] | None = None) -> Act:
+        """Run the chain on x; `post` is added last; `out` (an NCHW view and its NHWC array, e.g.
+        a channel slice of a larger buffer) receives the result instead of a new tensor."""
         first = self.steps[0]
         bits = x.packed(first.sign, self.isa, self.threads)
         prev = x.t
@@ -282,13 +300,15 @@ class Chain(Unit):
                 res = prev.permute(0, 2, 3, 1).numpy()
             elif st.shortcut == "avgpool":
                 res = st.pool(prev).contiguous(memory_format=CL).permute(0, 2, 3, 1).numpy()
-            out_t = out = out_bits = None
-            if st.float_out:
-                out_t, out = new_act(n, st.conv.out_channels, oh, ow)
+            out_t = dst = out_bits = None
+            if last and out is not None:
+                out_t, dst = out
+            elif st.float_out:
+                out_t, dst = new_act(n, st.conv.out_channels, oh, ow)
             if not last:
                 out_bits = np.empty((n, oh, ow, engine.words(st.conv.out_channels)), np.uint64)
             p = post.permute(0, 2, 3, 1).numpy() if last and post is not None else None
-            st.conv.run(bits, (oh, ow), out=out, out_bits=out_bits, res=res, post=p, threshold=st.threshold,
+            st.conv.run(bits, (oh, ow), out=dst, out_bits=out_bits, res=res, post=p, threshold=st.threshold,
                         isa=self.isa, threads=self.threads)
             bits, prev = out_bits, out_t
         return Act(prev)
@@ -311,6 +331,50 @@ class FactorizedReduceUnit(Unit):
             sl = slice(i * half, (i + 1) * half)
             conv.run(bits, (oh, ow), out=out[..., sl], post=None if p is None else p[..., sl], isa=self.isa,
                      threads=self.threads)
+        return Act(out_t)
+
+
+class PostAddUnit(Unit):
+    """main(x) + side(x), the addition fused into main's output transform (Bi-Real downsample)."""
+
+    fuses_post = False
+
+    def __init__(self, main: Chain, side: Unit) -> None:
+        self.main, self.side = main, side
+
+    def __call__(self, x: Act, post: Tensor | None = None) -> Act:
+        return self.main(x, self.side(x).t)
+
+
+class SequenceUnit(Unit):
+    def __init__(self, units: list[Unit]) -> None:
+        self.units = units
+
+    def __call__(self, x: Act, post: Tensor | None = None) -> Act:
+        for u in self.units:
+            x = u(x)
+        return x
+
+
+class ConcatUnit(Unit):
+    """h = first(x), then the chains on h written into the channel blocks of one output (ReActNet's
+    widening 1×1 units)."""
+
+    def __init__(self, first: Unit, chains: list[Chain]) -> None:
+        self.first, self.chains = first, chains
+
+    def __call__(self, x: Act, post: Tensor | None = None) -> Act:
+        h = self.first(x)
+        if len(self.chains) == 1:
+            return self.chains[0](h)
+        n, _, hh, ww = h.t.shape
+        widths = [c.steps[-1].conv.out_channels for c in self.chains]
+        out_t, out = new_act(n, sum(widths), hh, ww)
+        start = 0
+        for chain, width in zip(self.chains, widths):
+            sl = slice(start, start + width)
+            chain(h, out=(out_t[:, sl], out[..., sl]))
+            start += width
         return Act(out_t)
 
 
@@ -358,21 +422,27 @@ class EngineNetwork(nn.Module):
         self.net = model.eval().to(memory_format=CL)
         self.isa, self.threads = engine.resolve_isa(isa), int(threads)
         compiler = Compiler(exp, self.isa, self.threads)
-        self.cells = [CellUnit(c, f"cells.{i}", compiler) for i, c in enumerate(model.cells)]
-        self.units = sum(isinstance(u, (Chain, FactorizedReduceUnit)) for c in self.cells
-                         for u in (c.pre0, c.pre1, *c.ops))
+        self.genotype_cells = hasattr(model, "stem_forward")
+        if self.genotype_cells:
+            self.cells: list[Any] = [CellUnit(c, f"cells.{i}", compiler) for i, c in enumerate(model.cells)]
+        else:
+            self.cells = [compiler.unit(c, f"cells.{i}") for i, c in enumerate(model.cells)]
+        self.units = compiler.compiled
 
     def forward(self, x: Tensor) -> tuple[Tensor, None]:
         with torch.inference_mode():
             x = x.float().contiguous(memory_format=CL)
-            s0, s1 = self.net.stem_forward(x)
-            a0, a1 = Act(s0), Act(s1)
-            for cell in self.cells:
-                a0, a1 = a1, cell(a0, a1)
+            if self.genotype_cells:
+                s0, s1 = self.net.stem_forward(x)
+                a0, a1 = Act(s0), Act(s1)
+                for cell in self.cells:
+                    a0, a1 = a1, cell(a0, a1)
+            else:
+                a1 = Act(self.net.stem(x))
+                for cell in self.cells:
+                    a1 = cell(a1)
             pooled = F.adaptive_avg_pool2d(a1.t, 1).flatten(1)
             return self.net.classifier(pooled), None
 
     def extra_repr(self) -> str:
-        return f"isa={self.isa}, threads={self.threads}, binary units={self.units}"
-
-
+        return f"isa={self.isa}, threads={self.threads}, binary convs on the kernels={self.units}"

@@ -20,7 +20,7 @@ from bitnas.binary import BinaryConv2d
 from bitnas.binary.quantizers import LearnableBiasSign
 from bitnas.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_dataset
 from bitnas.deploy import engine, export_network, network_from_export
-from bitnas.deploy.graph import Chain, EngineNetwork, FactorizedReduceUnit
+from bitnas.deploy.graph import EngineNetwork
 from bitnas.nets import arch_spec, build_network
 from bitnas.space.genotypes import GENOTYPES
 from bitnas.space.structures import STRUCTURES
@@ -146,17 +146,31 @@ def test_engine_threads_and_isas_agree(data) -> None:
     assert all(torch.equal(outs[0], o) for o in outs[1:])
 
 
-def test_every_binary_conv_of_darts_v2_runs_on_the_kernels(data) -> None:
-    """No binary op falls back to torch: every binarised conv belongs to a compiled unit."""
+def test_every_binary_conv_runs_on_the_kernels(data) -> None:
+    """No binary op falls back to torch, in every structure and in the hand-designed networks."""
     for structure in STRUCTURES.names():
         net, spec = calibrated(structure, 0.0, data, c=4, batches=1)
         exp = export_network(net, spec)
-        eng = EngineNetwork(network_from_export(exp), exp)
-        compiled = 0
-        for cell in eng.cells:
-            for unit in (cell.pre0, cell.pre1, *cell.ops):
-                if isinstance(unit, Chain):
-                    compiled += len(unit.steps)
-                elif isinstance(unit, FactorizedReduceUnit):
-                    compiled += len(unit.convs)
-        assert compiled == len(exp["binary"]), structure
+        assert EngineNetwork(network_from_export(exp), exp).units == len(exp["binary"]), structure
+
+
+@pytest.mark.parametrize("blocks", ["bireal", "reactnet"])
+def test_hand_designed_networks_through_the_engine(blocks: str, data) -> None:
+    torch.manual_seed(0)
+    kw = dict(blocks=blocks, precision="binary", structure=blocks, init_channels=4, layers=3, num_classes=10,
+              in_channels=1)
+    net = build_network(None, **kw)
+    net.train()
+    with torch.no_grad():
+        net(data["x_train"][:128])
+    net.eval()
+    exp = export_network(net, arch_spec(None, **kw))
+    eng = EngineNetwork(network_from_export(exp), exp)
+    assert eng.units == len(exp["binary"]) > 0
+    x = data["x"][:100]
+    want, ambiguous = float64_reference(network_from_export(exp), x)
+    with torch.no_grad():
+        got = eng(x)[0]
+    err = relative_error(got, want)
+    assert ambiguous.float().mean() < 0.25
+    assert err[~ambiguous].max() < 1e-4

@@ -68,59 +68,110 @@ void pack_avx2(const float* x, std::int64_t npix, int c, std::int64_t ld, const 
 
 // ------------------------------------------------------------------ output transform
 
-// Eight channels o..o+7 of one pixel; lanes at or past `valid` are neither read nor written
-// (masked loads and stores), so the tail of a channel count that is not a multiple of 8 runs here too.
-inline void epilogue8(const std::int32_t* d, int o, int valid, std::int64_t pix, const EpiParams& p,
-                      const EpiIO& io, word_t* bits) {
+// The output transform one pixel at a time, in stages over all channels: each stage is a short
+// vector loop without branches (the row of values stays in L1). Channel tails use masked loads
+// and stores; the reference's arithmetic, operation for operation (no fused multiply-add).
+inline __m256i tail_mask(int valid) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+inline __m256 loadf(const float* a, int valid, __m256i mask) {
+  return valid >= 8 ? _mm256_loadu_ps(a) : _mm256_maskload_ps(a, mask);
+}
+
+inline void storef(float* a, __m256 v, int valid, __m256i mask) {
+  if (valid >= 8) _mm256_storeu_ps(a, v);
+  else _mm256_maskstore_ps(a, mask, v);
+}
+
+inline __m256i loadi(const std::int32_t* a, int valid, __m256i mask) {
+  return valid >= 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)) : _mm256_maskload_epi32(a, mask);
+}
+
+// Channels [c0, c1) of one pixel (c1 - c0 <= kSpan, c0 a multiple of 64).
+constexpr int kSpan = 1024;
+
+inline void epilogue_span(const std::int32_t* d, std::int64_t pix, int c0, int c1, const EpiParams& p,
+                          const EpiIO& io, word_t* bits) {
   const __m256 zero = _mm256_setzero_ps();
-  const bool full = valid == 8;
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lane);
-  auto loadf = [&](const float* a) { return full ? _mm256_loadu_ps(a) : _mm256_maskload_ps(a, mask); };
-  auto loadi = [&](const std::int32_t* a) {
-    return full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)) : _mm256_maskload_epi32(a, mask);
-  };
-  const unsigned keep = full ? 0xffu : (1u << valid) - 1;
-  const __m256i di = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o));  // dot rows are padded
-  if (io.ints) {
-    std::int32_t* dst = io.ints + pix * io.ints_ld + o;
-    if (full) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), di);
-    else _mm256_maskstore_epi32(dst, mask, di);
-  }
+  const int n = c1 - c0, vec = (n + 7) & ~7;
+  const __m256i tmask = tail_mask(n & 7);
+  alignas(32) float v[kSpan];
+  alignas(32) float b[kSpan];
+  if (io.ints)
+    for (int o = c0; o < c1; o += 8) {
+      const __m256i di = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o));
+      std::int32_t* dst = io.ints + pix * io.ints_ld + o;
+      if (c1 - o >= 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), di);
+      else _mm256_maskstore_epi32(dst, tmask, di);
+    }
   if (io.threshold) {
-    if (bits) {
-      const __m256i sgn = _mm256_sign_epi32(di, loadi(p.thr_sign + o));
-      const __m256i neg = _mm256_cmpgt_epi32(loadi(p.thr + o), sgn);
+    if (!bits) return;
+    for (int o = c0; o < c1; o += 8) {
+      const int valid = c1 - o;
+      const unsigned keep = valid >= 8 ? 0xffu : (1u << valid) - 1;
+      const __m256i di = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o));
+      const __m256i sgn = _mm256_sign_epi32(di, loadi(p.thr_sign + o, valid, tmask));
+      const __m256i neg = _mm256_cmpgt_epi32(loadi(p.thr + o, valid, tmask), sgn);
       bits[o >> 6] |= word_t(unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(neg))) & keep) << (o & 63);
     }
     return;
   }
   if (!io.out && !bits) return;
-  __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(di), loadf(p.mul + o));
-  v = _mm256_add_ps(v, loadf(p.add + o));
-  if (io.res) v = _mm256_add_ps(v, loadf(io.res + pix * io.res_ld + o));
-  if (p.act == kActRelu) {
-    v = _mm256_max_ps(v, zero);
-  } else if (p.act == kActPrelu) {
-    const __m256 neg = _mm256_mul_ps(loadf(p.slope + o), v);
-    v = _mm256_blendv_ps(neg, v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
-  } else if (p.act == kActRprelu) {
-    __m256 u = _mm256_sub_ps(v, loadf(p.shift_in + o));
-    const __m256 neg = _mm256_mul_ps(loadf(p.slope + o), u);
-    u = _mm256_blendv_ps(neg, u, _mm256_cmp_ps(u, zero, _CMP_GT_OQ));
-    v = _mm256_add_ps(u, loadf(p.shift_out + o));
+  // v = dot * mul + add [+ res], act, [+ post]
+  for (int j = 0; j < vec; j += 8) {
+    const int o = c0 + j, valid = c1 - o;
+    const __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o))),
+                                   loadf(p.mul + o, valid, tmask));
+    _mm256_store_ps(v + j, _mm256_add_ps(x, loadf(p.add + o, valid, tmask)));
   }
-  if (io.post) v = _mm256_add_ps(v, loadf(io.post + pix * io.post_ld + o));
+  if (io.res) {
+    const float* r = io.res + pix * io.res_ld + c0;
+    for (int j = 0; j < vec; j += 8)
+      _mm256_store_ps(v + j, _mm256_add_ps(_mm256_load_ps(v + j), loadf(r + j, n - j, tmask)));
+  }
+  if (p.act == kActRelu) {
+    for (int j = 0; j < vec; j += 8) _mm256_store_ps(v + j, _mm256_max_ps(_mm256_load_ps(v + j), zero));
+  } else if (p.act == kActPrelu) {
+    for (int j = 0; j < vec; j += 8) {
+      const __m256 x = _mm256_load_ps(v + j);
+      const __m256 neg = _mm256_mul_ps(loadf(p.slope + c0 + j, n - j, tmask), x);
+      _mm256_store_ps(v + j, _mm256_blendv_ps(neg, x, _mm256_cmp_ps(x, zero, _CMP_GT_OQ)));
+    }
+  } else if (p.act == kActRprelu) {
+    for (int j = 0; j < vec; j += 8) {
+      __m256 u = _mm256_sub_ps(_mm256_load_ps(v + j), loadf(p.shift_in + c0 + j, n - j, tmask));
+      const __m256 neg = _mm256_mul_ps(loadf(p.slope + c0 + j, n - j, tmask), u);
+      u = _mm256_blendv_ps(neg, u, _mm256_cmp_ps(u, zero, _CMP_GT_OQ));
+      _mm256_store_ps(v + j, _mm256_add_ps(u, loadf(p.shift_out + c0 + j, n - j, tmask)));
+    }
+  }
+  if (io.post) {
+    const float* q = io.post + pix * io.post_ld + c0;
+    for (int j = 0; j < vec; j += 8)
+      _mm256_store_ps(v + j, _mm256_add_ps(_mm256_load_ps(v + j), loadf(q + j, n - j, tmask)));
+  }
   if (io.out) {
-    float* dst = io.out + pix * io.out_ld + o;
-    if (full) _mm256_storeu_ps(dst, v);
-    else _mm256_maskstore_ps(dst, mask, v);
+    float* dst = io.out + pix * io.out_ld + c0;
+    for (int j = 0; j < vec; j += 8) storef(dst + j, _mm256_load_ps(v + j), n - j, tmask);
   }
   if (bits) {
-    __m256 b = v;
-    if (p.bits_scale) b = _mm256_mul_ps(b, loadf(p.bits_scale + o));
-    if (p.bits_shift) b = _mm256_add_ps(b, loadf(p.bits_shift + o));
-    bits[o >> 6] |= word_t(unsigned(_mm256_movemask_ps(_mm256_cmp_ps(b, zero, _CMP_LT_OQ))) & keep) << (o & 63);
+    const float* src = v;
+    if (p.bits_scale || p.bits_shift) {
+      for (int j = 0; j < vec; j += 8) {
+        __m256 x = _mm256_load_ps(v + j);
+        if (p.bits_scale) x = _mm256_mul_ps(x, loadf(p.bits_scale + c0 + j, n - j, tmask));
+        if (p.bits_shift) x = _mm256_add_ps(x, loadf(p.bits_shift + c0 + j, n - j, tmask));
+        _mm256_store_ps(b + j, x);
+      }
+      src = b;
+    }
+    for (int j = 0; j < n; j += 8) {
+      const int valid = n - j;
+      const unsigned keep = valid >= 8 ? 0xffu : (1u << valid) - 1;
+      const unsigned m = unsigned(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_load_ps(src + j), zero, _CMP_LT_OQ))) & keep;
+      bits[(c0 + j) >> 6] |= word_t(m) << ((c0 + j) & 63);
+    }
   }
 }
 
@@ -129,10 +180,10 @@ void epilogue_avx2(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::
   const int nw = words_for(cout);
   for (int i = 0; i < npix; ++i) {
     const std::int64_t pix = pix0 + i;
-    const std::int32_t* d = dot + i * dot_ld;
     word_t* bits = io.bits ? io.bits + pix * nw : nullptr;
     if (bits) std::memset(bits, 0, sizeof(word_t) * nw);
-    for (int o = 0; o < cout; o += 8) epilogue8(d, o, imin(8, cout - o), pix, p, io, bits);
+    for (int c0 = 0; c0 < cout; c0 += kSpan)
+      epilogue_span(dot + i * dot_ld, pix, c0, imin(cout, c0 + kSpan), p, io, bits);  // dot rows padded to 8
   }
 }
 
@@ -184,31 +235,42 @@ inline __m256i lanes_to_epi32(__m256i a, __m256i b) {
   return _mm256_permutevar8x32_epi32(mix, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
 }
 
+// Byte counts of (activation ^ weight) for words [k0, k1) (at most kMaxChunk) into acc[P][2].
+template <int P>
+inline void count_bytes(const word_t* act, int k, const word_t* wts, int k0, int k1, __m256i (&acc)[P][2]) {
+  const __m256i lut = lookup_table();
+  for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_si256();
+  for (int i = k0; i < k1; ++i) {
+    const __m256i* w = reinterpret_cast<const __m256i*>(wts + std::int64_t(i) * 2 * kBlock);
+    const __m256i wl0 = _mm256_loadu_si256(w), wl1 = _mm256_loadu_si256(w + 1);
+    const __m256i wh0 = _mm256_loadu_si256(w + 2), wh1 = _mm256_loadu_si256(w + 3);
+    for (int p = 0; p < P; ++p) {
+      const word_t* a = act + (std::int64_t(p) * k + i) * 2;
+      const __m256i al = _mm256_set1_epi64x(static_cast<long long>(a[0]));
+      const __m256i ah = _mm256_set1_epi64x(static_cast<long long>(a[1]));
+      acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl0)));
+      acc[p][1] = _mm256_add_epi8(acc[p][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl1)));
+      acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(ah, wh0)));
+      acc[p][1] = _mm256_add_epi8(acc[p][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(ah, wh1)));
+    }
+  }
+}
+
 // P pixels x 8 output channels: popcounts of (activation ^ weight) over k words -> pop[P][8].
 template <int P>
 inline void micro_kernel(const word_t* act, int k, const word_t* wts, __m256i* pop) {
-  const __m256i lut = lookup_table();
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i acc[P][2];
+  if (k <= kMaxChunk) {  // one chunk: byte counts straight to the result
+    count_bytes<P>(act, k, wts, 0, k, acc);
+    for (int p = 0; p < P; ++p)
+      pop[p] = lanes_to_epi32(_mm256_sad_epu8(acc[p][0], zero), _mm256_sad_epu8(acc[p][1], zero));
+    return;
+  }
   __m256i total[P][2];
-  for (int p = 0; p < P; ++p) total[p][0] = total[p][1] = _mm256_setzero_si256();
+  for (int p = 0; p < P; ++p) total[p][0] = total[p][1] = zero;
   for (int k0 = 0; k0 < k; k0 += kMaxChunk) {
-    const int k1 = imin(k, k0 + kMaxChunk);
-    __m256i acc[P][2];
-    for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_si256();
-    for (int i = k0; i < k1; ++i) {
-      const __m256i* w = reinterpret_cast<const __m256i*>(wts + std::int64_t(i) * 2 * kBlock);
-      const __m256i wl0 = _mm256_loadu_si256(w), wl1 = _mm256_loadu_si256(w + 1);
-      const __m256i wh0 = _mm256_loadu_si256(w + 2), wh1 = _mm256_loadu_si256(w + 3);
-      for (int p = 0; p < P; ++p) {
-        const word_t* a = act + (std::int64_t(p) * k + i) * 2;
-        const __m256i al = _mm256_set1_epi64x(static_cast<long long>(a[0]));
-        const __m256i ah = _mm256_set1_epi64x(static_cast<long long>(a[1]));
-        acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl0)));
-        acc[p][1] = _mm256_add_epi8(acc[p][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl1)));
-        acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(ah, wh0)));
-        acc[p][1] = _mm256_add_epi8(acc[p][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(ah, wh1)));
-      }
-    }
-    const __m256i zero = _mm256_setzero_si256();
+    count_bytes<P>(act, k, wts, k0, imin(k, k0 + kMaxChunk), acc);
     for (int p = 0; p < P; ++p) {
       total[p][0] = _mm256_add_epi64(total[p][0], _mm256_sad_epu8(acc[p][0], zero));
       total[p][1] = _mm256_add_epi64(total[p][1], _mm256_sad_epu8(acc[p][1], zero));

@@ -40,7 +40,7 @@ class Act:
     __slots__ = ("t", "packs")
 
     def __init__(self, t: Tensor) -> None:
-        self.t = t if t.is_contiguous(memory_format=CL) else t.contiguous(memory_format=CL)
+        self.t = t if _nhwc_layout(t) else t.contiguous(memory_format=CL)
         self.packs: dict[Any, np.ndarray] = {}
 
     def nhwc(self) -> np.ndarray:
@@ -52,6 +52,14 @@ class Act:
             scale, shift = (transform.scale, transform.shift) if transform is not None else (None, None)
             self.packs[key] = engine.pack(self.nhwc(), scale, shift, isa=isa, threads=threads)
         return self.packs[key]
+
+
+def _nhwc_layout(t: Tensor) -> bool:
+    """True when t (NCHW shape) is NHWC in memory with contiguous channels and equally spaced
+    pixels — a channels-last tensor or a channel slice of one — so the kernels can read it."""
+    n, c, h, w = t.shape
+    sn, sc, sh, sw = t.stride()
+    return (c == 1 or sc == 1) and sw >= c and (h == 1 or sh == w * sw) and (n == 1 or sn == h * w * sw)
 
 
 def new_act(n: int, c: int, h: int, w: int) -> tuple[Tensor, np.ndarray]:
@@ -271,9 +279,37 @@ class IdentityUnit(Unit):
         return x
 
 
+def fold_conv_bn(m: nn.Module) -> nn.Module:
+    """`m` with every fp32 Conv2d → BatchNorm2d pair inside a Sequential replaced by one conv with
+    the BN folded into its weights and bias (what inference engines do; one pass fewer)."""
+    if not isinstance(m, nn.Sequential):
+        return m
+    mods = list(m.children())
+    out: list[nn.Module] = []
+    i = 0
+    while i < len(mods):
+        a, b = mods[i], mods[i + 1] if i + 1 < len(mods) else None
+        if (type(a) is nn.Conv2d and isinstance(b, nn.BatchNorm2d) and not b.training
+                and b.track_running_stats and a.padding_mode == "zeros"):
+            scale, shift = bn_affine(b)
+            conv = nn.Conv2d(a.in_channels, a.out_channels, a.kernel_size, a.stride, a.padding, a.dilation,
+                             a.groups, bias=True)
+            with torch.no_grad():
+                w = a.weight.double() * torch.from_numpy(scale).view(-1, 1, 1, 1)
+                bias = torch.from_numpy(shift) + (torch.from_numpy(scale) * a.bias.double() if a.bias is not None else 0)
+                conv.weight.copy_(w.float())
+                conv.bias.copy_(bias.float())
+            out.append(conv.to(memory_format=CL).eval())
+            i += 2
+        else:
+            out.append(fold_conv_bn(a))
+            i += 1
+    return nn.Sequential(*out)
+
+
 class TorchUnit(Unit):
     def __init__(self, m: nn.Module) -> None:
-        self.m = m
+        self.m = fold_conv_bn(m)
 
     def __call__(self, x: Act, post: Tensor | None = None) -> Any:
         return Act(self.m(x.t))
@@ -320,12 +356,12 @@ class FactorizedReduceUnit(Unit):
     def __init__(self, convs: list[engine.BinaryConv], isa: str, threads: int) -> None:
         self.convs, self.isa, self.threads = convs, isa, threads
 
-    def __call__(self, x: Act, post: Tensor | None = None) -> Act:
+    def __call__(self, x: Act, post: Tensor | None = None, out: tuple[Tensor, np.ndarray] | None = None) -> Act:
         bits = x.packed(None, self.isa, self.threads)
         n, h, w = bits.shape[:3]
         oh, ow = self.convs[0].out_size(h, w)
         half = self.convs[0].out_channels
-        out_t, out = new_act(n, 2 * half, oh, ow)
+        out_t, out = out if out is not None else new_act(n, 2 * half, oh, ow)
         p = post.permute(0, 2, 3, 1).numpy() if post is not None else None
         for i, conv in enumerate(self.convs):
             sl = slice(i * half, (i + 1) * half)
@@ -380,7 +416,9 @@ class ConcatUnit(Unit):
 
 class CellUnit:
     """A cell: two preprocessed inputs, nodes summing two ops (the second addend fused into a
-    conv's output transform when one of them ends in a binary conv), concatenation."""
+    conv's output transform when one of them ends in a binary conv), concatenation. After the
+    first call for an input size, the nodes write straight into their channel block of the
+    concatenated output."""
 
     def __init__(self, cell: Cell, name: str, compiler: Compiler) -> None:
         self.pre0 = compiler.unit(cell.preprocess0, f"{name}.preprocess0")
@@ -388,26 +426,58 @@ class CellUnit:
         self.ops = [compiler.unit(op, f"{name}.ops.{i}") for i, op in enumerate(cell.ops)]
         self.indices, self.steps, self.concat = cell.indices, cell.steps, cell.concat
         self.zero_ops = cell.ops
+        self.layouts: dict[tuple[int, ...], tuple[int, int, int]] = {}
+
+    def _node(self, i: int, states: list[Act], dst: tuple[Tensor, np.ndarray] | None) -> Act:
+        a, b = 2 * i, 2 * i + 1
+        if not self.ops[b].fuses_post and self.ops[a].fuses_post:
+            a, b = b, a
+        ha = self.ops[a](states[self.indices[a]])
+        xb = states[self.indices[b]]
+        fused = self.ops[b].fuses_post
+        if ha is ZERO:
+            hb = self.ops[b](xb, out=dst) if fused else self.ops[b](xb)
+        elif fused:
+            hb = self.ops[b](xb, ha.t, out=dst)
+        else:
+            hb = self.ops[b](xb)
+            if hb is ZERO:
+                hb = ha
+            elif dst is not None:
+                torch.add(ha.t, hb.t, out=dst[0])
+                return Act(dst[0])
+            else:
+                hb = Act(ha.t + hb.t)
+        if hb is ZERO:  # both ops are `none`: zeros of the shape the op gives
+            hb = Act(self.zero_ops[b](xb.t))
+        if dst is not None and hb.t.data_ptr() != dst[0].data_ptr():
+            dst[0].copy_(hb.t)
+            return Act(dst[0])
+        return hb
 
     def __call__(self, s0: Act, s1: Act) -> Act:
         states = [self.pre0(s0), self.pre1(s1)]
+        key = tuple(s0.t.shape) + tuple(s1.t.shape)
+        layout = self.layouts.get(key)
+        buf: tuple[Tensor, np.ndarray] | None = None
+        if layout is not None:
+            c, h, w = layout
+            buf = new_act(states[0].t.shape[0], c * len(self.concat), h, w)
         for i in range(self.steps):
-            a, b = 2 * i, 2 * i + 1
-            if not self.ops[b].fuses_post and self.ops[a].fuses_post:
-                a, b = b, a
-            ha = self.ops[a](states[self.indices[a]])
-            xb = states[self.indices[b]]
-            if ha is ZERO:
-                hb = self.ops[b](xb)
-            elif self.ops[b].fuses_post:
-                hb = self.ops[b](xb, ha.t)
-            else:
-                hb = self.ops[b](xb)
-                hb = ha if hb is ZERO else Act(ha.t + hb.t)
-            if hb is ZERO:  # both ops are `none`: zeros of the shape the op gives
-                hb = Act(self.zero_ops[b](xb.t))
-            states.append(hb)
-        return Act(torch.cat([states[i].t for i in self.concat], dim=1))
+            dst = None
+            if buf is not None and i + 2 in self.concat:
+                j = self.concat.index(i + 2)
+                dst = (buf[0][:, j * c:(j + 1) * c], buf[1][..., j * c:(j + 1) * c])
+            states.append(self._node(i, states, dst))
+        if buf is None:
+            first = states[self.concat[0]].t
+            if all(states[k].t.shape == first.shape for k in self.concat):
+                self.layouts[key] = (first.shape[1], first.shape[2], first.shape[3])
+            return Act(torch.cat([states[k].t for k in self.concat], dim=1))
+        for j, k in enumerate(self.concat):  # blocks not written by their node (inputs, repeats)
+            if k < 2 or self.concat.index(k) != j:
+                buf[0][:, j * c:(j + 1) * c].copy_(states[k].t)
+        return Act(buf[0])
 
 
 class EngineNetwork(nn.Module):
@@ -423,6 +493,7 @@ class EngineNetwork(nn.Module):
         self.isa, self.threads = engine.resolve_isa(isa), int(threads)
         compiler = Compiler(exp, self.isa, self.threads)
         self.genotype_cells = hasattr(model, "stem_forward")
+        self.stems = {n: fold_conv_bn(getattr(model, n)) for n in ("stem", "stem0", "stem1") if hasattr(model, n)}
         if self.genotype_cells:
             self.cells: list[Any] = [CellUnit(c, f"cells.{i}", compiler) for i, c in enumerate(model.cells)]
         else:
@@ -433,12 +504,17 @@ class EngineNetwork(nn.Module):
         with torch.inference_mode():
             x = x.float().contiguous(memory_format=CL)
             if self.genotype_cells:
-                s0, s1 = self.net.stem_forward(x)
-                a0, a1 = Act(s0), Act(s1)
+                if "stem0" in self.stems:
+                    s0 = self.stems["stem0"](x)
+                    s1 = self.stems["stem1"](s0)
+                else:
+                    s0 = s1 = self.stems["stem"](x)
+                a0 = Act(s0)
+                a1 = a0 if s1 is s0 else Act(s1)
                 for cell in self.cells:
                     a0, a1 = a1, cell(a0, a1)
             else:
-                a1 = Act(self.net.stem(x))
+                a1 = Act(self.stems["stem"](x))
                 for cell in self.cells:
                     a1 = cell(a1)
             pooled = F.adaptive_avg_pool2d(a1.t, 1).flatten(1)

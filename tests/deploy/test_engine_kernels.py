@@ -7,13 +7,15 @@ agree exactly, with any number of threads.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from bitnas.deploy import engine
 from bitnas.errors import BitnasError
 
-pytestmark = pytest.mark.skipif(not engine.available(), reason="C++ extension not built")
+needs_engine = pytest.mark.skipif(not engine.available(), reason="C++ extension not built")
 
 ISAS = [i for i in ("reference", "scalar", "avx2") if engine.available() and engine.extension().isa_supported(i)]
 
@@ -82,6 +84,7 @@ def _case(case, pad_value: int, seed: int):
 @pytest.mark.parametrize("pad_value", [0, 1])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "n{}c{}o{}_{}x{}_k{}s{}p{}d{}g{}".format(
     c[0], c[1], c[2], c[3], c[4], c[5][0], c[6][0], c[7][0], c[8][0], c[9]))
+@needs_engine
 def test_conv_integers_equal_numpy_on_every_isa(case, pad_value: int) -> None:
     x, wt, conv, bits = _case(case, pad_value, seed=hash(case) % 1000 + pad_value)
     want = np_conv(x, wt, conv.stride, conv.padding, conv.dilation, conv.groups, pad_value,
@@ -92,6 +95,7 @@ def test_conv_integers_equal_numpy_on_every_isa(case, pad_value: int) -> None:
         assert np.array_equal(got, want), f"{isa}: {np.abs(got - want).max()} off"
 
 
+@needs_engine
 @pytest.mark.parametrize("pad_value", [0, 1])
 def test_offset_origin_and_explicit_size_as_in_factorized_reduce(pad_value: int) -> None:
     """A 1×1 stride-2 conv of x[1:, 1:] zero-padded back to the grid of x (DARTS' factorised
@@ -107,6 +111,7 @@ def test_offset_origin_and_explicit_size_as_in_factorized_reduce(pad_value: int)
         assert np.array_equal(conv(np_pack(x.transpose(0, 2, 3, 1) < 0), (4, 4), want=("ints",), isa=isa)["ints"], want)
 
 
+@needs_engine
 @pytest.mark.parametrize("c", [1, 7, 8, 63, 64, 65, 100, 130])
 def test_pack_equals_numpy(c: int) -> None:
     rng = np.random.default_rng(c)
@@ -143,6 +148,7 @@ def np_epilogue(dot, mul, add, act, slope, sin, sout, res, post):
     return v.astype(np.float32)
 
 
+@needs_engine
 @pytest.mark.parametrize("act", ["none", "relu", "prelu", "rprelu"])
 @pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[10]], ids=["dense", "1x1", "depthwise"])
 def test_output_transform_equals_numpy_float32(case, act: str) -> None:
@@ -182,6 +188,7 @@ def test_thresholds_decide_exactly_in_float64() -> None:
     assert np.array_equal(got, want)
 
 
+@needs_engine
 @pytest.mark.parametrize("case", [CASES[1], CASES[9], CASES[11]], ids=["dense", "groups", "depthwise"])
 def test_threshold_bits_equal_float64_predicate(case) -> None:
     x, wt, conv, bits = _case(case, 0, seed=2)
@@ -194,6 +201,7 @@ def test_threshold_bits_equal_float64_predicate(case) -> None:
         assert np.array_equal(conv(bits, want=("bits",), threshold=True, isa=isa)["bits"], want), isa
 
 
+@needs_engine
 @pytest.mark.parametrize("case", [CASES[1], CASES[10]], ids=["dense", "depthwise"])
 def test_threads_give_the_same_result(case) -> None:
     x, wt, conv, bits = _case(case, 0, seed=4)
@@ -204,6 +212,7 @@ def test_threads_give_the_same_result(case) -> None:
         assert all(np.array_equal(one[k], three[k]) for k in one)
 
 
+@needs_engine
 def test_float_output_into_a_channel_slice() -> None:
     """Two convs write the two halves of one NHWC buffer (a concatenation without a copy)."""
     x, wt, conv, bits = _case(CASES[1], 0, seed=9)
@@ -215,6 +224,7 @@ def test_float_output_into_a_channel_slice() -> None:
         assert np.all(buf[..., :3] == 7.0) and np.all(buf[..., 3 + conv.out_channels:] == 7.0)
 
 
+@needs_engine
 def test_dispatch_picks_avx2_when_the_cpu_has_it_and_obeys_the_environment(monkeypatch) -> None:
     f = engine.cpu_features()
     monkeypatch.delenv(engine.ENV_ISA, raising=False)
@@ -227,11 +237,17 @@ def test_dispatch_picks_avx2_when_the_cpu_has_it_and_obeys_the_environment(monke
         engine.resolve_isa()
 
 
+@needs_engine
 def test_both_optimised_paths_run_here_when_the_cpu_has_avx2() -> None:
     f = engine.cpu_features()
     assert "scalar" in ISAS and "reference" in ISAS
     if f["avx2"]:
         assert "avx2" in ISAS
+
+
+@pytest.mark.skipif(not os.environ.get("BITNAS_REQUIRE_ENGINE"), reason="only where the engine must be built (CI)")
+def test_the_extension_is_built_where_it_is_required() -> None:
+    assert engine.available()
 
 
 def test_missing_extension_says_how_to_build_it(monkeypatch) -> None:

@@ -146,6 +146,17 @@ def _fail() -> Any:
     raise ValueError
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer in 1..1024 (threads, top-k, batch sizes of small commands)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if not 1 <= v <= 1024:
+        raise argparse.ArgumentTypeError(f"expected 1..1024, got {v}")
+    return v
+
+
 def config_keys(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bitnas.config import positive_int
 from bitnas.errors import BitnasError
 
 PSEUDO_FS = ("/proc", "/sys", "/dev")
@@ -138,16 +139,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="bit-pack a trained network (1-bit kernels 8 per byte) for inference",
                        description="Write the network of a training checkpoint as a .bitnas file: binarised kernels "
@@ -168,10 +159,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "has it; $BITNAS_ENGINE_ISA=scalar forces the portable ones).")
     p.add_argument("model", metavar="FILE", help="a .bitnas export")
     p.add_argument("images", metavar="IMAGE|DIR", help="an image file, or a folder searched recursively")
-    p.add_argument("--topk", type=_positive, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--engine", default="auto", choices=("auto", "bitpack", "torch"),
                    help="auto: bitpack when the extension is built, else torch")
-    p.add_argument("--threads", type=_positive, default=1, help="kernel threads of the bitpack engine")
-    p.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass")
+    p.add_argument("--threads", type=positive_int, default=1, help="kernel threads of the bitpack engine")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.set_defaults(func=cmd_infer)

@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from bitnas.config import add_config_args, config_from_args
+from bitnas.config import add_config_args, config_from_args, positive_int
 from bitnas.errors import BitnasError
 from bitnas.train.config import TrainConfig
 from bitnas.utils import to_json
@@ -42,16 +42,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if not 1 <= v <= 1024:
-        raise argparse.ArgumentTypeError(f"expected 1..1024, got {v}")
-    return v
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a genotype's network from scratch (1-bit child, fp32 parent, CP / KD / two-stage)",
@@ -74,5 +64,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="refuse the checkpoint unless it holds a network of this precision")
     p.add_argument("--engine", default="torch", choices=("torch", "bitpack"),
                    help="bitpack: run an export's binary convs on the XNOR-popcount kernels (CPU)")
-    p.add_argument("--threads", type=_positive_int, default=1, help="kernel threads of the bitpack engine")
+    p.add_argument("--threads", type=positive_int, default=1, help="kernel threads of the bitpack engine")
     p.set_defaults(func=cmd_eval)

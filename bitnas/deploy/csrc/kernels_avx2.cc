@@ -189,8 +189,13 @@ void epilogue_avx2(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::
 
 // ------------------------------------------------------------------ dense binary conv core
 
-// Weights of one group: blocks of 8 output channels; per block and word k: lo[8], hi[8]
-// (channel order o0..o3 in the first vector, o4..o7 in the second), zero for missing channels.
+// Output channel (within a block of 8) held by each 64-bit lane of the two weight vectors: the
+// first vector holds channels 0, 1, 4, 5 and the second 2, 3, 6, 7, so that one shuffle of their
+// two popcount vectors (lanes_to_epi32) yields the 8 counts in channel order.
+constexpr int kLaneChannel[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+
+// Weights of one group: blocks of 8 output channels; per block and word k: lo[8], hi[8] (lanes
+// as kLaneChannel says), zero for missing channels.
 std::int64_t prepare_dense_avx2(const word_t* canon, const Geom& g, word_t* out) {
   const int og = g.cout_g(), k = g.taps() * g.g_words();
   const int blocks = (og + kBlock - 1) / kBlock;
@@ -200,7 +205,7 @@ std::int64_t prepare_dense_avx2(const word_t* canon, const Geom& g, word_t* out)
     for (int i = 0; i < k; ++i) {
       word_t* dst = out + (std::int64_t(b) * k + i) * 2 * kBlock;
       for (int j = 0; j < kBlock; ++j) {
-        const int o = b * kBlock + j;
+        const int o = b * kBlock + kLaneChannel[j];
         const word_t w = o < og ? canon[std::int64_t(o) * k + i] : 0;
         dst[j] = w & kLoNibbles;
         dst[kBlock + j] = (w >> 4) & kLoNibbles;
@@ -209,8 +214,22 @@ std::int64_t prepare_dense_avx2(const word_t* canon, const Geom& g, word_t* out)
   return n;
 }
 
+// Input prepared once per call: every pixel's words nibble-split (lo, hi), then g_words * 2 zero
+// words that taps outside the image point to (+1 padding; the correction handles zero padding).
+std::int64_t prepare_input_avx2(const word_t* in, const Geom& g, std::int64_t pix_begin, std::int64_t pix_end,
+                                word_t* out) {
+  const std::int64_t wpp = 2 * std::int64_t(g.in_words);
+  if (!out) return wpp;
+  for (std::int64_t i = pix_begin * g.in_words; i < pix_end * g.in_words; ++i) {
+    out[2 * i] = in[i] & kLoNibbles;
+    out[2 * i + 1] = (in[i] >> 4) & kLoNibbles;
+  }
+  return wpp;
+}
+
 struct Scratch {
-  word_t* act;  // [tile][k][2] split words
+  word_t* act;           // gathered path: [tile][k][2] split words
+  const word_t** ind;    // prepared path: [tile + kPixels][taps] pointers to split words
   int* n_oob;
   int* oob;
 };
@@ -219,20 +238,21 @@ Scratch carve(void* scratch, const Geom& g, int tile) {
   const std::int64_t k = std::int64_t(g.taps()) * g.g_words();
   Scratch s;
   s.act = static_cast<word_t*>(scratch);
-  s.n_oob = reinterpret_cast<int*>(s.act + 2 * k * (tile + 4));
+  s.ind = reinterpret_cast<const word_t**>(s.act + 2 * k * (tile + 4));
+  s.n_oob = reinterpret_cast<int*>(s.ind + std::int64_t(tile + 4) * g.taps());
   s.oob = s.n_oob + tile;
   return s;
 }
 
 std::int64_t dense_scratch_avx2(const Geom& g, int tile) {
   const std::int64_t k = std::int64_t(g.taps()) * g.g_words();
-  return 16 * k * (tile + 4) + std::int64_t(tile) * (1 + g.taps()) * 4 + 64;
+  return 16 * k * (tile + 4) + 8 * std::int64_t(tile + 4) * g.taps() + std::int64_t(tile) * (1 + g.taps()) * 4 + 64;
 }
 
-// Sum the four 64-bit lanes of a (counts of channels o0..o3) and b (o4..o7) into 8 int32 lanes.
+// The 64-bit counts of two vectors (lanes as kLaneChannel says; each count < 2^32) as 8 int32 in
+// channel order: the low halves, interleaved by one shuffle.
 inline __m256i lanes_to_epi32(__m256i a, __m256i b) {
-  const __m256i mix = _mm256_or_si256(a, _mm256_slli_epi64(b, 32));
-  return _mm256_permutevar8x32_epi32(mix, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+  return _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), 0x88));
 }
 
 // Byte counts of (activation ^ weight) for words [k0, k1) (at most kMaxChunk) into acc[P][2].
@@ -281,12 +301,110 @@ inline void micro_kernel(const word_t* act, int k, const word_t* wts, __m256i* p
 
 constexpr int kPixels = 3;  // pixels per micro-kernel call
 
+// As micro_kernel, reading pixel p's words of tap t through ind[p * taps + t] (prepared layout).
+// Words are taken in (tap, word) order, at most kMaxChunk per byte-count round, so only the byte
+// counters live in registers inside the loop.
+template <int P>
+inline void micro_kernel_ind(const word_t* const* ind, int taps, int gw, const word_t* wts, __m256i* pop) {
+  const __m256i lut = lookup_table(), zero = _mm256_setzero_si256();
+  const int k = taps * gw;
+  __m256i total[P][2];
+  for (int p = 0; p < P; ++p) total[p][0] = total[p][1] = zero;
+  int t = 0, j = 0;
+  for (int k0 = 0; k0 < k; k0 += kMaxChunk) {
+    const int k1 = imin(k, k0 + kMaxChunk);
+    __m256i acc[P][2];
+    for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = zero;
+    for (int i = k0; i < k1; ++i) {
+      const __m256i* w = reinterpret_cast<const __m256i*>(wts + std::int64_t(i) * 2 * kBlock);
+      const __m256i wl0 = _mm256_loadu_si256(w), wl1 = _mm256_loadu_si256(w + 1);
+      const __m256i wh0 = _mm256_loadu_si256(w + 2), wh1 = _mm256_loadu_si256(w + 3);
+      for (int p = 0; p < P; ++p) {
+        const word_t* a = ind[p * taps + t] + 2 * j;
+        const __m256i al = _mm256_set1_epi64x(static_cast<long long>(a[0]));
+        const __m256i ah = _mm256_set1_epi64x(static_cast<long long>(a[1]));
+        acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl0)));
+        acc[p][1] = _mm256_add_epi8(acc[p][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl1)));
+        acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(ah, wh0)));
+        acc[p][1] = _mm256_add_epi8(acc[p][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(ah, wh1)));
+      }
+      if (++j == gw) {
+        j = 0;
+        ++t;
+      }
+    }
+    for (int p = 0; p < P; ++p) {
+      total[p][0] = _mm256_add_epi64(total[p][0], _mm256_sad_epu8(acc[p][0], zero));
+      total[p][1] = _mm256_add_epi64(total[p][1], _mm256_sad_epu8(acc[p][1], zero));
+    }
+  }
+  for (int p = 0; p < P; ++p) pop[p] = lanes_to_epi32(total[p][0], total[p][1]);
+}
+
+// Tile of pixels through the indirection of a prepared input (groups aligned to words).
+void dense_prepared(const word_t* in, const Geom& g, int group, const word_t* w, const std::int32_t* wsum,
+                    std::int64_t pix_begin, int tile, std::int32_t* dot, std::int64_t dot_ld, Scratch& s) {
+  const int taps = g.taps(), gw = g.g_words(), og = g.cout_g(), o0 = group * og;
+  const std::int64_t wpp = 2 * std::int64_t(g.in_words);
+  const word_t* zeros = in + g.n * std::int64_t(g.h) * g.w * wpp;
+  const int word0 = g.groups > 1 ? group * (g.cin_g() / 64) : 0;
+  PixelWalk at(g, pix_begin);
+  for (int p = 0; p < tile; ++p, at.next(g)) {
+    const word_t** ind = s.ind + std::int64_t(p) * taps;
+    const int iy0 = at.oy * g.sh - g.pt, ix0 = at.ox * g.sw - g.pl;
+    const word_t* img = in + std::int64_t(at.n) * g.h * g.w * wpp + 2 * word0;
+    int n_oob = 0;
+    for (int ky = 0; ky < g.kh; ++ky) {
+      const int iy = iy0 + ky * g.dh;
+      for (int kx = 0; kx < g.kw; ++kx) {
+        const int ix = ix0 + kx * g.dw, t = ky * g.kw + kx;
+        if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
+          ind[t] = zeros;
+          s.oob[p * taps + n_oob++] = t;
+        } else {
+          ind[t] = img + (std::int64_t(iy) * g.w + ix) * wpp;
+        }
+      }
+    }
+    s.n_oob[p] = n_oob;
+  }
+  for (int p = tile; p < (tile + kPixels - 1) / kPixels * kPixels; ++p)
+    for (int t = 0; t < taps; ++t) s.ind[std::int64_t(p) * taps + t] = zeros;
+  const __m256i kbits = _mm256_set1_epi32(taps * g.cin_g());
+  const int blocks = (og + kBlock - 1) / kBlock;
+  const std::int64_t kwords = std::int64_t(taps) * gw;
+  for (int b = 0; b < blocks; ++b) {
+    const word_t* wb = w + std::int64_t(b) * kwords * 2 * kBlock;
+    const int ob = b * kBlock, valid = imin(kBlock, og - ob);
+    for (int p = 0; p < tile; p += kPixels) {
+      __m256i pop[kPixels];
+      const word_t* const* ind = s.ind + std::int64_t(p) * taps;
+      micro_kernel_ind<kPixels>(ind, taps, gw, wb, pop);
+      for (int q = 0; q < kPixels && p + q < tile; ++q) {
+        const __m256i d = _mm256_sub_epi32(kbits, _mm256_slli_epi32(pop[q], 1));
+        std::int32_t* row = dot + std::int64_t(p + q) * dot_ld + o0 + ob;
+        if (valid == kBlock) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(row), d);
+        } else {
+          alignas(32) std::int32_t tmp[kBlock];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), d);
+          for (int j = 0; j < valid; ++j) row[j] = tmp[j];
+        }
+      }
+    }
+  }
+  for (int p = 0; p < tile; ++p)
+    correct_border(g, group, dot + std::int64_t(p) * dot_ld, s.n_oob[p], s.oob + p * taps, wsum);
+}
+
 void dense_avx2(const word_t* in, const Geom& g, int group, const void* wts, const std::int32_t* wsum,
                 std::int64_t pix_begin, std::int64_t pix_end, std::int32_t* dot, std::int64_t dot_ld,
                 void* scratch) {
   const int tile = int(pix_end - pix_begin);
   const int k = g.taps() * g.g_words(), og = g.cout_g(), taps = g.taps(), o0 = group * og;
   Scratch s = carve(scratch, g, tile);
+  if (g.prepared)
+    return dense_prepared(in, g, group, static_cast<const word_t*>(wts), wsum, pix_begin, tile, dot, dot_ld, s);
   PixelWalk at(g, pix_begin);
   for (int p = 0; p < tile; ++p, at.next(g)) {
     word_t* a = s.act + std::int64_t(p) * k * 2;
@@ -390,7 +508,8 @@ void depthwise_avx2(const std::int8_t* img, int img_h, int img_w, int cpad, int 
 }
 
 const Kernels kAvx2 = {
-    "avx2", pack_avx2, epilogue_avx2, dense_avx2, dense_scratch_avx2, prepare_dense_avx2, expand_avx2,
+    "avx2", pack_avx2, epilogue_avx2, dense_avx2, prepare_input_avx2, dense_scratch_avx2, prepare_dense_avx2,
+    expand_avx2,
     depthwise_avx2,
 };
 

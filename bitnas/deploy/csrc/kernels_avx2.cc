@@ -88,89 +88,86 @@ inline __m256i loadi(const std::int32_t* a, int valid, __m256i mask) {
   return valid >= 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)) : _mm256_maskload_epi32(a, mask);
 }
 
-// Channels [c0, c1) of one pixel (c1 - c0 <= kSpan, c0 a multiple of 64).
+// Channels [c0, c1) of one pixel (c1 - c0 <= kSpan, c0 a multiple of 64), 8 at a time. When the
+// count is not a multiple of 8 (and at least 8), the last group is channels c1-8..c1-1,
+// overlapping the one before: those values are computed twice, identically, and no masked store
+// is needed (masked stores are slow on AMD cores). Below 8 channels, masked loads and stores.
 constexpr int kSpan = 1024;
+
+inline void or_bits(word_t* bits, int pos, unsigned m) {
+  bits[pos >> 6] |= word_t(m) << (pos & 63);
+  if ((pos & 63) > 56) bits[(pos >> 6) + 1] |= word_t(m) >> (64 - (pos & 63));
+}
 
 inline void epilogue_span(const std::int32_t* d, std::int64_t pix, int c0, int c1, const EpiParams& p,
                           const EpiIO& io, word_t* bits) {
   const __m256 zero = _mm256_setzero_ps();
-  const int n = c1 - c0, vec = (n + 7) & ~7;
-  const __m256i tmask = tail_mask(n & 7);
-  alignas(32) float v[kSpan];
-  alignas(32) float b[kSpan];
+  const int n = c1 - c0;
+  const bool small = n < 8;
+  const __m256i tmask = tail_mask(small ? n : 8);
+  const int valid = small ? n : 8;
+  const unsigned keep = small ? (1u << n) - 1 : 0xffu;
+  int starts[kSpan / 8 + 1], groups = 0;
+  for (int j = 0; j + 8 <= n; j += 8) starts[groups++] = j;
+  if (n % 8) starts[groups++] = small ? 0 : n - 8;
+  alignas(32) float v[kSpan + 8];
   if (io.ints)
-    for (int o = c0; o < c1; o += 8) {
+    for (int gi = 0; gi < groups; ++gi) {
+      const int o = c0 + starts[gi];
       const __m256i di = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o));
       std::int32_t* dst = io.ints + pix * io.ints_ld + o;
-      if (c1 - o >= 8) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), di);
+      if (!small) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), di);
       else _mm256_maskstore_epi32(dst, tmask, di);
     }
   if (io.threshold) {
     if (!bits) return;
-    for (int o = c0; o < c1; o += 8) {
-      const int valid = c1 - o;
-      const unsigned keep = valid >= 8 ? 0xffu : (1u << valid) - 1;
+    for (int gi = 0; gi < groups; ++gi) {
+      const int o = c0 + starts[gi];
       const __m256i di = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o));
       const __m256i sgn = _mm256_sign_epi32(di, loadi(p.thr_sign + o, valid, tmask));
       const __m256i neg = _mm256_cmpgt_epi32(loadi(p.thr + o, valid, tmask), sgn);
-      bits[o >> 6] |= word_t(unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(neg))) & keep) << (o & 63);
+      or_bits(bits, o, unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(neg))) & keep);
     }
     return;
   }
   if (!io.out && !bits) return;
-  // v = dot * mul + add [+ res], act, [+ post]
-  for (int j = 0; j < vec; j += 8) {
-    const int o = c0 + j, valid = c1 - o;
-    const __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o))),
-                                   loadf(p.mul + o, valid, tmask));
-    _mm256_store_ps(v + j, _mm256_add_ps(x, loadf(p.add + o, valid, tmask)));
-  }
-  if (io.res) {
-    const float* r = io.res + pix * io.res_ld + c0;
-    for (int j = 0; j < vec; j += 8)
-      _mm256_store_ps(v + j, _mm256_add_ps(_mm256_load_ps(v + j), loadf(r + j, n - j, tmask)));
+  const float* r = io.res ? io.res + pix * io.res_ld + c0 : nullptr;
+  const float* q = io.post ? io.post + pix * io.post_ld + c0 : nullptr;
+  float* dst = io.out ? io.out + pix * io.out_ld + c0 : nullptr;
+  for (int gi = 0; gi < groups; ++gi) {
+    const int j = starts[gi], o = c0 + j;
+    __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o))),
+                             loadf(p.mul + o, valid, tmask));
+    x = _mm256_add_ps(x, loadf(p.add + o, valid, tmask));
+    if (r) x = _mm256_add_ps(x, loadf(r + j, valid, tmask));
+    _mm256_store_ps(v + (gi << 3), x);
   }
   if (p.act == kActRelu) {
-    for (int j = 0; j < vec; j += 8) _mm256_store_ps(v + j, _mm256_max_ps(_mm256_load_ps(v + j), zero));
+    for (int gi = 0; gi < groups; ++gi) _mm256_store_ps(v + (gi << 3), _mm256_max_ps(_mm256_load_ps(v + (gi << 3)), zero));
   } else if (p.act == kActPrelu) {
-    for (int j = 0; j < vec; j += 8) {
-      const __m256 x = _mm256_load_ps(v + j);
-      const __m256 neg = _mm256_mul_ps(loadf(p.slope + c0 + j, n - j, tmask), x);
-      _mm256_store_ps(v + j, _mm256_blendv_ps(neg, x, _mm256_cmp_ps(x, zero, _CMP_GT_OQ)));
+    for (int gi = 0; gi < groups; ++gi) {
+      const __m256 x = _mm256_load_ps(v + (gi << 3));
+      const __m256 neg = _mm256_mul_ps(loadf(p.slope + c0 + starts[gi], valid, tmask), x);
+      _mm256_store_ps(v + (gi << 3), _mm256_blendv_ps(neg, x, _mm256_cmp_ps(x, zero, _CMP_GT_OQ)));
     }
   } else if (p.act == kActRprelu) {
-    for (int j = 0; j < vec; j += 8) {
-      __m256 u = _mm256_sub_ps(_mm256_load_ps(v + j), loadf(p.shift_in + c0 + j, n - j, tmask));
-      const __m256 neg = _mm256_mul_ps(loadf(p.slope + c0 + j, n - j, tmask), u);
+    for (int gi = 0; gi < groups; ++gi) {
+      const int o = c0 + starts[gi];
+      __m256 u = _mm256_sub_ps(_mm256_load_ps(v + (gi << 3)), loadf(p.shift_in + o, valid, tmask));
+      const __m256 neg = _mm256_mul_ps(loadf(p.slope + o, valid, tmask), u);
       u = _mm256_blendv_ps(neg, u, _mm256_cmp_ps(u, zero, _CMP_GT_OQ));
-      _mm256_store_ps(v + j, _mm256_add_ps(u, loadf(p.shift_out + c0 + j, n - j, tmask)));
+      _mm256_store_ps(v + (gi << 3), _mm256_add_ps(u, loadf(p.shift_out + o, valid, tmask)));
     }
   }
-  if (io.post) {
-    const float* q = io.post + pix * io.post_ld + c0;
-    for (int j = 0; j < vec; j += 8)
-      _mm256_store_ps(v + j, _mm256_add_ps(_mm256_load_ps(v + j), loadf(q + j, n - j, tmask)));
-  }
-  if (io.out) {
-    float* dst = io.out + pix * io.out_ld + c0;
-    for (int j = 0; j < vec; j += 8) storef(dst + j, _mm256_load_ps(v + j), n - j, tmask);
-  }
-  if (bits) {
-    const float* src = v;
-    if (p.bits_scale || p.bits_shift) {
-      for (int j = 0; j < vec; j += 8) {
-        __m256 x = _mm256_load_ps(v + j);
-        if (p.bits_scale) x = _mm256_mul_ps(x, loadf(p.bits_scale + c0 + j, n - j, tmask));
-        if (p.bits_shift) x = _mm256_add_ps(x, loadf(p.bits_shift + c0 + j, n - j, tmask));
-        _mm256_store_ps(b + j, x);
-      }
-      src = b;
-    }
-    for (int j = 0; j < n; j += 8) {
-      const int valid = n - j;
-      const unsigned keep = valid >= 8 ? 0xffu : (1u << valid) - 1;
-      const unsigned m = unsigned(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_load_ps(src + j), zero, _CMP_LT_OQ))) & keep;
-      bits[(c0 + j) >> 6] |= word_t(m) << ((c0 + j) & 63);
+  for (int gi = 0; gi < groups; ++gi) {
+    const int j = starts[gi], o = c0 + j;
+    __m256 x = _mm256_load_ps(v + (gi << 3));
+    if (q) x = _mm256_add_ps(x, loadf(q + j, valid, tmask));
+    if (dst) storef(dst + j, x, valid, tmask);
+    if (bits) {
+      if (p.bits_scale) x = _mm256_mul_ps(x, loadf(p.bits_scale + o, valid, tmask));
+      if (p.bits_shift) x = _mm256_add_ps(x, loadf(p.bits_shift + o, valid, tmask));
+      or_bits(bits, o, unsigned(_mm256_movemask_ps(_mm256_cmp_ps(x, zero, _CMP_LT_OQ))) & keep);
     }
   }
 }

@@ -252,9 +252,10 @@ inline __m256i lanes_to_epi32(__m256i a, __m256i b) {
   return _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), 0x88));
 }
 
-// Byte counts of (activation ^ weight) for words [k0, k1) (at most kMaxChunk) into acc[P][2].
+// Byte counts of (activation ^ weight) for words [k0, k1) (at most kMaxChunk) into acc[P][2];
+// pixel p's split words are rows[p][2i], rows[p][2i + 1].
 template <int P>
-inline void count_bytes(const word_t* act, int k, const word_t* wts, int k0, int k1, __m256i (&acc)[P][2]) {
+inline void count_bytes(const word_t* const* rows, const word_t* wts, int k0, int k1, __m256i (&acc)[P][2]) {
   const __m256i lut = lookup_table();
   for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_si256();
   for (int i = k0; i < k1; ++i) {
@@ -262,9 +263,8 @@ inline void count_bytes(const word_t* act, int k, const word_t* wts, int k0, int
     const __m256i wl0 = _mm256_loadu_si256(w), wl1 = _mm256_loadu_si256(w + 1);
     const __m256i wh0 = _mm256_loadu_si256(w + 2), wh1 = _mm256_loadu_si256(w + 3);
     for (int p = 0; p < P; ++p) {
-      const word_t* a = act + (std::int64_t(p) * k + i) * 2;
-      const __m256i al = _mm256_set1_epi64x(static_cast<long long>(a[0]));
-      const __m256i ah = _mm256_set1_epi64x(static_cast<long long>(a[1]));
+      const __m256i al = _mm256_set1_epi64x(static_cast<long long>(rows[p][2 * i]));
+      const __m256i ah = _mm256_set1_epi64x(static_cast<long long>(rows[p][2 * i + 1]));
       acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl0)));
       acc[p][1] = _mm256_add_epi8(acc[p][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl1)));
       acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(ah, wh0)));
@@ -273,13 +273,14 @@ inline void count_bytes(const word_t* act, int k, const word_t* wts, int k0, int
   }
 }
 
-// P pixels x 8 output channels: popcounts of (activation ^ weight) over k words -> pop[P][8].
+// P pixels x 8 output channels: popcounts of (activation ^ weight) over k contiguous words of
+// each pixel's row -> pop[P][8].
 template <int P>
-inline void micro_kernel(const word_t* act, int k, const word_t* wts, __m256i* pop) {
+inline void micro_kernel(const word_t* const* rows, int k, const word_t* wts, __m256i* pop) {
   const __m256i zero = _mm256_setzero_si256();
   __m256i acc[P][2];
   if (k <= kMaxChunk) {  // one chunk: byte counts straight to the result
-    count_bytes<P>(act, k, wts, 0, k, acc);
+    count_bytes<P>(rows, wts, 0, k, acc);
     for (int p = 0; p < P; ++p)
       pop[p] = lanes_to_epi32(_mm256_sad_epu8(acc[p][0], zero), _mm256_sad_epu8(acc[p][1], zero));
     return;
@@ -287,7 +288,7 @@ inline void micro_kernel(const word_t* act, int k, const word_t* wts, __m256i* p
   __m256i total[P][2];
   for (int p = 0; p < P; ++p) total[p][0] = total[p][1] = zero;
   for (int k0 = 0; k0 < k; k0 += kMaxChunk) {
-    count_bytes<P>(act, k, wts, k0, imin(k, k0 + kMaxChunk), acc);
+    count_bytes<P>(rows, wts, k0, imin(k, k0 + kMaxChunk), acc);
     for (int p = 0; p < P; ++p) {
       total[p][0] = _mm256_add_epi64(total[p][0], _mm256_sad_epu8(acc[p][0], zero));
       total[p][1] = _mm256_add_epi64(total[p][1], _mm256_sad_epu8(acc[p][1], zero));
@@ -376,7 +377,8 @@ void dense_prepared(const word_t* in, const Geom& g, int group, const word_t* w,
     for (int p = 0; p < tile; p += kPixels) {
       __m256i pop[kPixels];
       const word_t* const* ind = s.ind + std::int64_t(p) * taps;
-      micro_kernel_ind<kPixels>(ind, taps, gw, wb, pop);
+      if (taps == 1) micro_kernel<kPixels>(ind, gw, wb, pop);  // 1x1: each pixel's words are one row
+      else micro_kernel_ind<kPixels>(ind, taps, gw, wb, pop);
       for (int q = 0; q < kPixels && p + q < tile; ++q) {
         const __m256i d = _mm256_sub_epi32(kbits, _mm256_slli_epi32(pop[q], 1));
         std::int32_t* row = dot + std::int64_t(p + q) * dot_ld + o0 + ob;
@@ -421,7 +423,9 @@ void dense_avx2(const word_t* in, const Geom& g, int group, const void* wts, con
     const int ob = b * kBlock, valid = imin(kBlock, og - ob);
     for (int p = 0; p < tile; p += kPixels) {
       __m256i pop[kPixels];
-      micro_kernel<kPixels>(s.act + std::int64_t(p) * k * 2, k, wb, pop);
+      const word_t* rows[kPixels];
+      for (int q = 0; q < kPixels; ++q) rows[q] = s.act + std::int64_t(p + q) * k * 2;
+      micro_kernel<kPixels>(rows, k, wb, pop);
       for (int q = 0; q < kPixels && p + q < tile; ++q) {
         const __m256i d = _mm256_sub_epi32(kbits, _mm256_slli_epi32(pop[q], 1));
         std::int32_t* row = dot + std::int64_t(p + q) * dot_ld + o0 + ob;

@@ -8,7 +8,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
-#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -248,22 +247,6 @@ void BinaryConv::run_dense(const word_t* in, const Geom& g, const EpiIO& io, con
   std::vector<std::vector<std::int64_t>> scratch(nthreads);  // 8-byte aligned storage
   std::vector<std::vector<std::int32_t>> dots(nthreads);
   const EpiParams params = transform_.params();
-  // Input laid out once for the ISA's core (and a zero pixel after it), when it has such a layout.
-  Geom gp = g;
-  std::unique_ptr<word_t[]> prepared;
-  const bool aligned = g.groups == 1 || g.cin_g() % 64 == 0;
-  if (k->prepare_input && aligned) {
-    const std::int64_t in_pix = std::int64_t(g.n) * g.h * g.w;
-    const std::int64_t wpp = k->prepare_input(nullptr, g, 0, 0, nullptr);
-    prepared.reset(new word_t[std::size_t((in_pix + 1) * wpp)]);
-    std::memset(prepared.get() + in_pix * wpp, 0, sizeof(word_t) * wpp);
-    const std::int64_t chunk = 4096, jobs = (in_pix + chunk - 1) / chunk;
-    parallel_for(nthreads, jobs, [&](std::int64_t j, int) {
-      k->prepare_input(in, g, j * chunk, std::min(in_pix, (j + 1) * chunk), prepared.get());
-    });
-    in = prepared.get();
-    gp.prepared = true;
-  }
   parallel_for(nthreads, tiles, [&](std::int64_t t, int id) {
     if (scratch[id].empty()) {
       scratch[id].resize(std::size_t(scratch_bytes / 8 + 8));
@@ -271,7 +254,7 @@ void BinaryConv::run_dense(const word_t* in, const Geom& g, const EpiIO& io, con
     }
     const std::int64_t p0 = t * tile, p1 = std::min(npix, p0 + tile);
     for (int grp = 0; grp < g.groups; ++grp)
-      k->dense(in, gp, grp, dense_[slot].data() + std::size_t(grp) * group_stride_[slot], wsum_.data(), p0, p1,
+      k->dense(in, g, grp, dense_[slot].data() + std::size_t(grp) * group_stride_[slot], wsum_.data(), p0, p1,
                dots[id].data(), dot_ld, scratch[id].data());
     k->epilogue(dots[id].data(), dot_ld, int(p1 - p0), p0, g.cout, params, io);
   });

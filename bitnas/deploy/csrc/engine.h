@@ -35,7 +35,6 @@ struct Geom {
   int pt = 0, pl = 0;           // padding above / left of the image (negative: origin offset)
   int oh = 0, ow = 0;           // output size (given, so the caller decides bottom/right)
   bool pad_one = false;         // taps outside the image read +1 (else 0)
-  bool prepared = false;        // `in` is in the ISA's prepared layout (Kernels::prepare_input)
 
   int cin_g() const { return cin / groups; }
   int cout_g() const { return cout / groups; }
@@ -91,10 +90,6 @@ struct Kernels {
   void (*dense)(const word_t* in, const Geom& g, int group, const void* wts, const std::int32_t* wsum,
                 std::int64_t pix_begin, std::int64_t pix_end, std::int32_t* dot, std::int64_t dot_ld,
                 void* scratch);
-  // Optional (nullptr: none): lay out input pixels [pix_begin, pix_end) for `dense` once per call
-  // (groups aligned to words only); returns the words per pixel written (out = nullptr: sizes it).
-  std::int64_t (*prepare_input)(const word_t* in, const Geom& g, std::int64_t pix_begin, std::int64_t pix_end,
-                                word_t* out);
   // Bytes of scratch `dense` needs for a tile of `tile` pixels.
   std::int64_t (*dense_scratch)(const Geom& g, int tile);
   // Lay out one group's canonical weights ([cout_g][taps][g_words] words) for `dense`;

@@ -68,119 +68,95 @@ void pack_avx2(const float* x, std::int64_t npix, int c, std::int64_t ld, const 
 
 // ------------------------------------------------------------------ output transform
 
-// The output transform one pixel at a time, in stages over all channels: each stage is a short
-// vector loop without branches (the row of values stays in L1). Channel tails use masked loads
-// and stores; the reference's arithmetic, operation for operation (no fused multiply-add).
+// Lanes below `valid` set (masked loads/stores of fewer than 8 channels).
 inline __m256i tail_mask(int valid) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-inline __m256 loadf(const float* a, int valid, __m256i mask) {
-  return valid >= 8 ? _mm256_loadu_ps(a) : _mm256_maskload_ps(a, mask);
-}
-
-inline void storef(float* a, __m256 v, int valid, __m256i mask) {
-  if (valid >= 8) _mm256_storeu_ps(a, v);
-  else _mm256_maskstore_ps(a, mask, v);
-}
-
-inline __m256i loadi(const std::int32_t* a, int valid, __m256i mask) {
-  return valid >= 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)) : _mm256_maskload_epi32(a, mask);
-}
-
-// Channels [c0, c1) of one pixel (c1 - c0 <= kSpan, c0 a multiple of 64), 8 at a time. When the
-// count is not a multiple of 8 (and at least 8), the last group is channels c1-8..c1-1,
+// The output transform of one pixel, 8 channels at a time, every step in registers. When the
+// channel count is not a multiple of 8 (and at least 8), the last group is channels cout-8..cout-1,
 // overlapping the one before: those values are computed twice, identically, and no masked store
 // is needed (masked stores are slow on AMD cores). Below 8 channels, masked loads and stores.
-constexpr int kSpan = 1024;
-
 inline void or_bits(word_t* bits, int pos, unsigned m) {
   bits[pos >> 6] |= word_t(m) << (pos & 63);
   if ((pos & 63) > 56) bits[(pos >> 6) + 1] |= word_t(m) >> (64 - (pos & 63));
 }
 
-inline void epilogue_span(const std::int32_t* d, std::int64_t pix, int c0, int c1, const EpiParams& p,
-                          const EpiIO& io, word_t* bits) {
+struct PixelIO {
+  const std::int32_t* d;
+  const float* res;
+  const float* post;
+  float* out;
+  std::int32_t* ints;
+  word_t* bits;
+};
+
+template <bool SMALL>
+inline void epilogue_group(const PixelIO& px, int o, const EpiParams& p, const EpiIO& io, __m256i tmask,
+                           unsigned keep) {
   const __m256 zero = _mm256_setzero_ps();
-  const int n = c1 - c0;
-  const bool small = n < 8;
-  const __m256i tmask = tail_mask(small ? n : 8);
-  const int valid = small ? n : 8;
-  const unsigned keep = small ? (1u << n) - 1 : 0xffu;
-  int starts[kSpan / 8 + 1], groups = 0;
-  for (int j = 0; j + 8 <= n; j += 8) starts[groups++] = j;
-  if (n % 8) starts[groups++] = small ? 0 : n - 8;
-  alignas(32) float v[kSpan + 8];
-  if (io.ints)
-    for (int gi = 0; gi < groups; ++gi) {
-      const int o = c0 + starts[gi];
-      const __m256i di = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o));
-      std::int32_t* dst = io.ints + pix * io.ints_ld + o;
-      if (!small) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), di);
-      else _mm256_maskstore_epi32(dst, tmask, di);
-    }
+  auto ld = [&](const float* a) { return SMALL ? _mm256_maskload_ps(a, tmask) : _mm256_loadu_ps(a); };
+  auto ldi = [&](const std::int32_t* a) {
+    return SMALL ? _mm256_maskload_epi32(a, tmask) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
+  };
+  const __m256i di = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(px.d + o));  // dot rows are padded
+  if (px.ints) {
+    if (SMALL) _mm256_maskstore_epi32(px.ints + o, tmask, di);
+    else _mm256_storeu_si256(reinterpret_cast<__m256i*>(px.ints + o), di);
+  }
   if (io.threshold) {
-    if (!bits) return;
-    for (int gi = 0; gi < groups; ++gi) {
-      const int o = c0 + starts[gi];
-      const __m256i di = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o));
-      const __m256i sgn = _mm256_sign_epi32(di, loadi(p.thr_sign + o, valid, tmask));
-      const __m256i neg = _mm256_cmpgt_epi32(loadi(p.thr + o, valid, tmask), sgn);
-      or_bits(bits, o, unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(neg))) & keep);
+    if (px.bits) {
+      const __m256i sgn = _mm256_sign_epi32(di, ldi(p.thr_sign + o));
+      const __m256i neg = _mm256_cmpgt_epi32(ldi(p.thr + o), sgn);
+      or_bits(px.bits, o, unsigned(_mm256_movemask_ps(_mm256_castsi256_ps(neg))) & keep);
     }
     return;
   }
-  if (!io.out && !bits) return;
-  const float* r = io.res ? io.res + pix * io.res_ld + c0 : nullptr;
-  const float* q = io.post ? io.post + pix * io.post_ld + c0 : nullptr;
-  float* dst = io.out ? io.out + pix * io.out_ld + c0 : nullptr;
-  for (int gi = 0; gi < groups; ++gi) {
-    const int j = starts[gi], o = c0 + j;
-    __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + o))),
-                             loadf(p.mul + o, valid, tmask));
-    x = _mm256_add_ps(x, loadf(p.add + o, valid, tmask));
-    if (r) x = _mm256_add_ps(x, loadf(r + j, valid, tmask));
-    _mm256_store_ps(v + (gi << 3), x);
-  }
+  if (!px.out && !px.bits) return;
+  __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(di), ld(p.mul + o));
+  v = _mm256_add_ps(v, ld(p.add + o));
+  if (px.res) v = _mm256_add_ps(v, ld(px.res + o));
   if (p.act == kActRelu) {
-    for (int gi = 0; gi < groups; ++gi) _mm256_store_ps(v + (gi << 3), _mm256_max_ps(_mm256_load_ps(v + (gi << 3)), zero));
+    v = _mm256_max_ps(v, zero);
   } else if (p.act == kActPrelu) {
-    for (int gi = 0; gi < groups; ++gi) {
-      const __m256 x = _mm256_load_ps(v + (gi << 3));
-      const __m256 neg = _mm256_mul_ps(loadf(p.slope + c0 + starts[gi], valid, tmask), x);
-      _mm256_store_ps(v + (gi << 3), _mm256_blendv_ps(neg, x, _mm256_cmp_ps(x, zero, _CMP_GT_OQ)));
-    }
+    const __m256 neg = _mm256_mul_ps(ld(p.slope + o), v);
+    v = _mm256_blendv_ps(neg, v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
   } else if (p.act == kActRprelu) {
-    for (int gi = 0; gi < groups; ++gi) {
-      const int o = c0 + starts[gi];
-      __m256 u = _mm256_sub_ps(_mm256_load_ps(v + (gi << 3)), loadf(p.shift_in + o, valid, tmask));
-      const __m256 neg = _mm256_mul_ps(loadf(p.slope + o, valid, tmask), u);
-      u = _mm256_blendv_ps(neg, u, _mm256_cmp_ps(u, zero, _CMP_GT_OQ));
-      _mm256_store_ps(v + (gi << 3), _mm256_add_ps(u, loadf(p.shift_out + o, valid, tmask)));
-    }
+    __m256 u = _mm256_sub_ps(v, ld(p.shift_in + o));
+    const __m256 neg = _mm256_mul_ps(ld(p.slope + o), u);
+    u = _mm256_blendv_ps(neg, u, _mm256_cmp_ps(u, zero, _CMP_GT_OQ));
+    v = _mm256_add_ps(u, ld(p.shift_out + o));
   }
-  for (int gi = 0; gi < groups; ++gi) {
-    const int j = starts[gi], o = c0 + j;
-    __m256 x = _mm256_load_ps(v + (gi << 3));
-    if (q) x = _mm256_add_ps(x, loadf(q + j, valid, tmask));
-    if (dst) storef(dst + j, x, valid, tmask);
-    if (bits) {
-      if (p.bits_scale) x = _mm256_mul_ps(x, loadf(p.bits_scale + o, valid, tmask));
-      if (p.bits_shift) x = _mm256_add_ps(x, loadf(p.bits_shift + o, valid, tmask));
-      or_bits(bits, o, unsigned(_mm256_movemask_ps(_mm256_cmp_ps(x, zero, _CMP_LT_OQ))) & keep);
-    }
+  if (px.post) v = _mm256_add_ps(v, ld(px.post + o));
+  if (px.out) {
+    if (SMALL) _mm256_maskstore_ps(px.out + o, tmask, v);
+    else _mm256_storeu_ps(px.out + o, v);
+  }
+  if (px.bits) {
+    if (p.bits_scale) v = _mm256_mul_ps(v, ld(p.bits_scale + o));
+    if (p.bits_shift) v = _mm256_add_ps(v, ld(p.bits_shift + o));
+    or_bits(px.bits, o, unsigned(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ))) & keep);
   }
 }
 
 void epilogue_avx2(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout,
                    const EpiParams& p, const EpiIO& io) {
   const int nw = words_for(cout);
+  const bool small = cout < 8;
+  const __m256i tmask = tail_mask(small ? cout : 8);
+  const int last = cout % 8 ? cout - 8 : -1;  // the overlapping last group, if any
   for (int i = 0; i < npix; ++i) {
     const std::int64_t pix = pix0 + i;
-    word_t* bits = io.bits ? io.bits + pix * nw : nullptr;
-    if (bits) std::memset(bits, 0, sizeof(word_t) * nw);
-    for (int c0 = 0; c0 < cout; c0 += kSpan)
-      epilogue_span(dot + i * dot_ld, pix, c0, imin(cout, c0 + kSpan), p, io, bits);  // dot rows padded to 8
+    PixelIO px{dot + i * dot_ld, io.res ? io.res + pix * io.res_ld : nullptr,
+               io.post ? io.post + pix * io.post_ld : nullptr, io.out ? io.out + pix * io.out_ld : nullptr,
+               io.ints ? io.ints + pix * io.ints_ld : nullptr, io.bits ? io.bits + pix * nw : nullptr};
+    if (px.bits) std::memset(px.bits, 0, sizeof(word_t) * nw);
+    if (small) {
+      epilogue_group<true>(px, 0, p, io, tmask, (1u << cout) - 1);
+      continue;
+    }
+    for (int o = 0; o + 8 <= cout; o += 8) epilogue_group<false>(px, o, p, io, tmask, 0xffu);
+    if (last >= 0) epilogue_group<false>(px, last, p, io, tmask, 0xffu);
   }
 }
 
@@ -211,22 +187,8 @@ std::int64_t prepare_dense_avx2(const word_t* canon, const Geom& g, word_t* out)
   return n;
 }
 
-// Input prepared once per call: every pixel's words nibble-split (lo, hi), then g_words * 2 zero
-// words that taps outside the image point to (+1 padding; the correction handles zero padding).
-std::int64_t prepare_input_avx2(const word_t* in, const Geom& g, std::int64_t pix_begin, std::int64_t pix_end,
-                                word_t* out) {
-  const std::int64_t wpp = 2 * std::int64_t(g.in_words);
-  if (!out) return wpp;
-  for (std::int64_t i = pix_begin * g.in_words; i < pix_end * g.in_words; ++i) {
-    out[2 * i] = in[i] & kLoNibbles;
-    out[2 * i + 1] = (in[i] >> 4) & kLoNibbles;
-  }
-  return wpp;
-}
-
 struct Scratch {
-  word_t* act;           // gathered path: [tile][k][2] split words
-  const word_t** ind;    // prepared path: [tile + kPixels][taps] pointers to split words
+  word_t* act;  // [tile][k][2] split words
   int* n_oob;
   int* oob;
 };
@@ -235,15 +197,14 @@ Scratch carve(void* scratch, const Geom& g, int tile) {
   const std::int64_t k = std::int64_t(g.taps()) * g.g_words();
   Scratch s;
   s.act = static_cast<word_t*>(scratch);
-  s.ind = reinterpret_cast<const word_t**>(s.act + 2 * k * (tile + 4));
-  s.n_oob = reinterpret_cast<int*>(s.ind + std::int64_t(tile + 4) * g.taps());
+  s.n_oob = reinterpret_cast<int*>(s.act + 2 * k * (tile + 4));
   s.oob = s.n_oob + tile;
   return s;
 }
 
 std::int64_t dense_scratch_avx2(const Geom& g, int tile) {
   const std::int64_t k = std::int64_t(g.taps()) * g.g_words();
-  return 16 * k * (tile + 4) + 8 * std::int64_t(tile + 4) * g.taps() + std::int64_t(tile) * (1 + g.taps()) * 4 + 64;
+  return 16 * k * (tile + 4) + std::int64_t(tile) * (1 + g.taps()) * 4 + 64;
 }
 
 // The 64-bit counts of two vectors (lanes as kLaneChannel says; each count < 2^32) as 8 int32 in
@@ -253,9 +214,9 @@ inline __m256i lanes_to_epi32(__m256i a, __m256i b) {
 }
 
 // Byte counts of (activation ^ weight) for words [k0, k1) (at most kMaxChunk) into acc[P][2];
-// pixel p's split words are rows[p][2i], rows[p][2i + 1].
+// pixel p's split words are act[(p * k + i) * 2 + {0, 1}].
 template <int P>
-inline void count_bytes(const word_t* const* rows, const word_t* wts, int k0, int k1, __m256i (&acc)[P][2]) {
+inline void count_bytes(const word_t* act, int k, const word_t* wts, int k0, int k1, __m256i (&acc)[P][2]) {
   const __m256i lut = lookup_table();
   for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_si256();
   for (int i = k0; i < k1; ++i) {
@@ -263,8 +224,9 @@ inline void count_bytes(const word_t* const* rows, const word_t* wts, int k0, in
     const __m256i wl0 = _mm256_loadu_si256(w), wl1 = _mm256_loadu_si256(w + 1);
     const __m256i wh0 = _mm256_loadu_si256(w + 2), wh1 = _mm256_loadu_si256(w + 3);
     for (int p = 0; p < P; ++p) {
-      const __m256i al = _mm256_set1_epi64x(static_cast<long long>(rows[p][2 * i]));
-      const __m256i ah = _mm256_set1_epi64x(static_cast<long long>(rows[p][2 * i + 1]));
+      const word_t* a = act + (std::int64_t(p) * k + i) * 2;
+      const __m256i al = _mm256_set1_epi64x(static_cast<long long>(a[0]));
+      const __m256i ah = _mm256_set1_epi64x(static_cast<long long>(a[1]));
       acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl0)));
       acc[p][1] = _mm256_add_epi8(acc[p][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl1)));
       acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(ah, wh0)));
@@ -273,14 +235,13 @@ inline void count_bytes(const word_t* const* rows, const word_t* wts, int k0, in
   }
 }
 
-// P pixels x 8 output channels: popcounts of (activation ^ weight) over k contiguous words of
-// each pixel's row -> pop[P][8].
+// P pixels x 8 output channels: popcounts of (activation ^ weight) over k words -> pop[P][8].
 template <int P>
-inline void micro_kernel(const word_t* const* rows, int k, const word_t* wts, __m256i* pop) {
+inline void micro_kernel(const word_t* act, int k, const word_t* wts, __m256i* pop) {
   const __m256i zero = _mm256_setzero_si256();
   __m256i acc[P][2];
   if (k <= kMaxChunk) {  // one chunk: byte counts straight to the result
-    count_bytes<P>(rows, wts, 0, k, acc);
+    count_bytes<P>(act, k, wts, 0, k, acc);
     for (int p = 0; p < P; ++p)
       pop[p] = lanes_to_epi32(_mm256_sad_epu8(acc[p][0], zero), _mm256_sad_epu8(acc[p][1], zero));
     return;
@@ -288,7 +249,7 @@ inline void micro_kernel(const word_t* const* rows, int k, const word_t* wts, __
   __m256i total[P][2];
   for (int p = 0; p < P; ++p) total[p][0] = total[p][1] = zero;
   for (int k0 = 0; k0 < k; k0 += kMaxChunk) {
-    count_bytes<P>(rows, wts, k0, imin(k, k0 + kMaxChunk), acc);
+    count_bytes<P>(act, k, wts, k0, imin(k, k0 + kMaxChunk), acc);
     for (int p = 0; p < P; ++p) {
       total[p][0] = _mm256_add_epi64(total[p][0], _mm256_sad_epu8(acc[p][0], zero));
       total[p][1] = _mm256_add_epi64(total[p][1], _mm256_sad_epu8(acc[p][1], zero));
@@ -299,111 +260,12 @@ inline void micro_kernel(const word_t* const* rows, int k, const word_t* wts, __
 
 constexpr int kPixels = 3;  // pixels per micro-kernel call
 
-// As micro_kernel, reading pixel p's words of tap t through ind[p * taps + t] (prepared layout).
-// Words are taken in (tap, word) order, at most kMaxChunk per byte-count round, so only the byte
-// counters live in registers inside the loop.
-template <int P>
-inline void micro_kernel_ind(const word_t* const* ind, int taps, int gw, const word_t* wts, __m256i* pop) {
-  const __m256i lut = lookup_table(), zero = _mm256_setzero_si256();
-  const int k = taps * gw;
-  __m256i total[P][2];
-  for (int p = 0; p < P; ++p) total[p][0] = total[p][1] = zero;
-  int t = 0, j = 0;
-  for (int k0 = 0; k0 < k; k0 += kMaxChunk) {
-    const int k1 = imin(k, k0 + kMaxChunk);
-    __m256i acc[P][2];
-    for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = zero;
-    for (int i = k0; i < k1; ++i) {
-      const __m256i* w = reinterpret_cast<const __m256i*>(wts + std::int64_t(i) * 2 * kBlock);
-      const __m256i wl0 = _mm256_loadu_si256(w), wl1 = _mm256_loadu_si256(w + 1);
-      const __m256i wh0 = _mm256_loadu_si256(w + 2), wh1 = _mm256_loadu_si256(w + 3);
-      for (int p = 0; p < P; ++p) {
-        const word_t* a = ind[p * taps + t] + 2 * j;
-        const __m256i al = _mm256_set1_epi64x(static_cast<long long>(a[0]));
-        const __m256i ah = _mm256_set1_epi64x(static_cast<long long>(a[1]));
-        acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl0)));
-        acc[p][1] = _mm256_add_epi8(acc[p][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(al, wl1)));
-        acc[p][0] = _mm256_add_epi8(acc[p][0], _mm256_shuffle_epi8(lut, _mm256_xor_si256(ah, wh0)));
-        acc[p][1] = _mm256_add_epi8(acc[p][1], _mm256_shuffle_epi8(lut, _mm256_xor_si256(ah, wh1)));
-      }
-      if (++j == gw) {
-        j = 0;
-        ++t;
-      }
-    }
-    for (int p = 0; p < P; ++p) {
-      total[p][0] = _mm256_add_epi64(total[p][0], _mm256_sad_epu8(acc[p][0], zero));
-      total[p][1] = _mm256_add_epi64(total[p][1], _mm256_sad_epu8(acc[p][1], zero));
-    }
-  }
-  for (int p = 0; p < P; ++p) pop[p] = lanes_to_epi32(total[p][0], total[p][1]);
-}
-
-// Tile of pixels through the indirection of a prepared input (groups aligned to words).
-void dense_prepared(const word_t* in, const Geom& g, int group, const word_t* w, const std::int32_t* wsum,
-                    std::int64_t pix_begin, int tile, std::int32_t* dot, std::int64_t dot_ld, Scratch& s) {
-  const int taps = g.taps(), gw = g.g_words(), og = g.cout_g(), o0 = group * og;
-  const std::int64_t wpp = 2 * std::int64_t(g.in_words);
-  const word_t* zeros = in + g.n * std::int64_t(g.h) * g.w * wpp;
-  const int word0 = g.groups > 1 ? group * (g.cin_g() / 64) : 0;
-  PixelWalk at(g, pix_begin);
-  for (int p = 0; p < tile; ++p, at.next(g)) {
-    const word_t** ind = s.ind + std::int64_t(p) * taps;
-    const int iy0 = at.oy * g.sh - g.pt, ix0 = at.ox * g.sw - g.pl;
-    const word_t* img = in + std::int64_t(at.n) * g.h * g.w * wpp + 2 * word0;
-    int n_oob = 0;
-    for (int ky = 0; ky < g.kh; ++ky) {
-      const int iy = iy0 + ky * g.dh;
-      for (int kx = 0; kx < g.kw; ++kx) {
-        const int ix = ix0 + kx * g.dw, t = ky * g.kw + kx;
-        if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
-          ind[t] = zeros;
-          s.oob[p * taps + n_oob++] = t;
-        } else {
-          ind[t] = img + (std::int64_t(iy) * g.w + ix) * wpp;
-        }
-      }
-    }
-    s.n_oob[p] = n_oob;
-  }
-  for (int p = tile; p < (tile + kPixels - 1) / kPixels * kPixels; ++p)
-    for (int t = 0; t < taps; ++t) s.ind[std::int64_t(p) * taps + t] = zeros;
-  const __m256i kbits = _mm256_set1_epi32(taps * g.cin_g());
-  const int blocks = (og + kBlock - 1) / kBlock;
-  const std::int64_t kwords = std::int64_t(taps) * gw;
-  for (int b = 0; b < blocks; ++b) {
-    const word_t* wb = w + std::int64_t(b) * kwords * 2 * kBlock;
-    const int ob = b * kBlock, valid = imin(kBlock, og - ob);
-    for (int p = 0; p < tile; p += kPixels) {
-      __m256i pop[kPixels];
-      const word_t* const* ind = s.ind + std::int64_t(p) * taps;
-      if (taps == 1) micro_kernel<kPixels>(ind, gw, wb, pop);  // 1x1: each pixel's words are one row
-      else micro_kernel_ind<kPixels>(ind, taps, gw, wb, pop);
-      for (int q = 0; q < kPixels && p + q < tile; ++q) {
-        const __m256i d = _mm256_sub_epi32(kbits, _mm256_slli_epi32(pop[q], 1));
-        std::int32_t* row = dot + std::int64_t(p + q) * dot_ld + o0 + ob;
-        if (valid == kBlock) {
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(row), d);
-        } else {
-          alignas(32) std::int32_t tmp[kBlock];
-          _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), d);
-          for (int j = 0; j < valid; ++j) row[j] = tmp[j];
-        }
-      }
-    }
-  }
-  for (int p = 0; p < tile; ++p)
-    correct_border(g, group, dot + std::int64_t(p) * dot_ld, s.n_oob[p], s.oob + p * taps, wsum);
-}
-
 void dense_avx2(const word_t* in, const Geom& g, int group, const void* wts, const std::int32_t* wsum,
                 std::int64_t pix_begin, std::int64_t pix_end, std::int32_t* dot, std::int64_t dot_ld,
                 void* scratch) {
   const int tile = int(pix_end - pix_begin);
   const int k = g.taps() * g.g_words(), og = g.cout_g(), taps = g.taps(), o0 = group * og;
   Scratch s = carve(scratch, g, tile);
-  if (g.prepared)
-    return dense_prepared(in, g, group, static_cast<const word_t*>(wts), wsum, pix_begin, tile, dot, dot_ld, s);
   PixelWalk at(g, pix_begin);
   for (int p = 0; p < tile; ++p, at.next(g)) {
     word_t* a = s.act + std::int64_t(p) * k * 2;
@@ -423,9 +285,7 @@ void dense_avx2(const word_t* in, const Geom& g, int group, const void* wts, con
     const int ob = b * kBlock, valid = imin(kBlock, og - ob);
     for (int p = 0; p < tile; p += kPixels) {
       __m256i pop[kPixels];
-      const word_t* rows[kPixels];
-      for (int q = 0; q < kPixels; ++q) rows[q] = s.act + std::int64_t(p + q) * k * 2;
-      micro_kernel<kPixels>(rows, k, wb, pop);
+      micro_kernel<kPixels>(s.act + std::int64_t(p) * k * 2, k, wb, pop);
       for (int q = 0; q < kPixels && p + q < tile; ++q) {
         const __m256i d = _mm256_sub_epi32(kbits, _mm256_slli_epi32(pop[q], 1));
         std::int32_t* row = dot + std::int64_t(p + q) * dot_ld + o0 + ob;
@@ -509,7 +369,7 @@ void depthwise_avx2(const std::int8_t* img, int img_h, int img_w, int cpad, int 
 }
 
 const Kernels kAvx2 = {
-    "avx2", pack_avx2, epilogue_avx2, dense_avx2, prepare_input_avx2, dense_scratch_avx2, prepare_dense_avx2,
+    "avx2", pack_avx2, epilogue_avx2, dense_avx2, dense_scratch_avx2, prepare_dense_avx2,
     expand_avx2,
     depthwise_avx2,
 };

@@ -150,7 +150,7 @@ void expand_scalar(const word_t* px, std::int64_t npix, int in_words, int cpad, 
 }
 
 const Kernels kScalar = {
-    "scalar",      pack_scalar,          reference_epilogue, dense_scalar, nullptr, dense_scratch_scalar,
+    "scalar",      pack_scalar,          reference_epilogue, dense_scalar, dense_scratch_scalar,
     prepare_dense_scalar, expand_scalar, depthwise_scalar,
 };
 

@@ -20,7 +20,6 @@ layer used. `load_export(path, engine="bitpack")` runs the binary convs on the C
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +32,15 @@ from bitnas.deploy import container
 from bitnas.deploy.fold import fold, following_bn
 from bitnas.errors import BitnasError
 from bitnas.nets import network_from_checkpoint, network_from_spec
-from bitnas.space.config import OpConfig
+from bitnas.nets.limits import OP_KEYS, check_build_kwargs, check_image_side
+from bitnas.space.genotypes import Genotype
 from bitnas.utils import load_checkpoint
 
 FORMAT = "bitnas-export"
 VERSION = 2
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
-# Bounds on what an export may claim, checked before anything is built.
-LIMITS = {"init_channels": (1, 4096), "layers": (1, 256), "num_classes": (1, 100_000), "in_channels": (1, 64),
-          "image_size": (1, 16384), "edges": (2, 64)}
-INT_KEYS = ("init_channels", "layers", "num_classes", "in_channels")
-BUILD_KEYS = {"style": str, "precision": str, "structure": str, "init_channels": int, "layers": int,
-              "num_classes": int, "in_channels": int, "auxiliary": bool, "drop_path_prob": float, "blocks": str,
-              **{f.name: {"str": str, "float": float, "bool": bool}[str(f.type)] for f in fields(OpConfig)}}
+MAX_EDGES = 64  # edges per cell a stored genotype may have (DARTS cells have 8)
 KNOWN_CLASSES = {"fashion-mnist": "FASHION_MNIST_CLASSES", "cifar10": "CIFAR10_CLASSES"}
 
 
@@ -92,7 +86,7 @@ def export_network(model: nn.Module, arch: dict[str, Any], image_size: int | Non
     """
     model = model.eval()
     cfg = model.cfg.to_dict()
-    network = {**arch["network"], **cfg, "auxiliary": False, "drop_path_prob": 0.0}
+    network = {**arch["network"], **{k: cfg[k] for k in OP_KEYS}, "auxiliary": False, "drop_path_prob": 0.0}
     follow = following_bn(model)
     modules = dict(model.named_modules())
     bits, alphas, folds, binary, packed_keys = [], [], [], [], set()
@@ -191,11 +185,6 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_range(source: str, where: str, v: Any, lo: int, hi: int) -> None:
-    if not _is_int(v) or not lo <= v <= hi:
-        raise _fail(source, f"{where} = {v!r} is outside {lo}..{hi}")
-
-
 def _check_slice(source: str, where: str, spec: Any, size: int, want: int) -> None:
     if (not isinstance(spec, list) or len(spec) != 2 or not all(_is_int(v) and v >= 0 for v in spec)
             or spec[1] != want):
@@ -224,32 +213,24 @@ def validate_export(exp: dict[str, Any], source: str = "export") -> None:
     if not isinstance(arch, dict) or not isinstance(arch.get("network"), dict):
         raise _fail(source, "no architecture (arch.network)")
     net = arch["network"]
-    if not isinstance(arch.get("genotype"), dict) and not (arch.get("genotype") is None and net.get("blocks")):
+    genotype = arch.get("genotype")
+    if not isinstance(genotype, dict) and not (genotype is None and net.get("blocks")):
         raise _fail(source, "no architecture (arch.genotype, or arch.network.blocks for a hand-designed network)")
-    for key, value in net.items():
-        if key not in BUILD_KEYS:
-            raise _fail(source, f"unknown build key {key!r} in arch.network")
-        typ = BUILD_KEYS[key]
-        if typ is int:
-            ok = _is_int(value)
-        elif typ is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        else:
-            ok = isinstance(value, typ)
-        if not ok:
-            raise _fail(source, f"arch.network.{key} = {value!r} is not a {typ.__name__}")
-    for key in INT_KEYS:
-        if key in net:
-            _check_range(source, f"arch.network.{key}", net[key], *LIMITS[key])
-    for cell in ("normal", "reduce") if arch["genotype"] is not None else ():
-        edges = arch["genotype"].get(cell)
-        if not isinstance(edges, list) or not LIMITS["edges"][0] <= len(edges) <= LIMITS["edges"][1]:
-            raise _fail(source, f"genotype {cell} cell must have {LIMITS['edges'][0]}..{LIMITS['edges'][1]} edges")
+    for cell in ("normal", "reduce") if genotype is not None else ():
+        edges = genotype.get(cell)
+        if not isinstance(edges, list) or not 2 <= len(edges) <= MAX_EDGES:
+            raise _fail(source, f"genotype {cell} cell must have 2..{MAX_EDGES} edges")
+    parsed = Genotype.from_dict(genotype, f"{source} genotype") if genotype is not None else None
+    for sec in SECTIONS:
+        if not isinstance(exp.get(sec), np.ndarray):
+            raise _fail(source, f"missing data section {sec!r}")
+    check_build_kwargs(net, source, multiplier=len(parsed.normal_concat) if parsed is not None else 4,
+                       stored=8 * exp["bits"].size + exp["fp32"].size)
     inp = exp.get("input")
     if not isinstance(inp, dict):
         raise _fail(source, "no input description")
     if inp.get("image_size") is not None:
-        _check_range(source, "input.image_size", inp["image_size"], *LIMITS["image_size"])
+        check_image_side(inp["image_size"], f"{source}: input.image_size")
     c_in = net.get("in_channels", 3)
     for key in ("mean", "std"):
         v = inp.get(key)
@@ -315,7 +296,7 @@ def _meta_check(exp: dict[str, Any], source: str) -> None:
     if cells != set(range(layers)):
         raise _fail(source, f"arch.network.layers = {layers} but the stored tensors belong to {len(cells)} cells")
     with torch.device("meta"):
-        model = network_from_spec(exp["arch"])
+        model = network_from_spec(exp["arch"], source)
     layers = dict(binarized_layers(model))
     stored = {row["name"]: row for row in exp["binary"]}
     if set(layers) != set(stored):
@@ -340,7 +321,7 @@ def network_from_export(exp: dict[str, Any], source: str = "export") -> nn.Modul
     """Rebuild the network of a (validated) export dict, in eval mode, on the float path."""
     validate_export(exp, source)
     _meta_check(exp, source)
-    model = network_from_spec(exp["arch"])
+    model = network_from_spec(exp["arch"], source)
     layers = dict(binarized_layers(model))
     state: dict[str, Tensor] = {k: torch.tensor(v) for k, v in exp["ints"].items()}
     fp32 = torch.from_numpy(np.array(exp["fp32"], dtype=np.float32))

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from bitnas.common.layout import CHANNELS_LAST_CHOICES
 from bitnas.data import BatchLoader, ImageDataset
 from bitnas.errors import ConfigError
 from bitnas.registry import Registry
@@ -172,7 +173,7 @@ class SearchStrategy:
             num_classes=self.ctx.num_classes, layers=self.cfg.layers, in_channels=self.ctx.in_channels,
             k_normal=k_normal, k_reduce=k_reduce, edge_norm=edge_norm,
         ).to(self.ctx.device)
-        net.channels_last = {"auto": None, "on": True, "off": False}[self.cfg.channels_last]
+        net.channels_last = CHANNELS_LAST_CHOICES[self.cfg.channels_last]
         return net
 
     # -- to implement -------------------------------------------------------------------

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitnas.binary import binarized_layers
+from bitnas.common.layout import CHANNELS_LAST_CHOICES
 from bitnas.data import Augment, BatchLoader, ImageDataset, load_dataset, take_subset, train_val_split
 from bitnas.data.loader import mix_seed
 from bitnas.errors import BitnasError, ConfigError, DataError
@@ -193,6 +194,7 @@ class Trainer:
         self.arch = arch_spec(self.genotype, **self.build_kw)
         seed_everything(cfg.seed)
         self.model = build_network(self.genotype, **self.build_kw).to(self.device)
+        self.model.channels_last = CHANNELS_LAST_CHOICES[cfg.channels_last]
         self.parent = parent
         if parent is not None and cfg.init_from_parent:
             self._init_from(parent)

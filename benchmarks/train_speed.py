@@ -1,7 +1,8 @@
 """Training throughput of fixed genotype networks (1-bit and fp32), optionally beside another checkout.
 
 One iteration is one training step as `bitnas train` takes it: forward in training mode,
-cross-entropy, `zero_grad`, backward, gradient-norm clipping at 5 and an Adam step, on a random
+cross-entropy, `zero_grad`, backward, gradient-norm clipping at 5 and a step of Adam (lr 1e-3,
+built as the tree's trainer builds it), on a random
 batch of 1×28×28 images (Fashion-MNIST size), 10 classes. Images/second is the batch size
 divided by the median step time over the timed iterations after warm-up.
 
@@ -10,12 +11,19 @@ side by side); the parent drives all contenders — every (tree, network, precis
 one iteration at a time, so load from other jobs on the machine hits them equally. `--ref DIR`
 adds a second tree (e.g. `git archive <commit> | tar -x -C DIR`): each row then shows both
 figures and their ratio, and the largest logit difference of the two trees' networks (same seed,
-same batch, before any step), which should be float rounding at most.
+same batch, before any step): float rounding for fp32 networks; for 1-bit ones rounding can flip
+a sign (where the ±α terms of a binary conv cancel), which then shows in the logits.
+
+`--search` adds search steps as contenders, built by each tree's own `search_speed.py`
+(`build_ours`): `random` is the single-path weight step of random search and CP-NAS
+(`SuperNetwork.forward(x, paths=...)` + `weight_step`), `pcdarts` / `ubnas` / `darts` an α step
+plus a weight step of the mixed-op supernet; images/s counts every image through the supernet.
 
     .venv/bin/python benchmarks/train_speed.py                                  # default grid
     .venv/bin/python benchmarks/train_speed.py --ref /tmp/bitnas-old --json     # before/after
     .venv/bin/python benchmarks/train_speed.py --structures darts,cpnas,bireal,ebnas,kim,reactnet \\
         --sizes 8:3:32 --precision binary
+    .venv/bin/python benchmarks/train_speed.py --ref /tmp/bitnas-old --sizes 8:3:32 --search random,pcdarts
 """
 from __future__ import annotations
 
@@ -48,8 +56,31 @@ def worker(src: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     nets: dict[str, Any] = {}
+    searches: dict[str, Any] = {}
+
+    def make_optimizer(net: torch.nn.Module) -> torch.optim.Optimizer:
+        """Adam (lr 1e-3) as this tree's `bitnas train` builds it (trees older than
+        `bitnas.train.trainer.make_optimizer` built a default `torch.optim.Adam`)."""
+        try:
+            from bitnas.binary import binarized_layers
+            from bitnas.train.config import TrainConfig
+            from bitnas.train.trainer import make_optimizer as tree_optimizer
+        except ImportError:
+            return torch.optim.Adam(net.parameters(), 1e-3)
+        return tree_optimizer(TrainConfig(optimizer="adam", lr=1e-3), net, binarized_layers(net))
+
+    def build_search(spec: dict[str, Any]) -> dict[str, Any]:
+        sys.path.insert(0, str(Path(src) / "benchmarks"))
+        from search_speed import CONFIGS, build_ours
+
+        torch.manual_seed(0)
+        searches[spec["key"]] = build_ours(spec["strategy"], CONFIGS[spec["config"]], torch.device("cpu"),
+                                           spec["precision"], "auto")
+        return {"file": bitnas.__file__, "logits": None}
 
     def build(spec: dict[str, Any]) -> dict[str, Any]:
+        if spec.get("strategy"):
+            return build_search(spec)
         torch.manual_seed(0)
         net = build_network(load_genotype(spec["genotype"]), precision=spec["precision"],
                             structure=spec["structure"], init_channels=spec["channels"], layers=spec["layers"],
@@ -60,11 +91,14 @@ def worker(src: str, threads: int) -> None:
         y = torch.randint(10, (spec["batch"],), generator=gen)
         with torch.no_grad():
             logits = net(x)[0]
-        opt = torch.optim.Adam(net.parameters(), 1e-3)
-        nets[spec["key"]] = (net, opt, x, y)
+        nets[spec["key"]] = (net, make_optimizer(net), x, y)
         return {"file": bitnas.__file__, "logits": logits.flatten().tolist()}
 
     def step(key: str) -> dict[str, Any]:
+        if key in searches:
+            t0 = time.perf_counter()
+            n = searches[key].step()
+            return {"seconds": time.perf_counter() - t0, "images": n}
         net, opt, x, y = nets[key]
         t0 = time.perf_counter()
         logits, _ = net(x)
@@ -125,6 +159,10 @@ def main() -> None:
     p.add_argument("--sizes", default="8:3:32,16:5:64,36:8:64",
                    help="comma-separated C:cells:batch (init channels, number of cells, batch size)")
     p.add_argument("--precision", default="binary,fp32", help="comma-separated: binary, fp32")
+    p.add_argument("--search", default="", help="comma-separated search strategies to time too "
+                   "(random, pcdarts, ubnas, darts), in both precisions of --precision")
+    p.add_argument("--search-config", default="small", help="search_speed.py configuration of the supernet "
+                   "(small: C=8, 5 cells, batch 32, 3x16x16; cifar: C=16, 8 cells, batch 64, 3x32x32)")
     p.add_argument("--ref", help="a second bitnas source tree (its root, holding bitnas/) to time beside this one")
     p.add_argument("--iters", type=int, default=10, help="timed iterations per contender")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
@@ -144,6 +182,9 @@ def main() -> None:
         key = f"{structure} C={c} cells={layers} batch={batch} {precision}"
         specs.append(dict(key=key, genotype=a.genotype, structure=structure, channels=c, layers=layers,
                           batch=batch, precision=precision))
+    for strategy, precision in itertools.product([s for s in a.search.split(",") if s], a.precision.split(",")):
+        specs.append(dict(key=f"search {strategy} ({a.search_config}) {precision}", strategy=strategy,
+                          config=a.search_config, precision=precision))
     logits: dict[tuple[str, str], list[float]] = {}
     files = {}
     for spec in specs:
@@ -171,7 +212,8 @@ def main() -> None:
             row[f"{label}_images_per_s"] = images[k] / statistics.median(times[label, k])
         if "ref" in workers:
             row["ratio"] = row["this_images_per_s"] / row["ref_images_per_s"]
-            row["max_abs_logit_diff"] = max(abs(u - v) for u, v in zip(logits["this", k], logits["ref", k]))
+            if logits["this", k] is not None:
+                row["max_abs_logit_diff"] = max(abs(u - v) for u, v in zip(logits["this", k], logits["ref", k]))
         rows.append(row)
     meta = {"genotype": a.genotype, "threads": a.threads, "iters": a.iters, "warmup": a.warmup,
             "trees": {label: str(src) for label, src in trees}, "bitnas_files": files}
@@ -189,7 +231,8 @@ def main() -> None:
     for row in rows:
         line = f"{row['key']:44s} {row['this_images_per_s']:10.1f}"
         if "ref" in workers:
-            line += f" {row['ref_images_per_s']:10.1f} {row['ratio']:6.2f} {row['max_abs_logit_diff']:12.2e}"
+            diff = row.get("max_abs_logit_diff")
+            line += f" {row['ref_images_per_s']:10.1f} {row['ratio']:6.2f} " + (f"{diff:12.2e}" if diff is not None else "")
         print(line)
 
 

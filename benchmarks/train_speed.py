@@ -82,9 +82,12 @@ def worker(src: str, threads: int) -> None:
         if spec.get("strategy"):
             return build_search(spec)
         torch.manual_seed(0)
-        net = build_network(load_genotype(spec["genotype"]), precision=spec["precision"],
-                            structure=spec["structure"], init_channels=spec["channels"], layers=spec["layers"],
-                            num_classes=10, in_channels=1)
+        size = dict(precision=spec["precision"], init_channels=spec["channels"], layers=spec["layers"],
+                    num_classes=10, in_channels=1)
+        if spec.get("blocks"):
+            net = build_network(None, blocks=spec["blocks"], **size)
+        else:
+            net = build_network(load_genotype(spec["genotype"]), structure=spec["structure"], **size)
         net.train()
         gen = torch.Generator().manual_seed(1)
         x = torch.randn(spec["batch"], 1, 28, 28, generator=gen)
@@ -159,6 +162,8 @@ def main() -> None:
     p.add_argument("--sizes", default="8:3:32,16:5:64,36:8:64",
                    help="comma-separated C:cells:batch (init channels, number of cells, batch size)")
     p.add_argument("--precision", default="binary,fp32", help="comma-separated: binary, fp32")
+    p.add_argument("--blocks", default="", help="comma-separated hand-designed networks (bireal, reactnet) to "
+                   "time too, at the same sizes")
     p.add_argument("--search", default="", help="comma-separated search strategies to time too "
                    "(random, pcdarts, ubnas, darts), in both precisions of --precision")
     p.add_argument("--search-config", default="small", help="search_speed.py configuration of the supernet "
@@ -182,6 +187,10 @@ def main() -> None:
         key = f"{structure} C={c} cells={layers} batch={batch} {precision}"
         specs.append(dict(key=key, genotype=a.genotype, structure=structure, channels=c, layers=layers,
                           batch=batch, precision=precision))
+    for blocks, (c, layers, batch), precision in itertools.product(
+            [b for b in a.blocks.split(",") if b], parse_sizes(a.sizes), a.precision.split(",")):
+        key = f"blocks {blocks} C={c} cells={layers} batch={batch} {precision}"
+        specs.append(dict(key=key, blocks=blocks, channels=c, layers=layers, batch=batch, precision=precision))
     for strategy, precision in itertools.product([s for s in a.search.split(",") if s], a.precision.split(",")):
         specs.append(dict(key=f"search {strategy} ({a.search_config}) {precision}", strategy=strategy,
                           config=a.search_config, precision=precision))
@@ -224,12 +233,12 @@ def main() -> None:
           f"contenders interleaved step by step")
     for label, src in trees:
         print(f"  {label}: {src} (imports {files[label]})")
-    head = f"{'network':44s} {'this img/s':>10s}"
+    head = f"{'network':48s} {'this img/s':>10s}"
     if "ref" in workers:
         head += f" {'ref img/s':>10s} {'ratio':>6s} {'max|Δlogit|':>12s}"
     print(head)
     for row in rows:
-        line = f"{row['key']:44s} {row['this_images_per_s']:10.1f}"
+        line = f"{row['key']:48s} {row['this_images_per_s']:10.1f}"
         if "ref" in workers:
             diff = row.get("max_abs_logit_diff")
             line += f" {row['ref_images_per_s']:10.1f} {row['ratio']:6.2f} " + (f"{diff:12.2e}" if diff is not None else "")

@@ -15,8 +15,13 @@ from bitnas.registry import Registry
 
 
 def sign(x: Tensor) -> Tensor:
-    """sign with sign(0) = +1 (torch.sign(0) = 0 would leave a third value)."""
-    return (x >= 0).to(x.dtype).mul_(2).sub_(1)
+    """sign with sign(0) = +1 (torch.sign(0) = 0 would leave a third value).
+
+    The comparison writes 1.0/0.0 straight into a tensor of x's dtype and the affine map runs
+    in place: three vectorised passes and one allocation, no bool tensor and no dtype copy.
+    """
+    out = torch.empty_like(x)
+    return torch.ge(x, 0, out=out).mul_(2).sub_(1)
 
 
 class _SteSignFn(torch.autograd.Function):
@@ -29,7 +34,8 @@ class _SteSignFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return g * (x.abs() <= ctx.clip).to(g.dtype), None
+        # g · 1[|x| ≤ clip], the mask made in place in x's dtype (no bool tensor, no copy)
+        return x.abs().le_(ctx.clip).mul_(g), None
 
 
 class _ApproxSignFn(torch.autograd.Function):
@@ -41,7 +47,8 @@ class _ApproxSignFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return g * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
+        # g · max(0, 2 − 2|x|), in place on one buffer (same roundings as the expression)
+        return x.abs().mul_(-2.0).add_(2.0).clamp_min_(0.0).mul_(g)
 
 
 class _SwishSignFn(torch.autograd.Function):
@@ -55,9 +62,10 @@ class _SwishSignFn(torch.autograd.Function):
     def backward(ctx, g: Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
         b = ctx.beta
-        bx = b * x
-        grad = b * (2.0 - bx * torch.tanh(bx / 2.0)) / (1.0 + torch.cosh(bx))
-        return g * grad, None
+        bx = x * b
+        # g · β(2 − βx·tanh(βx/2)) / (1 + cosh(βx)), in place on two buffers
+        grad = torch.div(bx, 2.0).tanh_().mul_(bx).neg_().add_(2.0).mul_(b)
+        return grad.div_(torch.cosh(bx).add_(1.0)).mul_(g), None
 
 
 class Quantizer(nn.Module):

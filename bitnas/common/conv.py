@@ -6,12 +6,16 @@ channels (torch 2.13; report and reproduction in `docs/onednn-1x1-stride2-crash.
 factorised reduce of a partial-channel edge is exactly that convolution. A 1×1 convolution with
 stride s equals the same convolution with stride 1 applied to every s-th row and column, so on
 CPU we subsample first: identical values and gradients, and oneDNN never gets a strided 1×1
-problem. CUDA and other devices take `F.conv2d` unchanged.
+problem. CUDA and other devices take `F.conv2d` unchanged. A channels-last input is
+subsampled into a dense channels-last tensor and its gradient comes back channels-last
+(`spatial_slice`), so the layout survives the workaround.
 """
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor
+
+from bitnas.common.layout import spatial_slice
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
@@ -22,5 +26,5 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, in
         ph, pw = padding
         if ph or pw:
             x = F.pad(x, (pw, pw, ph, ph))
-        return F.conv2d(x[:, :, ::sh, ::sw], weight, bias, 1, 0, 1, groups)
+        return F.conv2d(spatial_slice(x, (0, 0), (sh, sw)), weight, bias, 1, 0, 1, groups)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)

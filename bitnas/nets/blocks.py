@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bitnas.common.layout import relayout, use_channels_last
 from bitnas.errors import ConfigError
 from bitnas.registry import Registry
 from bitnas.space.batchnorm import BatchNorm2d
@@ -77,7 +78,13 @@ BLOCKS.register("reactnet", ReActCell, aliases=("react",))
 
 
 class BlockNetwork(nn.Module):
-    """A hand-designed network (`blocks` names the cell) in the genotype networks' skeleton."""
+    """A hand-designed network (`blocks` names the cell) in the genotype networks' skeleton.
+
+    `channels_last` (None = auto: on for CPU inputs) runs the cells on channels-last activations,
+    gradients included, as the genotype networks do (`bitnas.common.layout`).
+    """
+
+    channels_last: bool | None = None
 
     def __init__(self, blocks: str, init_channels: int = 36, num_classes: int = 10, layers: int = 20,
                  in_channels: int = 3, cfg: OpConfig | None = None, drop_path_prob: float = 0.0) -> None:
@@ -101,8 +108,13 @@ class BlockNetwork(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, None]:
         """(logits, None): the genotype networks' (logits, aux) shape, without an auxiliary head."""
         h = self.stem(x)
+        cl = use_channels_last(self.channels_last, x)
+        if cl:  # the stem's gradient comes back NCHW, as its kernels run
+            h = relayout(h, torch.channels_last, torch.contiguous_format)
         for cell in self.cells:
             h = cell(h)
+        if cl:  # global pooling's gradient would come back NCHW into the last cell
+            h = relayout(h, torch.channels_last, torch.channels_last)
         pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)
         self.last_features = pooled
         return self.classifier(pooled), None

@@ -39,11 +39,11 @@ class Cell(nn.Module):
     def forward(self, s0: Tensor, s1: Tensor, drop_prob: float = 0.0) -> Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for i in range(self.steps):
-            total = 0
+            total: Tensor | None = None
             for j in (2 * i, 2 * i + 1):
                 h = self.ops[j](states[self.indices[j]])
                 if self.training and drop_prob > 0 and not isinstance(self.ops[j], nn.Identity):
                     h = drop_path(h, drop_prob)
-                total = total + h
+                total = h if total is None else total + h  # no `0 + h` pass over the first term
             states.append(total)
         return torch.cat([states[i] for i in self.concat], dim=1)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bitnas.common.layout import relayout, use_channels_last
 from bitnas.errors import BitnasError, ConfigError
 from bitnas.registry import Registry
 from bitnas.space.config import OpConfig
@@ -44,7 +46,15 @@ class AuxiliaryHead(nn.Module):
 
 
 class _GenotypeNetwork(nn.Module):
-    """Shared cell stack; subclasses define the stem."""
+    """Shared cell stack; subclasses define the stem.
+
+    `channels_last` (None = auto: on for CPU inputs, True, False) runs the cells on
+    channels-last activations: the stem output is relaid once, and the gradient of the last
+    feature map is handed back channels-last, so every cell kernel sees one format both ways
+    (see `bitnas.common.layout`). Values are those of NCHW up to float rounding.
+    """
+
+    channels_last: bool | None = None
 
     def _build_cells(self, genotype: Genotype, c: int, layers: int, c_stem: int, reduction_prev: bool,
                      cfg: OpConfig, auxiliary: bool, num_classes: int, reduce_at: tuple[int, ...]) -> int:
@@ -70,11 +80,19 @@ class _GenotypeNetwork(nn.Module):
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Last feature map (before global pooling) and the auxiliary logits (training only)."""
         s0, s1 = self.stem_forward(x)
+        cl = use_channels_last(self.channels_last, x)
+        if cl:  # the stem's gradient comes back NCHW, as its kernels run
+            nhwc, nchw = torch.channels_last, torch.contiguous_format
+            s1_nhwc = relayout(s1, nhwc, nchw)
+            s0 = s1_nhwc if s0 is s1 else relayout(s0, nhwc, nchw)
+            s1 = s1_nhwc
         aux = None
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == self.aux_index and self.auxiliary_head is not None and self.training:
                 aux = self.auxiliary_head(s1)
+        if cl:  # global pooling's gradient would come back NCHW into the last cell
+            s1 = relayout(s1, torch.channels_last, torch.channels_last)
         return s1, aux
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from bitnas.common import faults
 from bitnas.common.distributed import DistInfo, any_rank
+from bitnas.common.layout import CHANNELS_LAST_CHOICES
 from bitnas.common.signals import StopRequest
 from bitnas.data import BatchLoader, ImageDataset
 from bitnas.errors import ConfigError
@@ -202,7 +203,7 @@ class SearchStrategy:
             num_classes=self.ctx.num_classes, layers=self.cfg.layers, in_channels=self.ctx.in_channels,
             k_normal=k_normal, k_reduce=k_reduce, edge_norm=edge_norm,
         ).to(self.ctx.device)
-        net.channels_last = {"auto": None, "on": True, "off": False}[self.cfg.channels_last]
+        net.channels_last = CHANNELS_LAST_CHOICES[self.cfg.channels_last]
         return net
 
     def end_weight_step(self, batch: int, loader: BatchLoader) -> None:

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitnas.common.edges import rank_edges
+from bitnas.common.layout import is_channels_last, relayout, use_channels_last
 from bitnas.errors import ConfigError
-from bitnas.space.batchnorm import BatchNorm2d, relayout
+from bitnas.space.batchnorm import BatchNorm2d
 from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Genotype
 from bitnas.space.operations import FactorizedReduce, ReLUConvBN, Zero, build_op
@@ -50,10 +51,6 @@ def shuffle_concat(part: Tensor, rest: Tensor, groups: int) -> Tensor:
         return out.view(n, h, w, cp * groups).permute(0, 3, 1, 2)
     body = rest.reshape(n, groups - 1, cp, h, w).transpose(1, 2)
     return torch.cat([part.unsqueeze(2), body], dim=2).view(n, cp * groups, h, w)
-
-
-def _is_channels_last(x: Tensor) -> bool:
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _weighted_sum(terms: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
@@ -106,7 +103,7 @@ class MixedOp(nn.Module):
         if self.k == 1:
             return x, None
         cp = x.shape[1] // self.k
-        fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         return x[:, :cp].contiguous(memory_format=fmt), x[:, cp:]
 
     def bypass(self, rest: Tensor) -> Tensor:
@@ -263,7 +260,7 @@ class SuperNetwork(nn.Module):
     def use_channels_last(self, x: Tensor) -> bool:
         """Channels-last activations: `channels_last` if set, else on for CPU (oneDNN convs on few
         channels are an order of magnitude faster in NHWC than in NCHW)."""
-        return x.device.type == "cpu" if self.channels_last is None else self.channels_last
+        return use_channels_last(self.channels_last, x)
 
     ARCH_NAMES = ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce")
 

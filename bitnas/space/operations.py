@@ -6,6 +6,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from bitnas.common.layout import spatial_slice
 from bitnas.registry import Registry
 from bitnas.space.batchnorm import BatchNorm2d
 from bitnas.space.config import OpConfig
@@ -43,7 +44,7 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.pre(x)
         a = self.conv_1(x)
-        b = self.conv_2(x[:, :, 1:, 1:])
+        b = self.conv_2(spatial_slice(x, (1, 1), (1, 1)))
         if b.shape[-2:] != a.shape[-2:]:
             # Odd input sizes (e.g. 7×7): pad the shifted branch back to the same grid.
             b = nn.functional.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))

@@ -61,6 +61,8 @@ class TrainConfig(BaseConfig):
     two_stage: bool = opt(False, "stage 1: binary activations with real weights; stage 2: fully binary from stage 1")
     stage1_fraction: float = opt(0.5, "fraction of the epochs spent in stage 1 (two_stage)")
     threads: int = opt(0, "torch intra-op CPU threads (0 = torch's default; torchrun sets 1 per process)")
+    channels_last: str = opt("auto", "channels-last activations in the cells: auto (on for CPU), on, off",
+                             choices=("auto", "on", "off"))
     resume: bool = opt(False, "continue exactly from <out>/last.pt (and the parent's own last.pt)", flag=True)
     eval_every: int = opt(1, "evaluate the validation split every N epochs and after the last (0 = only after the last)")
 

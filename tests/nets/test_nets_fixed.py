@@ -194,3 +194,78 @@ def test_parent_and_child_networks_share_conv_names_and_shapes():
     cc = {n: m.weight.shape for n, m in child.named_modules() if isinstance(m, nn.Conv2d)}
     assert pc == cc
     assert {n for n, _ in binarized_layers(child)} == {n for n in cc if n.startswith("cells.")}
+
+
+def _channels_last_ordered(t: torch.Tensor) -> bool:
+    """Channels-last storage order (dense or a channel slice of a dense channels-last tensor)."""
+    return t.shape[-2:] == (1, 1) or t.shape[1] == 1 or (t.stride(1) == 1 and t.stride(3) >= t.shape[1])
+
+
+def _twin_step(net: nn.Module, channels_last: bool, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    net.channels_last = channels_last
+    net.zero_grad(set_to_none=True)
+    logits, aux = _train_step(net, x)
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    return logits.detach(), grads
+
+
+# Genotype networks in every module structure, and the hand-designed block networks.
+LAYOUT_NETS = [("genotype", s) for s in STRUCTURES.names()] + [("blocks", "bireal"), ("blocks", "reactnet")]
+
+
+def _layout_net(kind: str, name: str, precision: str, style: str = "cifar", in_channels: int = 3,
+                drop_path_prob: float = 0.0) -> nn.Module:
+    kw = dict(precision=precision, init_channels=C0, layers=LAYERS, num_classes=CLASSES, in_channels=in_channels,
+              pad_value=1.0, drop_path_prob=drop_path_prob)
+    if kind == "blocks":
+        return build_network(None, blocks=name, **kw)
+    return build_network(GENOTYPES.get("DARTS_V2"), style=style, structure=name, auxiliary=True, **kw)
+
+
+@pytest.mark.parametrize("kind,name", LAYOUT_NETS)
+@pytest.mark.parametrize("precision,style", [("binary", "cifar"), ("fp32", "cifar"), ("fp32", "imagenet")])
+def test_channels_last_computes_what_nchw_computes(kind, name, precision, style):
+    """The channels-last cells give NCHW's logits, gradients and BatchNorm statistics.
+
+    Float64, and binary latent weights ±0.5 (so α = 0.5 and every binary conv sums exactly in any
+    order): rounding cannot flip a sign, so any difference is a real one. (The ImageNet-style net
+    on these tiny inputs ends on 1×1 maps whose batch statistics of 4 binary values are
+    degenerate, so only its fp32 twin is compared.)
+    """
+    if kind == "blocks" and style != "cifar":
+        pytest.skip("hand-designed networks come in the cifar style only")
+    torch.manual_seed(0)
+    size = 32 if style == "cifar" else 64
+    net = _layout_net(kind, name, precision, style).double()
+    with torch.no_grad():
+        for _, layer in binarized_layers(net):
+            layer.weight.copy_(torch.where(torch.randn_like(layer.weight) >= 0, 0.5, -0.5))
+    nchw_net = _layout_net(kind, name, precision, style).double()
+    nchw_net.load_state_dict(net.state_dict())
+    x = torch.randn(4, 3, size, size, dtype=torch.float64)
+    la, ga = _twin_step(net, True, x)
+    lb, gb = _twin_step(nchw_net, False, x)
+    torch.testing.assert_close(la, lb, rtol=1e-9, atol=1e-9)
+    assert ga.keys() == gb.keys() and len(ga) > 10
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-7, atol=1e-9, msg=n)
+    for (n, a), b in zip(net.named_buffers(), nchw_net.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=n)
+
+
+@pytest.mark.parametrize("kind,name", LAYOUT_NETS)
+def test_cells_run_channels_last_both_ways_on_cpu(kind, name):
+    """Every conv, pooling and batch norm of the cells gets channels-last inputs and output
+    gradients, so no kernel falls back to a mixed-format path."""
+    torch.manual_seed(0)
+    net = _layout_net(kind, name, "binary", in_channels=1, drop_path_prob=0.2)
+    seen: list[tuple[str, str, bool]] = []
+    for name, m in net.named_modules():
+        if name.startswith("cells.") and isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.BatchNorm2d)):
+            def hook(m, inp, out, name=name):
+                seen.append((name, "input", _channels_last_ordered(inp[0])))
+                out.register_hook(lambda g: seen.append((name, "grad", _channels_last_ordered(g))))
+            m.register_forward_hook(hook)
+    _train_step(net, torch.randn(4, 1, 28, 28))
+    assert len(seen) > 20
+    assert [s for s in seen if not s[2]] == []

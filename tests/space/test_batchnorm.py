@@ -8,7 +8,7 @@ from torch import nn
 from bitnas.space.batchnorm import BatchNorm2d
 
 
-@pytest.mark.parametrize("channels", [4, 16])
+@pytest.mark.parametrize("channels", [4, 8, 16])
 @pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
 def test_matches_torch_batchnorm_in_both_memory_formats(channels: int, fmt: torch.memory_format) -> None:
     torch.manual_seed(0)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -53,22 +54,39 @@ def test_rank_edges_orders_each_nodes_inputs_by_their_best_non_zero_op() -> None
         rank_edges(scores[:, :1], ("none",), 2, "none")
 
 
+def _signal_main_thread(signum: int) -> None:
+    """Deliver `signum` to this (main) thread and give its Python handler a bytecode boundary to
+    run at: a process-directed os.kill may land on one of torch's worker threads instead, and the
+    handler then runs at some later point."""
+    signal.pthread_kill(threading.main_thread().ident, signum)
+    time.sleep(0.05)
+
+
 def test_first_signal_is_a_request_second_acts_at_once() -> None:
-    with signals.graceful_stop() as stop:
-        assert signals.current() is stop and not stop.requested
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested and stop.name == "SIGINT"
-        err = stop.interrupted("resume later")
-        assert err.exit_code == 130 and str(err) == "stopped by SIGINT; resume later"
-        with pytest.raises(KeyboardInterrupt):  # the default handler is back
-            os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert not signals.current().requested
+    seen: list[int] = []
+
+    def outer(signum: int, frame: object) -> None:  # the handler in place before graceful_stop
+        seen.append(signum)
+
+    before = signal.signal(signal.SIGINT, outer)
+    try:
+        with signals.graceful_stop() as stop:
+            assert signals.current() is stop and not stop.requested
+            _signal_main_thread(signal.SIGINT)
+            assert stop.requested and stop.name == "SIGINT" and seen == []
+            err = stop.interrupted("resume later")
+            assert err.exit_code == 130 and str(err) == "stopped by SIGINT; resume later"
+            _signal_main_thread(signal.SIGINT)  # the handler from before is back: it acts at once
+            assert seen == [signal.SIGINT]
+        assert signal.getsignal(signal.SIGINT) is outer
+        assert not signals.current().requested
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_sigterm_exit_code_is_143() -> None:
     with signals.graceful_stop() as stop:
-        os.kill(os.getpid(), signal.SIGTERM)
+        _signal_main_thread(signal.SIGTERM)
         assert stop.interrupted("x").exit_code == 143
 
 

@@ -19,7 +19,12 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def arm_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per arm: test/val top-1 over its trainings (mean, std, min, max), cost, parametric ops."""
+    """Per arm: test/val top-1 over its trainings (mean, std, min, max), cost, parametric ops, and
+    how many trainings the spec plans (a stopped study reports what it has)."""
+    planned: dict[str, int] = {}
+    for t in spec.trials():
+        if t.kind == "train":
+            planned[t.arm] = planned.get(t.arm, 0) + 1
     rows = []
     for arm in spec.arms:
         trains = [r for r in records if r["arm"] == arm.name and r["kind"] == "train"]
@@ -30,7 +35,8 @@ def arm_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[str, A
         vm, _ = _mean_std(val)
         conv = [r["parametric_ops"]["normal"] for r in trains if r.get("parametric_ops")]
         rows.append({
-            "arm": arm.name, "kind": arm.kind, "n": len(trains), "test_top1_mean": m, "test_top1_std": s,
+            "arm": arm.name, "kind": arm.kind, "n": len(trains), "planned": planned.get(arm.name, 0),
+            "test_top1_mean": m, "test_top1_std": s,
             "test_top1_min": min(test) if test else None, "test_top1_max": max(test) if test else None,
             "val_top1_mean": vm, "ops_mean": _mean_std([r["ops"] for r in trains])[0],
             "params_1bit_mean": _mean_std([r["params_1bit"] for r in trains])[0],
@@ -53,6 +59,10 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
     out = [f"# Study `{spec.name}`", ""]
     if spec.description:
         out += [spec.description, ""]
+    done, planned = sum(r["n"] for r in rows), sum(r["planned"] for r in rows)
+    if done < planned:
+        out += [f"**Incomplete**: {done} of {planned} trainings finished; `n` counts finished / planned "
+                "per arm. Rerun the study's command to complete it.", ""]
     out += [f"Data `{spec.data}`; seeds {list(spec.seeds)}. Every genotype is trained under one protocol "
             f"({', '.join(f'{k}={v}' for k, v in p.items())}); the epoch is selected on a validation split "
             "carved from the training images and the test split is evaluated once, on that epoch.", "",
@@ -62,8 +72,9 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
     for r in rows:
         cost = "–" if r["kind"] != "strategy" else f"{_fmt(r['search_seconds_mean'], '.0f')} / " \
                                                     f"{_fmt(r['search_images_mean'], ',.0f')}"
+        n = r["n"] if r["n"] == r["planned"] else f"{r['n']}/{r['planned']}"
         out.append(
-            f"| {r['arm']} | {r['kind']} | {r['n']} | {_fmt(r['test_top1_mean'])} ± {_fmt(r['test_top1_std'])} "
+            f"| {r['arm']} | {r['kind']} | {n} | {_fmt(r['test_top1_mean'])} ± {_fmt(r['test_top1_std'])} "
             f"| {_fmt(r['test_top1_min'])} / {_fmt(r['test_top1_max'])} | {_fmt(r['val_top1_mean'])} "
             f"| {_fmt(r['ops_mean'] / 1e6 if r['ops_mean'] == r['ops_mean'] else None, '.3f')} "
             f"| {_fmt(r['params_1bit_mean'], ',.0f')} / {_fmt(r['params_32bit_mean'], ',.0f')} "

@@ -104,17 +104,17 @@ class StudyRunner:
                  len(self.trials) - len(todo), len(todo), self.out)
         executor = make_executor(self.spec.executor, self._slots(), self.spec.ray_address)
         bar = self._bar(len(todo))
+        from bitnas.study.report import write_report
+
         try:
             with graceful_stop() as stop:
                 self._loop(todo, executor, bar, stop)
-        finally:
+        finally:  # a stopped study still reports what it has finished (table.md says it is incomplete)
             if bar is not None:
                 bar.close()
             executor.close()
-        self._write_records()
-        from bitnas.study.report import write_report
-
-        report = write_report(self.spec, self.out, self._ordered_records())
+            self._write_records()
+            report = write_report(self.spec, self.out, self._ordered_records())
         if self.failed:
             lines = "; ".join(f"{i} ({why})" for i, why in self.failed.items())
             raise BitnasError(f"study {self.spec.name}: {len(self.failed)} trial(s) failed: {lines}; "

@@ -111,7 +111,8 @@ class StudySpec:
                 estimator = self.fidelity is not None and a.name in self.fidelity.estimators
                 if fidelity_only and not estimator:
                     continue
-                for s in self.seeds:
+                seeds = (self.fidelity.seeds or self.seeds) if fidelity_only else self.seeds  # type: ignore[union-attr]
+                for s in seeds:
                     search = Trial(f"{a.name}/s{s}/search", "search", a.name, s)
                     out.append(search)
                     if not fidelity_only:

@@ -107,6 +107,10 @@ def test_interrupted_study_reruns_to_the_same_records(tmp_path: Path, reference:
     _, err = p.communicate(timeout=300)
     assert p.returncode == 143, err[-2000:]
     assert "rerun the same command to resume" in err.strip().splitlines()[-1]
+    done = read_records(out / "trials.jsonl")
+    table = (out / "table.md").read_text()  # a stopped study reports what it finished
+    trained = sum(1 for r in done.values() if r["kind"] == "train")
+    assert f"**Incomplete**: {trained} of 5 trainings finished" in table, table
     p = _start(spec, out)
     _wait_mid_trial(out, p)
     p.send_signal(signal.SIGKILL)

@@ -40,6 +40,10 @@ def test_trials_in_canonical_order_with_dependencies() -> None:
     assert [t.id for t in spec.trials(fidelity_only=True)] == [
         "cp/s0/search", "cp/s1/search", "rg/g00/train", "rg/g01/train", "rg/g02/train",
         "fidelity/cp/s0/score", "fidelity/cp/s1/score"]
+    one_seed = parse_spec(_with(fidelity={"genotypes": "rg", "estimators": ["cp"], "seeds": [1]}))
+    assert [t.id for t in one_seed.trials(fidelity_only=True)] == [  # --fidelity searches only the fidelity seeds
+        "cp/s1/search", "rg/g00/train", "rg/g01/train", "rg/g02/train", "fidelity/cp/s1/score"]
+    assert "cp/s0/search" in [t.id for t in one_seed.trials()]  # the full study still searches every seed
 
 
 def test_random_genotypes_are_a_pure_function_of_space_and_index() -> None:

@@ -11,7 +11,7 @@ from typing import Callable
 from bitnas.common.signals import Interrupted
 from bitnas.errors import BitnasError
 
-_KV = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*=")
+_KV = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*=")
 
 # Each module has `register(subparsers)` adding its commands with `set_defaults(func=...)`.
 COMMAND_MODULES = [

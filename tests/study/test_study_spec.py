@@ -98,3 +98,14 @@ def test_load_with_overrides(tmp_path: Path) -> None:
     p.write_bytes(b"\xff\xfe: [")
     with pytest.raises(ConfigError, match="not a valid YAML study"):
         load_spec(str(p))
+
+
+def test_dotted_overrides_may_follow_the_flags(tmp_path, capsys) -> None:
+    """`bitnas study SPEC --out DIR protocol.KEY=V`: the dotted override reaches the spec (it is not an
+    'unrecognized argument'), and a bad one is refused before the study folder exists."""
+    from bitnas.cli import main
+
+    out = tmp_path / "s"
+    assert main(["study", "study_methods_fmnist_cpu", "--out", str(out), "protocol.bogus=1"]) == 2
+    err = capsys.readouterr().err
+    assert "protocol: unknown key 'bogus'" in err and "unrecognized" not in err and not out.exists()

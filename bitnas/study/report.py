@@ -79,6 +79,9 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
             f"| {_fmt(r['ops_mean'] / 1e6 if r['ops_mean'] == r['ops_mean'] else None, '.3f')} "
             f"| {_fmt(r['params_1bit_mean'], ',.0f')} / {_fmt(r['params_32bit_mean'], ',.0f')} "
             f"| {_fmt(r['normal_convs_mean'], '.1f')} | {cost} |")
+    changed = [f"`{a.name}`: {', '.join(f'{k}={v}' for k, v in a.train.items())}" for a in spec.arms if a.train]
+    if changed:
+        out += ["", "Arms that change the protocol: " + "; ".join(changed) + "."]
     if fid:
         out += ["", "## Rank fidelity", "",
                 "Kendall τ-b and Spearman ρ between each search's own estimate of a genotype (its trained state) "

@@ -109,3 +109,14 @@ def test_dotted_overrides_may_follow_the_flags(tmp_path, capsys) -> None:
     assert main(["study", "study_methods_fmnist_cpu", "--out", str(out), "protocol.bogus=1"]) == 2
     err = capsys.readouterr().err
     assert "protocol: unknown key 'bogus'" in err and "unrecognized" not in err and not out.exists()
+
+
+def test_table_of_a_study_not_yet_run_says_what_is_planned_and_what_arms_change() -> None:
+    from bitnas.study.report import arm_rows, table_markdown
+
+    spec = parse_spec(_with())
+    rows = arm_rows(spec, [])
+    assert [(r["arm"], r["n"], r["planned"]) for r in rows] == [("cp", 0, 2), ("rg", 0, 3), ("v2", 0, 2), ("br", 0, 2)]
+    table = table_markdown(spec, rows, [])
+    assert "**Incomplete**: 0 of 9 trainings finished" in table and "| rg | random_genotypes | 0/3 |" in table
+    assert "Arms that change the protocol: `br`: lr=0.01." in table

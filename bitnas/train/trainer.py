@@ -485,6 +485,10 @@ class Trainer:
         return f"{self.run.file('last.pt')} holds the run: continue with the same command and --resume"
 
     def _update_best(self, record: dict[str, Any]) -> bool:
+        """Track the selected epoch. Stage-1 epochs of a two-stage run (real-valued weights) are never
+        selected: best.pt must hold the network being trained, the fully binary one."""
+        if record.get("stage") == 1:
+            return False
         key = self.best["key"]
         if key == "last_epoch":
             self.best.update(value=record["epoch"], epoch=record["epoch"])

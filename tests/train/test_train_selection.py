@@ -50,3 +50,28 @@ def test_test_eval_every_monitors_but_does_not_select(tmp_path: Path) -> None:
     best = max(recs[:-1], key=lambda r: (r["val_top1"], -r["epoch"]))
     assert res["selected_epoch"] == best["epoch"]
     assert recs[-1]["test_top1"] == pytest.approx(best["test_top1"])
+
+
+def test_two_stage_selects_only_fully_binary_epochs(tmp_path: Path) -> None:
+    """Stage 1 trains real-valued weights; however good its validation figure, best.pt and the test
+    figure must come from a stage-2 (fully binary) epoch, and equal an independent evaluation."""
+    res = train(_cfg(tmp_path / "r", epochs=4, two_stage=True, test_subset=0))
+    recs = read_jsonl(tmp_path / "r" / "metrics.jsonl")
+    epochs, final = recs[:-1], recs[-1]
+    assert [r.get("stage") for r in epochs] == [1, 1, 2, 2]
+    best = max(epochs[2:], key=lambda r: (r["val_top1"], -r["epoch"]))
+    assert final["selected_epoch"] == best["epoch"] == res["selected_epoch"] and best["epoch"] in (3, 4)
+    again = evaluate_checkpoint(str(tmp_path / "r" / "best.pt"), "fashion-mnist-embedded")
+    assert res["test_top1"] == pytest.approx(again["top1"])
+
+
+def test_selection_rule_skips_stage_one_records() -> None:
+    from bitnas.train.trainer import Trainer
+
+    t = Trainer.__new__(Trainer)  # the rule alone, without building a run
+    t.best = {"key": "val_top1", "value": None, "epoch": None}
+    assert not t._update_best({"epoch": 1, "stage": 1, "val_top1": 90.0}) and t.best["epoch"] is None
+    assert t._update_best({"epoch": 3, "stage": 2, "val_top1": 50.0}) and t.best["epoch"] == 3
+    assert not t._update_best({"epoch": 4, "stage": 2, "val_top1": 49.0}) and t.best["value"] == 50.0
+    t.best = {"key": "val_top1", "value": None, "epoch": None}
+    assert t._update_best({"epoch": 1, "val_top1": 1.0})  # single-stage runs: every epoch counts

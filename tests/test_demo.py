@@ -24,14 +24,17 @@ def test_demo_pipeline_tiny(tmp_path: Path) -> None:
     assert len(g.normal) == 8 and all(op != "none" for op, _ in g.normal + g.reduce)
     assert (out / "config.yaml").is_file()
     stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
-    assert stages == {"search", "parent", "child"}
+    assert stages == {"search", "child"}  # the default method, plain, trains no fp32 parent
     pngs = {p.name for p in (out / "plots").glob("*.png")}
     assert {"normal_cell.png", "reduction_cell.png", "cpnas_scores.png", "child_training.png"} <= pngs
-    assert 0.0 <= res["child_top1"] <= 100.0 and 0.0 <= res["parent_top1"] <= 100.0
+    assert 0.0 <= res["child_top1"] <= 100.0 and res["parent_top1"] is None
     s = res["summary"]
     assert s["params_1bit"] > 0 and s["ops"] == pytest.approx(s["flops"] + s["bops"] / 64)
     table = format_table(res)
-    assert "child (1-bit) top-1" in table and g.normal[0][0] in table
+    assert "1-bit test top-1" in table and "parent" not in table and g.normal[0][0] in table
+    with_parent = format_table({**res, "parent_top1": 71.25})  # method cp also reports its fp32 parent
+    assert any("fp32 parent test top-1" in ln and "71.25 %" in ln for ln in with_parent.splitlines())
+    assert "(parent + child)" in with_parent
 
 
 def test_override_typo_is_refused_with_the_closest_name(capsys: pytest.CaptureFixture[str]) -> None:

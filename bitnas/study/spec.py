@@ -325,6 +325,7 @@ def _parse_fidelity(raw: Any, spec: StudySpec, source: str) -> Fidelity:
     for e in ests:
         if spec.arm(str(e)).kind != "strategy":
             raise ConfigError(f"{where}: estimator '{e}' is not a strategy arm")
+    _check_estimator_spaces(spec, gt, [str(e) for e in ests], where)
     seeds = raw.get("seeds") or []
     if not isinstance(seeds, list) or any(s not in spec.seeds for s in seeds):
         raise ConfigError(f"{where}: seeds must be a list of the study's seeds {list(spec.seeds)}, got {seeds!r}")
@@ -332,3 +333,20 @@ def _parse_fidelity(raw: Any, spec: StudySpec, source: str) -> Fidelity:
     if not isinstance(boot, int) or isinstance(boot, bool) or not 0 <= boot <= 100_000:
         raise ConfigError(f"{where}: bootstrap must be a count in 0..100000, got {boot!r}")
     return Fidelity(genotypes=gt.name, estimators=tuple(str(e) for e in ests), seeds=tuple(seeds), bootstrap=boot)
+
+
+def _check_estimator_spaces(spec: StudySpec, gt: Arm, estimators: list[str], where: str) -> None:
+    """An estimator scores a genotype by its path in the search's supernet: every op the ground-truth
+    genotypes may use must be in that search's space (refused now, not after hours of training)."""
+    from bitnas.search.strategy import STRATEGIES
+    from bitnas.space.spaces import get_space
+
+    drawn = set(get_space(gt.space).ops)
+    for name in estimators:
+        arm = spec.arm(name)
+        space = str(arm.search.get("space") or spec.search.get("space") or STRATEGIES.get(arm.strategy).default_space)
+        missing = sorted(drawn - set(get_space(space).ops))
+        if missing:
+            raise ConfigError(f"{where}: estimator '{name}' searches the {space} space, which lacks {', '.join(missing)} "
+                              f"of the '{gt.name}' genotypes ({gt.space} space); give it search: {{space: {gt.space}}} "
+                              "or draw the genotypes from its space")

@@ -76,6 +76,9 @@ def test_random_genotypes_are_a_pure_function_of_space_and_index() -> None:
     ({"fidelity": {"genotypes": "v2", "estimators": ["cp"]}}, "must name a random_genotypes arm"),
     ({"fidelity": {"genotypes": "rg", "estimators": ["v2"]}}, "not a strategy arm"),
     ({"fidelity": {"genotypes": "rg", "estimators": ["cp"], "seeds": [7]}}, "seeds must be a list of the study's"),
+    ({"arms": [*BASE["arms"], {"name": "ub", "strategy": "ubnas"}],
+      "fidelity": {"genotypes": "rg", "estimators": ["ub"]}},
+     r"estimator 'ub' searches the ubnas space, which lacks dil_conv_3x3, .*give it search: \{space: cpnas\}"),
 ])
 def test_refusals(change: dict, message: str) -> None:
     data = _with(**change)

@@ -62,6 +62,7 @@ class StudyRunner:
         self.files = TrialFiles(self.out)
         self.trials = spec.trials(fidelity_only)
         self.by_id = {t.id: t for t in self.trials}
+        self.order = spec.trials()  # every trial of the spec: a --fidelity run keeps the others' records
         self.records: dict[str, dict[str, Any]] = {}
         self.failed: dict[str, str] = {}
 
@@ -98,7 +99,8 @@ class StudyRunner:
         self._check_rerun()
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "study.yaml", yaml.safe_dump(self.spec.to_dict(), sort_keys=False))
-        self.records = {k: v for k, v in read_records(self.out / "trials.jsonl").items() if k in self.by_id}
+        known = {t.id for t in self.order}
+        self.records = {k: v for k, v in read_records(self.out / "trials.jsonl").items() if k in known}
         todo = [t for t in self.trials if t.id not in self.records]
         log.info("study %s: %d trials, %d already finished, %d to run → %s", self.spec.name, len(self.trials),
                  len(self.trials) - len(todo), len(todo), self.out)
@@ -179,7 +181,7 @@ class StudyRunner:
         log.info("study: finished %s%s", t.id, f" (test top-1 {fig:.2f} %)" if isinstance(fig, float) else "")
 
     def _ordered_records(self) -> list[dict[str, Any]]:
-        return [self.records[t.id] for t in self.trials if t.id in self.records]
+        return [self.records[t.id] for t in self.order if t.id in self.records]
 
     def _write_records(self) -> None:
         text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in self._ordered_records())

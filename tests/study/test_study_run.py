@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +81,18 @@ def test_report_files_and_records(reference: Path) -> None:
     assert [s["index"] for s in score["scores"]] == [0, 1, 2]
     table = (reference / "table.md").read_text()
     assert "| random_genotypes | random_genotypes | 3 |" in table and "Rank fidelity" in table
+
+
+def test_fidelity_run_keeps_the_other_trials_records(tmp_path: Path, reference: Path) -> None:
+    """`--fidelity` on a study folder runs only the fidelity trials but rewrites trials.jsonl with
+    every record it found (here: nothing left to run, so the file must come back unchanged)."""
+    out = tmp_path / "study"
+    shutil.copytree(reference, out)
+    before = (out / "trials.jsonl").read_text()
+    p = _start(_study(tmp_path), out, "--fidelity")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-2000:]
+    assert (out / "trials.jsonl").read_text() == before and len(before.splitlines()) == 7
 
 
 def _wait_mid_trial(out: Path, p: subprocess.Popen, timeout: float = 300) -> None:

@@ -16,14 +16,14 @@ from bitnas.study.spec import StudySpec  # noqa: E402
 
 def plot_accuracy_vs_ops(spec: StudySpec, records: list[dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    cmap = plt.get_cmap("tab20")
+    cmap = plt.get_cmap("tab20")  # dark shades of 10 hues first, then their light shades
     for i, arm in enumerate(spec.arms):
         pts = [(r["ops"] / 1e6, r["test_top1"]) for r in records if r["arm"] == arm.name and r["kind"] == "train"]
         if not pts:
             continue
         marker = {"strategy": "o", "random_genotypes": ".", "genotype": "s", "network": "^"}[arm.kind]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=50 if marker != "." else 90, marker=marker,
-                   color=cmap(i % 20), label=f"{arm.name} ({len(pts)})", alpha=0.85, edgecolors="none")
+                   color=cmap((2 * i + (i // 10) % 2) % 20), label=f"{arm.name} ({len(pts)})", alpha=0.85, edgecolors="none")
     ax.set_xscale("log")
     ax.set_xlabel("OPs = FLOPs + BOPs/64 (millions, log scale)")
     ax.set_ylabel("test top-1 (%), epoch selected on validation")

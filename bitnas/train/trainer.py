@@ -177,8 +177,12 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, data: TrainData, run: RunDir, info: DistInfo,
-                 parent: nn.Module | None = None, label: str = "") -> None:
+                 parent: nn.Module | None = None, label: str = "", started: float | None = None) -> None:
         self.cfg, self.data, self.run, self.info, self.label = cfg, data, run, info, label
+        # wall-clock cost of the run: this process since `started` (time.monotonic) plus what the
+        # processes before a --resume spent (kept in the checkpoint)
+        self._started = time.monotonic() if started is None else started
+        self._earlier = 0.0
         self.device = info.device
         self.genotype: Genotype | None = None if cfg.network else load_genotype(cfg.genotype)
         self.build_kw = build_kwargs(cfg, data, cfg.precision)
@@ -291,6 +295,7 @@ class Trainer:
                      "std": list(self.data.train.std), "classes": list(self.data.train.classes)},
             "world_size": self.info.world_size,
             "partial": self.partial,
+            "elapsed": self.elapsed(),
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
@@ -310,8 +315,13 @@ class Trainer:
         self.metrics = list(state["metrics"])
         self.best = dict(state["best"])
         self.partial = dict(state["partial"]) if state.get("partial") else None
+        self._earlier = float(state.get("elapsed") or 0.0)
         if self.center_loss is not None and state.get("center_loss") is not None:
             self.center_loss.load_state_dict(state["center_loss"])
+
+    def elapsed(self) -> float:
+        """Seconds of wall clock the run has cost, over every process that worked on it."""
+        return self._earlier + time.monotonic() - self._started
 
     def save(self, name: str) -> Path:
         """Write `name` (e.g. last.pt) atomically on rank 0; every rank must call it."""
@@ -658,7 +668,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train `cfg` (under torchrun: on every process); returns final metrics and file paths.
 
     Keys: out, last, best, parent (path or None), metrics (last epoch's record), best_metric
-    ({key, value, epoch}), test_top1, parent_test_top1 (or None), seconds.
+    ({key, value, epoch}), test_top1, parent_test_top1 (or None), seconds (wall clock over every
+    process of the run, resumes included).
     """
     cfg.validate()
     if cfg.threads:
@@ -678,7 +689,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
-    t0 = time.time()
+    started = time.monotonic()
     out = broadcast_object(cfg.out or default_out("train"), info)
     cfg = dataclasses.replace(cfg, out=out)
     genotype = None if cfg.network else load_genotype(cfg.genotype)
@@ -714,7 +725,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     parent, parent_final = None, {}
     if cfg.needs_parent:
         parent, parent_final = obtain_parent(cfg, data, run, info, given=given_parent)
-    trainer = Trainer(cfg, data, run, info, parent=parent, label="child" if parent is not None else "")
+    trainer = Trainer(cfg, data, run, info, parent=parent, label="child" if parent is not None else "", started=started)
     if resume_state is not None:
         trainer.resume_from(run.file("last.pt"), resume_state)
     final = trainer.fit()
@@ -726,7 +737,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         "val_top1": test.get("val_top1"), "test_top1": test["test_top1"], "test_top5": test["test_top5"],
         "test_loss": test["test_loss"], "splits": test["splits"],
         "parent_test_top1": parent_final.get("test_top1"),
-        "seconds": round(time.time() - t0, 3),
+        "seconds": round(trainer.elapsed(), 3),
     }
     run.write_json("result.json", result)
     return result

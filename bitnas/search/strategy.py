@@ -177,10 +177,15 @@ class SearchStrategy:
         self.stop_reason = ""
 
     @classmethod
+    def resolve_space(cls, name: str = "") -> SearchSpace:
+        """The space a search with `space=name` uses: that one, or the strategy's default when empty."""
+        return get_space(name or cls.default_space)
+
+    @classmethod
     def check_config(cls, cfg: SearchConfig) -> None:
         """Refuse settings this strategy cannot run (unknown space, structure, quantizer, …) before any
         data is loaded or file written. Subclasses extend it with their own keys."""
-        space = get_space(cfg.space or cls.default_space)
+        space = cls.resolve_space(cfg.space)
         for precision in cls.precisions(cfg):
             make_op_config(cfg, space, precision)
 
@@ -191,7 +196,7 @@ class SearchStrategy:
 
     @property
     def space(self) -> SearchSpace:
-        return get_space(self.cfg.space or self.default_space)
+        return self.resolve_space(self.cfg.space)
 
     def op_config(self, precision: str) -> OpConfig:
         """The space's defaults (structure, activation) overridden by explicit config values."""

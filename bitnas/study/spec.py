@@ -344,9 +344,9 @@ def _check_estimator_spaces(spec: StudySpec, gt: Arm, estimators: list[str], whe
     drawn = set(get_space(gt.space).ops)
     for name in estimators:
         arm = spec.arm(name)
-        space = str(arm.search.get("space") or spec.search.get("space") or STRATEGIES.get(arm.strategy).default_space)
-        missing = sorted(drawn - set(get_space(space).ops))
+        space = STRATEGIES.get(arm.strategy).resolve_space(str(arm.search.get("space") or spec.search.get("space") or ""))
+        missing = sorted(drawn - set(space.ops))
         if missing:
-            raise ConfigError(f"{where}: estimator '{name}' searches the {space} space, which lacks {', '.join(missing)} "
+            raise ConfigError(f"{where}: estimator '{name}' searches the {space.name} space, which lacks {', '.join(missing)} "
                               f"of the '{gt.name}' genotypes ({gt.space} space); give it search: {{space: {gt.space}}} "
                               "or draw the genotypes from its space")

@@ -9,12 +9,29 @@ from pathlib import Path
 
 import pytest
 
+import bitnas
 from bitnas.common import faults
 from bitnas.utils import load_checkpoint, read_jsonl
 
 from train_helpers import TINY, TINY_KV, run_bitnas
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+# bitnas' own modules; a traceback line naming a file below it is one of ours. (The checkout folder
+# is usually called `bitnas` too, and torchrun's own launcher traceback names .../bitnas/.venv/...)
+PACKAGE_DIR = str(Path(bitnas.__file__).resolve().parent) + "/"
+
+
+def own_traceback_lines(lines: list[str]) -> list[str]:
+    """The `File "..."` lines of a Python traceback that point into bitnas' package."""
+    frames = [line.split('File "', 1)[1] for line in lines if 'File "' in line]
+    return [f for f in frames if str(Path(f.split('"', 1)[0]).resolve()).startswith(PACKAGE_DIR)]
+
+
+def test_own_traceback_lines_tells_package_frames_from_the_checkout_folder() -> None:
+    venv_frame = f'  File "{Path(PACKAGE_DIR).parent}/.venv/bin/torchrun", line 8, in <module>'
+    own_frame = f'[rank0]:   File "{PACKAGE_DIR}train/trainer.py", line 3, in fit'
+    assert own_traceback_lines([venv_frame, "bitnas: error: x"]) == []
+    assert len(own_traceback_lines([venv_frame, own_frame])) == 1
 
 
 def test_torchrun_two_processes(tmp_path: Path) -> None:
@@ -48,7 +65,7 @@ def test_a_frozen_or_dead_rank_ends_the_job_with_one_error_line(tmp_path: Path, 
     errors = [line for line in out if "bitnas: error:" in line]
     assert p.returncode != 0
     assert len(errors) == 1 and errors[0].startswith("bitnas: error: rank 0: lost contact"), "\n".join(out[-40:])
-    assert not [line for line in out if line.lstrip("[rank0]: ").startswith('File "') and "bitnas" in line]
+    assert not own_traceback_lines(out), "\n".join(out[-40:])
     if fault == "freeze":
         assert "within 5 s" in errors[0]
     assert seconds < 200  # job start, two steps, the 5 s wait and torchrun's shutdown

@@ -85,6 +85,16 @@ def correlation(x: Sequence[float], y: Sequence[float], bootstrap: int = 1000, s
             "spearman_rho": spearman_rho(x, y), "spearman_rho_ci": [rho_lo, rho_hi]}
 
 
+def ground_truth(records: list[dict[str, Any]], arm: str) -> dict[int, float]:
+    """Genotype index → stand-alone validation top-1 of `arm`'s trainings (the mean over seeds where
+    an arm with `seeds:` trained a genotype several times)."""
+    per_index: dict[int, list[float]] = {}
+    for r in records:
+        if r["arm"] == arm and r["kind"] == "train" and r.get("val_top1") is not None:
+            per_index.setdefault(int(r["index"]), []).append(float(r["val_top1"]))
+    return {i: float(np.mean(v)) for i, v in per_index.items()}
+
+
 def fidelity_table(scores: dict[str, list[dict[str, Any]]], truth: dict[int, float],
                    bootstrap: int = 1000) -> list[dict[str, Any]]:
     """One row per estimator (and per score part, e.g. CP-NAS' acc_child): the correlation of each

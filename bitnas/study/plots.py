@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bitnas.study.fidelity import ground_truth  # noqa: E402
 from bitnas.study.spec import StudySpec  # noqa: E402
 
 
@@ -39,8 +40,7 @@ def plot_accuracy_vs_ops(spec: StudySpec, records: list[dict[str, Any]], path: P
 def plot_rank_fidelity(spec: StudySpec, records: list[dict[str, Any]], rows: list[dict[str, Any]],
                        path: Path) -> Path:
     assert spec.fidelity is not None
-    truth = {r["index"]: r["val_top1"] for r in records
-             if r["arm"] == spec.fidelity.genotypes and r["kind"] == "train" and r.get("val_top1") is not None}
+    truth = ground_truth(records, spec.fidelity.genotypes)
     main = [row for row in rows if row["part"] == "score"]
     n = max(1, len(main))
     cols = min(3, n)

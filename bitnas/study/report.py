@@ -7,7 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bitnas.study.fidelity import fidelity_table
+from bitnas.study.agreement import protocol_agreement
+from bitnas.study.fidelity import fidelity_table, ground_truth
 from bitnas.study.spec import StudySpec
 from bitnas.utils import atomic_write_json, atomic_write_text
 
@@ -54,7 +55,8 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return format(x, spec)
 
 
-def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[str, Any]]) -> str:
+def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[str, Any]],
+                   agreement: dict[str, Any] | None = None) -> str:
     p = spec.protocol
     out = [f"# Study `{spec.name}`", ""]
     if spec.description:
@@ -94,15 +96,51 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
                        f"| {_fmt(pooled['kendall_tau'])} [{_fmt(pooled['kendall_tau_ci'][0])}, "
                        f"{_fmt(pooled['kendall_tau_ci'][1])}] | {_fmt(pooled['spearman_rho'])} "
                        f"[{_fmt(pooled['spearman_rho_ci'][0])}, {_fmt(pooled['spearman_rho_ci'][1])}] | {per} |")
+    if agreement and (agreement["seed_noise"] or agreement["arm_agreement"]):
+        out += ["", *agreement_markdown(agreement)]
     return "\n".join(out) + "\n"
+
+
+def _ci(c: list[float]) -> str:
+    return f"[{_fmt(c[0])}, {_fmt(c[1])}]"
+
+
+def agreement_markdown(agreement: dict[str, Any]) -> list[str]:
+    """The protocol's reproducibility: seed noise (ICC, spreads, τ between seeds) and τ between arms."""
+    out = ["## Protocol reproducibility", ""]
+    if agreement["seed_noise"]:
+        out += ["Genotypes trained under several seeds. ICC(1): share of the variance between genotypes (95 % "
+                "bootstrap interval over genotypes); spreads are standard deviations in points; τ between seeds: "
+                "mean Kendall τ-b of the rankings of two seeds.", "",
+                "| arm | figure | genotypes × seeds | ICC(1) | within-genotype std | between-genotype std "
+                "| τ between seeds |", "|---|---|---|---|---|---|---|"]
+        for n in agreement["seed_noise"]:
+            for metric in ("val_top1", "test_top1"):
+                m = n[metric]
+                out.append(f"| {n['arm']} | {metric} | {m['genotypes']} ({m['trainings']} trainings) "
+                           f"| {_fmt(m['icc'])} {_ci(m['icc_ci'])} | {_fmt(m['within_std'])} "
+                           f"| {_fmt(m['between_std'])} | {_fmt(m['kendall_tau_between_seeds'])} |")
+        out.append("")
+    if agreement["arm_agreement"]:
+        out += ["Arms training the same genotypes under different settings (mean over each arm's seeds): "
+                "Kendall τ-b and Spearman ρ with 95 % bootstrap intervals.", "",
+                "| arms | figure | M | τ | ρ |", "|---|---|---|---|---|"]
+        for p in agreement["arm_agreement"]:
+            for metric in ("val_top1", "test_top1"):
+                c = p[metric]
+                if "kendall_tau" not in c:
+                    continue
+                out.append(f"| {p['arms'][0]} vs {p['arms'][1]} | {metric} | {c['m']} "
+                           f"| {_fmt(c['kendall_tau'])} {_ci(c['kendall_tau_ci'])} "
+                           f"| {_fmt(c['spearman_rho'])} {_ci(c['spearman_rho_ci'])} |")
+    return out
 
 
 def fidelity_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if spec.fidelity is None:
         return []
     f = spec.fidelity
-    truth = {r["index"]: r["val_top1"] for r in records
-             if r["arm"] == f.genotypes and r["kind"] == "train" and r.get("val_top1") is not None}
+    truth = ground_truth(records, f.genotypes)
     scores: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         if r["kind"] == "score":
@@ -113,8 +151,10 @@ def fidelity_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[s
 def write_report(spec: StudySpec, out: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
     rows = arm_rows(spec, records)
     fid = fidelity_rows(spec, records)
-    atomic_write_text(out / "table.md", table_markdown(spec, rows, fid))
-    report = {"study": spec.name, "arms": rows, "fidelity": fid, "trials": len(records)}
+    agreement = protocol_agreement(spec, records)
+    atomic_write_text(out / "table.md", table_markdown(spec, rows, fid, agreement))
+    report = {"study": spec.name, "arms": rows, "fidelity": fid, "protocol_agreement": agreement,
+              "trials": len(records)}
     atomic_write_json(out / "report.json", report)
     from bitnas.study.plots import plot_accuracy_vs_ops, plot_rank_fidelity
 

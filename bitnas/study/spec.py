@@ -10,6 +10,7 @@
     arms:
       - {name: cpnas, strategy: cpnas, search: {rounds: 1}}     # a search per seed, then its training
       - {name: random_genotypes, random_genotypes: 12, space: cpnas}   # uniform draws, no search
+      - {name: noise, random_genotypes: 4, seeds: [0, 1, 2]}     # each draw trained under every listed seed
       - {name: DARTS_V2, genotype: DARTS_V2}                     # a registered or pasted genotype
       - {name: bireal, network: bireal}                          # a hand-designed network
       - {name: DARTS_V2-kd, genotype: DARTS_V2, train: {kd_weight: 1.0}}  # protocol overrides
@@ -52,6 +53,7 @@ class Arm:
     space: str = ""
     genotype: str = ""
     network: str = ""
+    seeds: tuple[int, ...] = ()  # random_genotypes: train every draw under each of these seeds
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,11 @@ class StudySpec:
                 if need_train is not None and a.name not in need_train:
                     continue
                 for i in range(a.count):
-                    out.append(Trial(f"{a.name}/g{i:02d}/train", "train", a.name, self.seeds[i % len(self.seeds)],
-                                     index=i))
+                    if a.seeds:
+                        out += [Trial(f"{a.name}/g{i:02d}/s{s}/train", "train", a.name, s, index=i) for s in a.seeds]
+                    else:
+                        out.append(Trial(f"{a.name}/g{i:02d}/train", "train", a.name,
+                                         self.seeds[i % len(self.seeds)], index=i))
             elif not fidelity_only:
                 out += [Trial(f"{a.name}/s{s}/train", "train", a.name, s) for s in self.seeds]
         if self.fidelity is not None:
@@ -151,6 +156,8 @@ def _arm_dict(a: Arm) -> dict[str, Any]:
             d["search"] = dict(a.search)
     elif a.kind == "random_genotypes":
         d["random_genotypes"], d["space"] = a.count, a.space
+        if a.seeds:
+            d["seeds"] = list(a.seeds)
     elif a.kind == "genotype":
         d["genotype"] = a.genotype
     else:
@@ -214,7 +221,7 @@ def parse_spec(data: dict[str, Any], source: str = "study") -> StudySpec:
     arms_raw = data.get("arms")
     if not isinstance(arms_raw, list) or not arms_raw:
         raise ConfigError(f"{source}: arms must be a non-empty list")
-    arms = tuple(_parse_arm(a, i, search, protocol, source) for i, a in enumerate(arms_raw))
+    arms = tuple(_parse_arm(a, i, search, protocol, tuple(seeds), source) for i, a in enumerate(arms_raw))
     names = [a.name for a in arms]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -256,12 +263,13 @@ def _check_common_search(search: dict[str, Any], source: str) -> None:
                           "search: block")
 
 
-def _parse_arm(raw: Any, i: int, search: dict[str, Any], protocol: dict[str, Any], source: str) -> Arm:
+def _parse_arm(raw: Any, i: int, search: dict[str, Any], protocol: dict[str, Any], study_seeds: tuple[int, ...],
+               source: str) -> Arm:
     where = f"{source}: arms[{i}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: an arm is a mapping (name: ..., strategy: ... | random_genotypes: N | "
                           "genotype: ... | network: ...)")
-    allowed = {"name", "strategy", "search", "train", "random_genotypes", "space", "genotype", "network"}
+    allowed = {"name", "strategy", "search", "train", "random_genotypes", "space", "genotype", "network", "seeds"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}'{did_you_mean(unknown[0], sorted(allowed))}")
@@ -278,6 +286,8 @@ def _parse_arm(raw: Any, i: int, search: dict[str, Any], protocol: dict[str, Any
         raise ConfigError(f"{where}: search: belongs to strategy arms")
     if kind != "random_genotypes" and "space" in raw:
         raise ConfigError(f"{where}: space: belongs to random_genotypes arms (a strategy arm sets it in search:)")
+    if kind != "random_genotypes" and "seeds" in raw:
+        raise ConfigError(f"{where}: seeds: belongs to random_genotypes arms (other arms run every study seed)")
     if kind == "strategy":
         from bitnas.search import strategies  # noqa: F401 - registers every strategy
         from bitnas.search.config import SearchConfig
@@ -295,7 +305,12 @@ def _parse_arm(raw: Any, i: int, search: dict[str, Any], protocol: dict[str, Any
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 10_000:
             raise ConfigError(f"{where}: random_genotypes must be a count in 1..10000, got {count!r}")
         space = SPACES.canonical(str(raw.get("space") or "cpnas"))
-        return Arm(name, "random_genotypes", count=count, space=space, train=train)
+        seeds = raw.get("seeds") or []
+        if (not isinstance(seeds, list) or any(isinstance(s, bool) or s not in study_seeds for s in seeds)
+                or len(set(seeds)) != len(seeds)):
+            raise ConfigError(f"{where}: seeds must be a list of distinct study seeds {list(study_seeds)}, "
+                              f"got {str(seeds)[:80]}")
+        return Arm(name, "random_genotypes", count=count, space=space, train=train, seeds=tuple(seeds))
     if kind == "genotype":
         from bitnas.space.genotypes import load_genotype
 

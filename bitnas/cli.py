@@ -8,6 +8,7 @@ import re
 import sys
 from typing import Callable
 
+from bitnas.common.launch import report_line
 from bitnas.common.signals import Interrupted
 from bitnas.errors import BitnasError
 
@@ -205,16 +206,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     setup_logging(args.verbose)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--nproc` hands to the ranks
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args) or 0)
     except Interrupted as e:
-        print(f"bitnas: {e}", file=sys.stderr)
+        report_line(f"bitnas: {e}")
         return e.exit_code
     except BitnasError as e:
         if args.traceback:
             raise
-        print(f"bitnas: error: {e}", file=sys.stderr)
+        report_line(f"bitnas: error: {e}")
         return 2
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly, as Unix tools do.
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.traceback or not is_lost_rank(e):
             raise
-        print(f"bitnas: error: {lost_rank_error(e)}", file=sys.stderr)
+        report_line(f"bitnas: error: {lost_rank_error(e)}")
         return 1
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bitnas.study.agreement import protocol_agreement
+from bitnas.study.compare import compare_to_control
 from bitnas.study.fidelity import fidelity_table, ground_truth
 from bitnas.study.spec import StudySpec
 from bitnas.utils import atomic_write_json, atomic_write_text
@@ -56,7 +57,7 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
 
 
 def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[str, Any]],
-                   agreement: dict[str, Any] | None = None) -> str:
+                   agreement: dict[str, Any] | None = None, comparison: list[dict[str, Any]] | None = None) -> str:
     p = spec.protocol
     out = [f"# Study `{spec.name}`", ""]
     if spec.description:
@@ -84,6 +85,8 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
     changed = [f"`{a.name}`: {', '.join(f'{k}={v}' for k, v in a.train.items())}" for a in spec.arms if a.train]
     if changed:
         out += ["", "Arms that change the protocol: " + "; ".join(changed) + "."]
+    if comparison:
+        out += ["", *comparison_markdown(spec, comparison)]
     if fid:
         out += ["", "## Rank fidelity", "",
                 "Kendall τ-b and Spearman ρ between each search's own estimate of a genotype (its trained state) "
@@ -99,6 +102,31 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
     if agreement and (agreement["seed_noise"] or agreement["arm_agreement"]):
         out += ["", *agreement_markdown(agreement)]
     return "\n".join(out) + "\n"
+
+
+def comparison_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every arm's test top-1 against the control arm's (see bitnas.study.compare)."""
+    if not spec.control:
+        return []
+    values: dict[str, list[float]] = {}
+    for r in records:
+        if r["kind"] == "train" and isinstance(r.get("test_top1"), (int, float)):
+            values.setdefault(r["arm"], []).append(float(r["test_top1"]))
+    return compare_to_control(values, spec.control)
+
+
+def comparison_markdown(spec: StudySpec, rows: list[dict[str, Any]]) -> list[str]:
+    first = rows[0]
+    out = [f"## Against the control `{spec.control}`", "",
+           f"Test top-1 of each arm's trainings against the {first['n_control']} trainings of `{spec.control}` "
+           f"(mean {_fmt(first['control_mean'])} %): difference of the means in points, a 95 % bootstrap interval "
+           "(arm and control resampled independently over seeds and genotypes) and a two-sided permutation-test "
+           "p-value (exact where the splits can be enumerated).", "",
+           "| arm | n | mean | difference | 95 % interval | p |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['arm']} | {r['n']} | {_fmt(r['mean'])} | {r['difference']:+.2f} | {_ci(r['difference_ci'])} "
+                   f"| {r['p_value']:.3g}{'' if r['p_method'] == 'exact' else ' (MC)'} |")
+    return out
 
 
 def _ci(c: list[float]) -> str:
@@ -152,9 +180,10 @@ def write_report(spec: StudySpec, out: Path, records: list[dict[str, Any]]) -> d
     rows = arm_rows(spec, records)
     fid = fidelity_rows(spec, records)
     agreement = protocol_agreement(spec, records)
-    atomic_write_text(out / "table.md", table_markdown(spec, rows, fid, agreement))
-    report = {"study": spec.name, "arms": rows, "fidelity": fid, "protocol_agreement": agreement,
-              "trials": len(records)}
+    comparison = comparison_rows(spec, records)
+    atomic_write_text(out / "table.md", table_markdown(spec, rows, fid, agreement, comparison))
+    report = {"study": spec.name, "arms": rows, "control": spec.control, "comparison": comparison,
+              "fidelity": fid, "protocol_agreement": agreement, "trials": len(records)}
     atomic_write_json(out / "report.json", report)
     from bitnas.study.plots import plot_accuracy_vs_ops, plot_rank_fidelity
 

@@ -32,7 +32,7 @@ log = logging.getLogger("bitnas")
 
 # Keys that may change between a study and its rerun without changing any result; arms may be
 # added (or dropped), but an arm kept under the same name must keep its definition.
-RERUN_FREE_KEYS = ("workers", "executor", "ray_address", "description", "name", "arms", "fidelity")
+RERUN_FREE_KEYS = ("workers", "executor", "ray_address", "description", "name", "arms", "fidelity", "control")
 
 
 def read_records(path: Path) -> dict[str, dict[str, Any]]:

@@ -32,7 +32,7 @@ from bitnas.errors import ConfigError
 from bitnas.registry import did_you_mean
 
 TOP_KEYS = ("command", "description", "name", "data", "seeds", "workers", "executor", "ray_address", "search",
-            "protocol", "arms", "fidelity")
+            "protocol", "arms", "fidelity", "control")
 EXECUTORS = ("local", "ray")
 # Set per trial by the study; a protocol or search block may not set them.
 TRIAL_KEYS = frozenset({"out", "seed", "data", "resume", "genotype", "network", "strategy", "threads", "progress"})
@@ -92,6 +92,7 @@ class StudySpec:
     ray_address: str = ""
     fidelity: Fidelity | None = None
     description: str = ""
+    control: str = ""  # the random_genotypes arm every other arm is compared with ("" = none)
 
     def arm(self, name: str) -> Arm:
         for a in self.arms:
@@ -145,6 +146,8 @@ class StudySpec:
             f = self.fidelity
             d["fidelity"] = {"genotypes": f.genotypes, "estimators": list(f.estimators), "seeds": list(f.seeds),
                              "bootstrap": f.bootstrap}
+        if self.control:
+            d["control"] = self.control
         return d
 
 
@@ -231,7 +234,20 @@ def parse_spec(data: dict[str, Any], source: str = "study") -> StudySpec:
                      description=str(data.get("description") or "").strip())
     if data.get("fidelity"):
         spec.fidelity = _parse_fidelity(data["fidelity"], spec, source)
+    spec.control = _parse_control(data.get("control"), spec, source)
     return spec
+
+
+def _parse_control(raw: Any, spec: StudySpec, source: str) -> str:
+    """The control arm: given, else the fidelity ground truth, else the first random_genotypes arm."""
+    if raw is None:
+        if spec.fidelity is not None:
+            return spec.fidelity.genotypes
+        return next((a.name for a in spec.arms if a.kind == "random_genotypes"), "")
+    arm = spec.arm(str(raw))
+    if arm.kind != "random_genotypes":
+        raise ConfigError(f"{source}: control must name a random_genotypes arm, '{arm.name}' is a {arm.kind} arm")
+    return arm.name
 
 
 def _block(value: Any, what: str, source: str) -> dict[str, Any]:

@@ -171,10 +171,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     from bitnas.config import add_config_args
     from bitnas.demo import DemoConfig
 
-    p = sub.add_parser("demo", help="search → train (Child-Parent) → evaluate → table, on the embedded data",
+    p = sub.add_parser("demo", help="search → train → evaluate → table, on the embedded data",
                        description="The whole pipeline at a size that runs in minutes on a laptop CPU: a search "
-                                   "(CP-NAS by default), training of the found 1-bit network with its fp32 parent, "
-                                   "evaluation, a summary table and pictures in the run directory.")
+                                   "(CP-NAS by default), training of the found 1-bit network (plain cross-entropy; "
+                                   "method=cp trains its fp32 parent first and the child with the Child-Parent loss), "
+                                   "evaluation on the test split, a summary table and pictures in the run directory.")
     add_config_args(p, DemoConfig)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("plot", help="redraw the pictures of a run directory into RUN_DIR/plots")
@@ -192,16 +193,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from bitnas.run import setup_logging
-
-    parser = build_parser()
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse a command line; KEY=VALUE overrides may stand anywhere among the flags (argparse keeps
+    only the first run of them: the rest are gathered here)."""
     args, extra = parser.parse_known_args(argv)
-    # KEY=VALUE overrides may stand anywhere among the flags; argparse keeps only the first run.
     if extra and hasattr(args, "overrides") and all(_KV.match(t) for t in extra):
         args.overrides = list(args.overrides or []) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bitnas.run import setup_logging
+
+    parser = build_parser()
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,4 +1,5 @@
-"""`bitnas demo`: search → train with the Child-Parent loss → evaluate → summary table → pictures.
+"""`bitnas demo`: search → train the found 1-bit network (plain cross-entropy by default, `method=cp` for
+the fp32 parent and the Child-Parent loss) → evaluate → summary table → pictures.
 
 Runs on the embedded Fashion-MNIST subset by default, sized to finish in a few minutes on a
 2-core CPU. Every stage writes its own run directory under `out`.

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from bitnas.study.fidelity import ground_truth  # noqa: E402
 from bitnas.study.spec import StudySpec  # noqa: E402
@@ -26,6 +27,9 @@ def plot_accuracy_vs_ops(spec: StudySpec, records: list[dict[str, Any]], path: P
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=50 if marker != "." else 90, marker=marker,
                    color=cmap((2 * i + (i // 10) % 2) % 20), label=f"{arm.name} ({len(pts)})", alpha=0.85, edgecolors="none")
     ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.22, not 2.2×10⁻¹
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel("OPs = FLOPs + BOPs/64 (millions, log scale)")
     ax.set_ylabel("test top-1 (%), epoch selected on validation")
     ax.set_title(f"study {spec.name}: every trained trial")

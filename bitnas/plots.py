@@ -102,6 +102,14 @@ def plot_alphas(records: list[dict[str, Any]], ops: Sequence[str], out_png: str 
     return Path(out_png)
 
 
+def set_epoch_ticks(ax: Any, epochs: Sequence[int]) -> None:
+    """Epochs are whole: a tick at each of up to 15 epochs, else integer ticks (never 1.25, 1.5, …)."""
+    if len(set(epochs)) <= 15:
+        ax.set_xticks(sorted(set(epochs)))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_training(records: list[dict[str, Any]], out_png: str | Path, title: str = "training") -> Path | None:
     """Loss and top-1 curves of whatever train/val/test metrics the records hold."""
     recs = [r for r in records if "epoch" in r and any(k.endswith("loss") for k in r)]
@@ -120,10 +128,7 @@ def plot_training(records: list[dict[str, Any]], out_png: str | Path, title: str
     for ax, label in ((a1, "loss"), (a2, "top-1 (%)")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-        if len(set(epochs)) <= 15:  # epochs are whole: no ticks at 1.25, 1.5, …
-            ax.set_xticks(sorted(set(epochs)))
-        else:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        set_epoch_ticks(ax, epochs)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title)

@@ -15,6 +15,7 @@ from bitnas.errors import ConfigError
 from bitnas.space.genotypes import Genotype
 
 
+@pytest.mark.slow
 def test_demo_pipeline_tiny(tmp_path: Path) -> None:
     cfg = DemoConfig(out=str(tmp_path / "demo"), init_channels=4, layers=2, batch_size=32, search_subset=160,
                      rounds=1, sample_steps=1, train_subset=200, epochs=1, progress="off")

@@ -17,6 +17,8 @@ from bitnas.study.records import WALL_CLOCK
 from bitnas.study.runner import read_records, run_study
 from bitnas.study.spec import parse_spec
 
+pytestmark = pytest.mark.slow  # minutes: `make test-quick` leaves it out
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = {
     "name": "tiny", "data": "fashion-mnist-embedded", "seeds": [0], "workers": 2,

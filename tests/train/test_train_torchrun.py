@@ -15,6 +15,8 @@ from bitnas.utils import load_checkpoint, read_jsonl
 
 from train_helpers import TINY, TINY_KV, run_bitnas
 
+pytestmark = pytest.mark.slow  # minutes: `make test-quick` leaves it out
+
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # bitnas' own modules; a traceback line naming a file below it is one of ours. (The checkout folder
 # is usually called `bitnas` too, and torchrun's own launcher traceback names .../bitnas/.venv/...)

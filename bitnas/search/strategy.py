@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from bitnas.common import faults
-from bitnas.common.distributed import DistInfo, any_rank
+from bitnas.common.distributed import DistInfo, any_rank, broadcast_buffers
 from bitnas.common.layout import CHANNELS_LAST_CHOICES
 from bitnas.common.signals import StopRequest
 from bitnas.data import BatchLoader, ImageDataset
@@ -95,10 +95,7 @@ class SearchContext:
 
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
-        if self.world_size <= 1:
-            return
-        for b in module.buffers():
-            dist.broadcast(b, src=0)
+        broadcast_buffers(module, DistInfo(self.rank, self.world_size, device=self.device))
 
     @property
     def show_progress(self) -> bool:

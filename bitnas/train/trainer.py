@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from bitnas.binary import binarized_layers
 from bitnas.common import faults, signals
 from bitnas.common.distributed import (
-    DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier, broadcast_object, cleanup, init_distributed,
-    on_main_rank, unwrap, wrap_model,
+    DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier, broadcast_buffers, broadcast_object, cleanup,
+    init_distributed, on_main_rank, unwrap, wrap_model,
 )
 from bitnas.common.finite import check_step, grad_norm
 from bitnas.common.layout import CHANNELS_LAST_CHOICES
@@ -572,6 +572,7 @@ def evaluate_model(model: nn.Module, loader: BatchLoader | None, info: DistInfo,
 
     `loader` is this rank's share (None when the rank has no samples of the split)."""
     model = unwrap(model)
+    broadcast_buffers(model, info)  # each rank's share is judged with the statistics rank 0 saves
     was_training = model.training
     model.eval()
     loss_sum, c1, c5, n = 0.0, 0, 0, 0

@@ -50,6 +50,14 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     ck = load_checkpoint(out / "last.pt")
     assert ck["world_size"] == 2 and len(ck["rng"]) == 2
     assert not any(k.startswith("module.") for k in ck["model"])
+    # every rank judges its share of the test split with rank 0's BatchNorm statistics (the network best.pt
+    # holds): evaluating best.pt again, as a resume of the finished run does, gives the same figures
+    again = run_bitnas(["train", *TINY, "--epochs", "1", "--train-subset", "128", "--out", str(out), "--resume",
+                        *TINY_KV, "method=cp", "cp_kernel_target=latent", "eval_every=0"], launcher=launcher,
+                       timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    final = read_jsonl(out / "metrics.jsonl")[-1]
+    assert (final["test_loss"], final["test_top5"]) == (recs[-1]["test_loss"], recs[-1]["test_top5"])
 
 
 @pytest.mark.parametrize("launch", ["torchrun", "nproc"])

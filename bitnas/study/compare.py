@@ -61,6 +61,15 @@ def permutation_p(a: Sequence[float], b: Sequence[float], permutations: int = 20
     return (hits + 1) / (permutations + 1), "monte carlo"
 
 
+def verdict(p_value: float, interval: Sequence[float], alpha: float = 0.05) -> str:
+    """'better' / 'worse' when the permutation test rejects at `alpha` and the bootstrap interval lies
+    on one side of 0; 'not shown' otherwise (including an arm with one value: no interval)."""
+    lo, hi = interval
+    if np.isnan(p_value) or np.isnan(lo) or p_value >= alpha:
+        return "not shown"
+    return "better" if lo > 0 else "worse" if hi < 0 else "not shown"
+
+
 def compare_to_control(values: dict[str, list[float]], control: str, bootstrap: int = 10_000,
                        permutations: int = 20_000) -> list[dict[str, Any]]:
     """One row per arm (not the control) with values: n, mean, difference, interval, p."""
@@ -74,5 +83,5 @@ def compare_to_control(values: dict[str, list[float]], control: str, bootstrap: 
         rows.append({"arm": arm, "control": control, "n": len(xs), "n_control": len(base),
                      "mean": float(np.mean(xs)), "control_mean": float(np.mean(base)),
                      "difference": float(np.mean(xs) - np.mean(base)), "difference_ci": [lo, hi],
-                     "p_value": p, "p_method": method})
+                     "p_value": p, "p_method": method, "verdict": verdict(p, [lo, hi])})
     return rows

@@ -66,6 +66,8 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
     if done < planned:
         out += [f"**Incomplete**: {done} of {planned} trainings finished; `n` counts finished / planned "
                 "per arm. Rerun the study's command to complete it.", ""]
+    if comparison:
+        out += [conclusion(spec, comparison, done < planned), ""]
     out += [f"Data `{spec.data}`; seeds {list(spec.seeds)}. Every genotype is trained under one protocol "
             f"({', '.join(f'{k}={v}' for k, v in p.items())}); the epoch is selected on a validation split "
             "carved from the training images and the test split is evaluated once, on that epoch.", "",
@@ -115,17 +117,38 @@ def comparison_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict
     return compare_to_control(values, spec.control)
 
 
+def conclusion(spec: StudySpec, comparison: list[dict[str, Any]], incomplete: bool) -> str:
+    """One paragraph: which arms beat the control, which fall below it, which are not separable."""
+    base = comparison[0]
+    said = {v: [r for r in comparison if r["verdict"] == v] for v in ("better", "worse", "not shown")}
+
+    def names(rows: list[dict[str, Any]]) -> str:
+        return ", ".join(f"`{r['arm']}` ({r['difference']:+.2f}, p = {r['p_value']:.2g}, n = {r['n']})" for r in rows)
+
+    text = (f"**Conclusion{' so far' if incomplete else ''}** (test top-1 against `{spec.control}`, mean "
+            f"{_fmt(base['control_mean'])} % over {base['n_control']} trainings; better/worse = p < 0.05 and the 95 % "
+            "interval on one side of 0): ")
+    parts = [f"better than the control: {names(said['better'])}" if said["better"] else "no arm is shown better "
+             "than the control"]
+    if said["worse"]:
+        parts.append(f"worse: {names(said['worse'])}")
+    if said["not shown"]:
+        parts.append(f"not separable from it: {names(said['not shown'])}")
+    return text + "; ".join(parts) + "."
+
+
 def comparison_markdown(spec: StudySpec, rows: list[dict[str, Any]]) -> list[str]:
     first = rows[0]
     out = [f"## Against the control `{spec.control}`", "",
            f"Test top-1 of each arm's trainings against the {first['n_control']} trainings of `{spec.control}` "
            f"(mean {_fmt(first['control_mean'])} %): difference of the means in points, a 95 % bootstrap interval "
            "(arm and control resampled independently over seeds and genotypes) and a two-sided permutation-test "
-           "p-value (exact where the splits can be enumerated).", "",
-           "| arm | n | mean | difference | 95 % interval | p |", "|---|---|---|---|---|---|"]
+           "p-value (exact where the splits can be enumerated). Verdict: better / worse when p < 0.05 and the "
+           "interval lies on one side of 0, else not shown.", "",
+           "| arm | n | mean | difference | 95 % interval | p | verdict |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['arm']} | {r['n']} | {_fmt(r['mean'])} | {r['difference']:+.2f} | {_ci(r['difference_ci'])} "
-                   f"| {r['p_value']:.3g}{'' if r['p_method'] == 'exact' else ' (MC)'} |")
+                   f"| {r['p_value']:.3g}{'' if r['p_method'] == 'exact' else ' (MC)'} | {r['verdict']} |")
     return out
 
 

@@ -56,7 +56,16 @@ def test_compare_rows_and_the_table() -> None:
     assert r["p_method"] == "exact" and r["p_value"] == pytest.approx(1 / 84)  # the 3 best of 9 values: 1 of C(9,3)
     md = table_markdown(spec, [], [], None, rows)
     assert "## Against the control `rg`" in md and "| v2 | 3 | 80.50 | +2.83 |" in md
+    assert r["verdict"] == "better" and md.rstrip().endswith("| better |")
     assert compare_to_control({"rg": [1.0]}, "rg") == []
+
+
+def test_verdict() -> None:
+    from bitnas.study.compare import verdict
+
+    assert verdict(0.01, [0.2, 1.0]) == "better" and verdict(0.01, [-1.0, -0.1]) == "worse"
+    assert verdict(0.01, [-0.1, 1.0]) == "not shown" and verdict(0.2, [0.2, 1.0]) == "not shown"
+    assert verdict(0.01, [float("nan")] * 2) == "not shown"
 
 
 def test_control_must_be_a_random_genotypes_arm() -> None:

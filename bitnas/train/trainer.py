@@ -226,6 +226,7 @@ class Trainer:
                                      "epoch": None}
         self.stage = 0
         self.partial: dict[str, Any] | None = None  # sums of an epoch stopped at a step (resumable)
+        self.images_this_run = 0  # images of the last epoch trained by this run (all ranks), for images/s
         self._begin_stage(self.stage_of(0))
 
     # -------------------------------------------------------------- setup helpers
@@ -394,6 +395,7 @@ class Trainer:
         first_lr = float(part["lr"])
         sums: dict[str, float] = dict(part["sums"])
         n_seen, n_correct, loss_sum = int(part["n_seen"]), int(part["n_correct"]), float(part["loss_sum"])
+        seen_before = n_seen  # images of this epoch trained before a resume (not timed by this process)
         self.net.train()
         if self.parent is not None:
             self.parent.eval()
@@ -442,11 +444,13 @@ class Trainer:
         if bar is not None:
             bar.close()
         keys = sorted(sums)
-        packed = torch.tensor([n_seen, n_correct, loss_sum] + [sums[k] for k in keys], dtype=torch.float64)
+        packed = torch.tensor([n_seen, n_correct, loss_sum, n_seen - seen_before] + [sums[k] for k in keys],
+                              dtype=torch.float64)
         packed = all_reduce_sum(packed, self.info)
         n = max(1.0, float(packed[0]))
+        self.images_this_run = int(packed[3])
         out = {"lr": first_lr, "train_loss": float(packed[2]) / n, "train_top1": 100.0 * float(packed[1]) / n}
-        out.update({f"train_{k}": float(packed[3 + i]) / n for i, k in enumerate(keys)})
+        out.update({f"train_{k}": float(packed[4 + i]) / n for i, k in enumerate(keys)})
         return out
 
     def evaluate(self, loader: BatchLoader | None, prefix: str) -> dict[str, float]:
@@ -474,8 +478,8 @@ class Trainer:
                 if self.cfg.test_eval == "every":
                     record.update(self.evaluate(self.test_loader, "test"))
             record["train_seconds"] = round(train_seconds, 3)
-            record["images_per_second"] = round(len(self.train_loader) * self.cfg.batch_size * self.info.world_size
-                                                / max(train_seconds, 1e-9), 2)
+            # the images this process trained in the time it measured (after a mid-epoch resume: the rest)
+            record["images_per_second"] = round(self.images_this_run / max(train_seconds, 1e-9), 2)
             record["seconds"] = round(time.time() - t0, 3)
             self.metrics.append(record)
             self.run.log_metrics(record)

@@ -78,6 +78,10 @@ class TrainData:
     def image_size(self) -> int:
         return self.train.input_shape[1]
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.train.input_shape
+
 
 def load_train_data(cfg: TrainConfig, world_size: int = 1) -> TrainData:
     """Train (optionally a class-balanced subset, minus a stratified validation split) and test;
@@ -89,20 +93,26 @@ def load_train_data(cfg: TrainConfig, world_size: int = 1) -> TrainData:
     if train.input_shape != test.input_shape or train.num_classes != test.num_classes:
         raise DataError(f"{cfg.data}: train and test splits differ in shape or classes "
                         f"({train.input_shape}/{train.num_classes} vs {test.input_shape}/{test.num_classes})")
-    if cfg.train_subset:
-        train = take_subset(train, cfg.train_subset, cfg.seed)
     if cfg.test_subset:
         test = take_subset(test, cfg.test_subset, cfg.seed)
-    val = None
-    if cfg.val_fraction > 0:
-        tr_idx, val_idx = train_val_split(train.labels, cfg.val_fraction, cfg.seed, stratified=True)
-        if len(val_idx) == 0 or len(tr_idx) == 0:
-            raise DataError(f"val_fraction {cfg.val_fraction}: leaves an empty train or validation split "
-                            f"of the {len(train)} training images")
-        train, val = train.subset(tr_idx), train.subset(val_idx)
+    train, val = split_training_images(cfg, train)
     what = f"train_subset {cfg.train_subset}" if cfg.train_subset else f"data {cfg.data}"
     check_training_split(train, cfg.batch_size, world_size, what)
     return TrainData(train=train, val=val, test=test)
+
+
+def split_training_images(cfg: TrainConfig, train: ImageDataset) -> tuple[ImageDataset, ImageDataset | None]:
+    """(train, validation) of the training images: the class-balanced `train_subset` if set, then
+    the stratified, seeded `val_fraction` held out (None when 0)."""
+    if cfg.train_subset:
+        train = take_subset(train, cfg.train_subset, cfg.seed)
+    if cfg.val_fraction <= 0:
+        return train, None
+    tr_idx, val_idx = train_val_split(train.labels, cfg.val_fraction, cfg.seed, stratified=True)
+    if len(val_idx) == 0 or len(tr_idx) == 0:
+        raise DataError(f"val_fraction {cfg.val_fraction}: leaves an empty train or validation split "
+                        f"of the {len(train)} training images")
+    return train.subset(tr_idx), train.subset(val_idx)
 
 
 def eval_loader(ds: ImageDataset, batch_size: int, info: DistInfo) -> BatchLoader | None:
@@ -117,12 +127,13 @@ def eval_loader(ds: ImageDataset, batch_size: int, info: DistInfo) -> BatchLoade
 
 # ---------------------------------------------------------------------------- network
 
-def build_kwargs(cfg: TrainConfig, data: TrainData, precision: str) -> dict[str, Any]:
-    """build_network kwargs of the run (stored in checkpoints through `arch_spec`)."""
+def build_kwargs(cfg: TrainConfig, data: TrainData | ImageDataset, precision: str) -> dict[str, Any]:
+    """build_network kwargs of the run (stored in checkpoints through `arch_spec`); `data`: the
+    run's splits, or just its training images."""
     kw: dict[str, Any] = dict(
         style=cfg.style, precision=precision, structure=cfg.structure or "cpnas",
         init_channels=cfg.init_channels, layers=cfg.layers, num_classes=data.num_classes,
-        in_channels=data.in_channels, auxiliary=cfg.auxiliary, weight_quantizer=cfg.weight_quantizer,
+        in_channels=data.input_shape[0], auxiliary=cfg.auxiliary, weight_quantizer=cfg.weight_quantizer,
         weight_scale=cfg.weight_scale, pad_value=cfg.pad_value, binary_preprocess=cfg.binary_preprocess,
     )
     if cfg.activation:

@@ -92,7 +92,9 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
     if fid:
         out += ["", "## Rank fidelity", "",
                 "Kendall τ-b and Spearman ρ between each search's own estimate of a genotype (its trained state) "
-                "and the genotype's stand-alone validation top-1 under the protocol; 95 % bootstrap intervals.", "",
+                "and the genotype's stand-alone validation top-1 under the protocol; 95 % bootstrap intervals. "
+                "Zero-cost estimators score the genotype's protocol network at initialisation (per seed: the "
+                "network that seed's training starts from) on a few training batches.", "",
                 "| estimator | score | M | τ (mean over seeds' scores) | ρ | τ per seed |", "|---|---|---|---|---|---|"]
         for row in fid:
             pooled = row["mean_over_seeds"]
@@ -187,16 +189,34 @@ def agreement_markdown(agreement: dict[str, Any]) -> list[str]:
     return out
 
 
-def fidelity_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if spec.fidelity is None:
-        return []
+ZERO_COST_LABEL = "{} (zero-cost)"
+
+
+def fidelity_inputs(spec: StudySpec, records: list[dict[str, Any]]
+                    ) -> tuple[dict[int, float], dict[str, list[dict[str, Any]]]]:
+    """(ground truth: genotype index → validation top-1, scores: estimator → one score record per
+    seed). A zero-cost trial's record holds every zero-cost estimator; each becomes its own
+    estimator, "NAME (zero-cost)", listed after the search estimators."""
+    assert spec.fidelity is not None
     f = spec.fidelity
     truth = ground_truth(records, f.genotypes)
     scores: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         if r["kind"] == "score":
             scores.setdefault(r["arm"], []).append(r)
-    return fidelity_table(scores, truth, f.bootstrap)
+    for r in records:
+        if r["kind"] == "zero_cost":
+            for name in r["estimators"]:
+                per = [{"index": s["index"], "score": s[name]} for s in r["scores"]]
+                scores.setdefault(ZERO_COST_LABEL.format(name), []).append({"seed": r["seed"], "scores": per})
+    return truth, scores
+
+
+def fidelity_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if spec.fidelity is None:
+        return []
+    truth, scores = fidelity_inputs(spec, records)
+    return fidelity_table(scores, truth, spec.fidelity.bootstrap)
 
 
 def write_report(spec: StudySpec, out: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -215,5 +235,6 @@ def write_report(spec: StudySpec, out: Path, records: list[dict[str, Any]]) -> d
     if any(r["kind"] == "train" for r in records):
         plot_accuracy_vs_ops(spec, records, plots / "accuracy_vs_ops.png")
     if fid:
-        plot_rank_fidelity(spec, records, fid, plots / "rank_fidelity.png")
+        truth, scores = fidelity_inputs(spec, records)
+        plot_rank_fidelity(spec, truth, scores, fid, plots / "rank_fidelity.png")
     return report

@@ -14,7 +14,8 @@
       - {name: DARTS_V2, genotype: DARTS_V2}                     # a registered or pasted genotype
       - {name: bireal, network: bireal}                          # a hand-designed network
       - {name: DARTS_V2-kd, genotype: DARTS_V2, train: {kd_weight: 1.0}}  # protocol overrides
-    fidelity: {genotypes: random_genotypes, estimators: [cpnas, random], bootstrap: 1000}
+    fidelity: {genotypes: random_genotypes, estimators: [cpnas, random], bootstrap: 1000,
+               zero_cost: [params, synflow, grad_norm, naswot, zico]}   # scored at initialisation
 
 Every search and training is a trial with its own run directory; `bitnas.study.runner` runs them.
 """
@@ -38,6 +39,8 @@ EXECUTORS = ("local", "ray")
 TRIAL_KEYS = frozenset({"out", "seed", "data", "resume", "genotype", "network", "strategy", "threads", "progress"})
 ARM_KINDS = ("strategy", "random_genotypes", "genotype", "network")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+ZERO_COST_TRIAL = "_zero_cost"  # trial folder of the zero-cost scorings: no arm name can start with '_'
+
 
 
 @dataclass(frozen=True)
@@ -59,17 +62,22 @@ class Arm:
 @dataclass(frozen=True)
 class Fidelity:
     """Rank fidelity: the genotypes of `genotypes` (a random_genotypes arm) trained stand-alone are
-    the ground truth; each search arm in `estimators` scores them with its own estimator."""
+    the ground truth; each search arm in `estimators` scores them with its own estimator, and each
+    zero-cost estimator in `zero_cost` on their protocol networks at initialisation (one trial per
+    seed, `zero_cost_batches` training batches; 0 = as few as the estimators need)."""
 
     genotypes: str
-    estimators: tuple[str, ...]
+    estimators: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
     bootstrap: int = 1000
+    zero_cost: tuple[str, ...] = ()
+    zero_cost_batches: int = 0
 
 
 @dataclass(frozen=True)
 class Trial:
-    """A unit of the study: one search, one training or one scoring, in `trials/<id>/`."""
+    """A unit of the study: one search, one training, one scoring by a search (`score`) or the
+    zero-cost scoring of the fidelity genotypes at one seed (`zero_cost`), in `trials/<id>/`."""
 
     id: str
     kind: str
@@ -132,9 +140,13 @@ class StudySpec:
             elif not fidelity_only:
                 out += [Trial(f"{a.name}/s{s}/train", "train", a.name, s) for s in self.seeds]
         if self.fidelity is not None:
-            for est in self.fidelity.estimators:
-                for s in self.fidelity.seeds or self.seeds:
+            f = self.fidelity
+            for est in f.estimators:
+                for s in f.seeds or self.seeds:
                     out.append(Trial(f"fidelity/{est}/s{s}/score", "score", est, s, (f"{est}/s{s}/search",)))
+            if f.zero_cost:
+                out += [Trial(f"fidelity/{ZERO_COST_TRIAL}/s{s}/score", "zero_cost", f.genotypes, s)
+                        for s in f.seeds or self.seeds]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +158,8 @@ class StudySpec:
             f = self.fidelity
             d["fidelity"] = {"genotypes": f.genotypes, "estimators": list(f.estimators), "seeds": list(f.seeds),
                              "bootstrap": f.bootstrap}
+            if f.zero_cost:
+                d["fidelity"].update(zero_cost=list(f.zero_cost), zero_cost_batches=f.zero_cost_batches)
         if self.control:
             d["control"] = self.control
         return d
@@ -340,7 +354,7 @@ def _parse_arm(raw: Any, i: int, search: dict[str, Any], protocol: dict[str, Any
 def _parse_fidelity(raw: Any, spec: StudySpec, source: str) -> Fidelity:
     where = f"{source}: fidelity"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: a mapping (genotypes: ARM, estimators: [ARM, ...])")
+        raise ConfigError(f"{where}: a mapping (genotypes: ARM, estimators: [ARM, ...], zero_cost: [NAME, ...])")
     allowed = {f.name for f in fields(Fidelity)}
     unknown = sorted(set(raw) - allowed)
     if unknown:
@@ -351,8 +365,9 @@ def _parse_fidelity(raw: Any, spec: StudySpec, source: str) -> Fidelity:
     if gt.count < 3:
         raise ConfigError(f"{where}: rank fidelity needs at least 3 genotypes, '{gt.name}' draws {gt.count}")
     ests = raw.get("estimators") or []
-    if not isinstance(ests, list) or not ests:
-        raise ConfigError(f"{where}: estimators must be a non-empty list of strategy arms")
+    zero_cost = _parse_zero_cost(raw, where)
+    if not isinstance(ests, list) or not (ests or zero_cost):
+        raise ConfigError(f"{where}: estimators must be a list of strategy arms, and it or zero_cost non-empty")
     for e in ests:
         if spec.arm(str(e)).kind != "strategy":
             raise ConfigError(f"{where}: estimator '{e}' is not a strategy arm")
@@ -363,7 +378,22 @@ def _parse_fidelity(raw: Any, spec: StudySpec, source: str) -> Fidelity:
     boot = raw.get("bootstrap", 1000)
     if not isinstance(boot, int) or isinstance(boot, bool) or not 0 <= boot <= 100_000:
         raise ConfigError(f"{where}: bootstrap must be a count in 0..100000, got {boot!r}")
-    return Fidelity(genotypes=gt.name, estimators=tuple(str(e) for e in ests), seeds=tuple(seeds), bootstrap=boot)
+    batches = raw.get("zero_cost_batches", 0)
+    if not isinstance(batches, int) or isinstance(batches, bool) or not 0 <= batches <= 1000:
+        raise ConfigError(f"{where}: zero_cost_batches must be a count in 0..1000 (0 = as few as the estimators "
+                          f"need), got {batches!r}")
+    return Fidelity(genotypes=gt.name, estimators=tuple(str(e) for e in ests), seeds=tuple(seeds), bootstrap=boot,
+                    zero_cost=zero_cost, zero_cost_batches=batches)
+
+
+def _parse_zero_cost(raw: dict[str, Any], where: str) -> tuple[str, ...]:
+    """The zero-cost estimator names of a fidelity block (registered names, none twice)."""
+    from bitnas.study.estimators.zero_cost import check_names
+
+    names = raw.get("zero_cost") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}: zero_cost must be a list of zero-cost estimator names, got {names!r}")
+    return check_names(names, f"{where}: zero_cost")
 
 
 def _check_estimator_spaces(spec: StudySpec, gt: Arm, estimators: list[str], where: str) -> None:

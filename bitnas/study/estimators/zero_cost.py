@@ -217,7 +217,10 @@ def zico(model: nn.Module, batches: Sequence[Batch]) -> float:
 
 def check_names(names: Sequence[str], where: str) -> tuple[str, ...]:
     """Canonical estimator names, refused when unknown or repeated."""
-    out = tuple(ZERO_COST.canonical(str(n)) for n in names)
+    try:
+        out = tuple(ZERO_COST.canonical(str(n)) for n in names)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     dup = sorted({n for n in out if out.count(n) > 1})
     if dup:
         raise ConfigError(f"{where}: zero-cost estimator '{dup[0]}' listed twice")

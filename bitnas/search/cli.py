@@ -23,7 +23,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="search a binary architecture (cpnas, ubnas, pcdarts, darts, random)",
+    p = sub.add_parser("search", help="search a binary architecture (cpnas, ubnas, pcdarts, darts, random, zero_cost)",
                        description="Search an architecture; writes genotype.json, metrics.jsonl, config.yaml and "
                                    "checkpoints to the run directory (--out).")
     add_config_args(p, SearchConfig)

@@ -23,6 +23,7 @@ from torch import nn
 
 from bitnas.data import BatchLoader, ImageDataset
 from bitnas.data.loader import mix_seed
+from bitnas.errors import DataError
 from bitnas.space.genotypes import Genotype
 from bitnas.study.estimators.zero_cost import Batch, batches_needed, check_names, score_network
 
@@ -30,12 +31,14 @@ BATCH_STREAM = 0x2C0  # the seed stream of the scoring batches (apart from train
 
 
 def training_batches(ds: ImageDataset, batch_size: int, count: int, seed: int) -> list[Batch]:
-    """The first `count` batches of a shuffle of `ds` seeded by `seed` (normalised, no augmentation)."""
+    """The first `count` batches of a shuffle of `ds` seeded by `seed` (normalised, no augmentation;
+    the last one may be short)."""
     if count <= 0:
         return []
-    loader = BatchLoader(ds, batch_size, shuffle=True, seed=mix_seed(seed, BATCH_STREAM), drop_last=True)
+    loader = BatchLoader(ds, batch_size, shuffle=True, seed=mix_seed(seed, BATCH_STREAM))
     if len(loader) < count:
-        raise ValueError(f"{len(ds)} training images hold {len(loader)} batches of {batch_size}, {count} needed")
+        raise DataError(f"zero-cost scores: the {len(ds)} training images fill {len(loader)} batch(es) of "
+                        f"{batch_size}, {count} are needed; use more images or a smaller batch_size")
     out = []
     for x, y in loader:
         out.append((x, y))

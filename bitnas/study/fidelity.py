@@ -5,8 +5,9 @@ Ground truth: the validation top-1 of M genotypes trained stand-alone under the 
 fidelity figures can be used to choose search settings). Estimators: each search's own score of
 a genotype in its trained state (`SearchStrategy.estimate`): the CP-NAS indicator z of the path
 (and its parts A_C, A_P), the α-based score of DARTS / PC-DARTS / UBNAS, the weight-sharing
-accuracy of random search. Reported: Kendall τ-b and Spearman ρ with percentile bootstrap 95 %
-intervals (genotypes resampled with replacement).
+accuracy of random search; and zero-cost estimators of the untrained network
+(`bitnas.study.estimators`, the study's zero_cost trials). Reported: Kendall τ-b and Spearman ρ
+with percentile bootstrap 95 % intervals (genotypes resampled with replacement).
 
 `python -m bitnas.study.fidelity SEARCH_DIR GENOTYPES.json --out SCORES.json` scores a list of
 genotypes with a finished (or interrupted) search's last checkpoint: the study's score trials.

@@ -29,7 +29,7 @@ BASE = {
 def _with(**fidelity) -> dict:
     d = yaml.safe_load(yaml.safe_dump(BASE))
     d["fidelity"].update(fidelity)
-    return {k: v for k, v in d.items()}
+    return d
 
 
 def test_zero_cost_trials_one_per_seed_after_the_search_scores() -> None:

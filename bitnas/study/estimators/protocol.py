@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import yaml
 from torch import nn
 
 from bitnas.data import BatchLoader, ImageDataset
@@ -88,8 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     from bitnas.run import setup_logging
     from bitnas.train.config import TrainConfig
     from bitnas.utils import atomic_write_json
-
-    import yaml
 
     p = argparse.ArgumentParser(prog="python -m bitnas.study.estimators.protocol",
                                 description="Zero-cost scores of genotypes under a training protocol (a study trial).")

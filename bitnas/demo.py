@@ -28,7 +28,7 @@ log = logging.getLogger("bitnas")
 class DemoConfig:
     """The demo's settings: small enough for a few minutes on 2 cores."""
 
-    strategy: str = opt("cpnas", "search strategy: cpnas, ubnas, pcdarts, darts, random", flag=True)
+    strategy: str = opt("cpnas", "search strategy: cpnas, ubnas, pcdarts, darts, random, zero_cost", flag=True)
     data: str = opt("fashion-mnist-embedded", "dataset NAME[:PATH]", flag=True)
     out: str = opt("runs/demo", "run directory", flag=True)
     init_channels: int = opt(8, "initial channels C (search and training)", flag=True)

@@ -238,7 +238,7 @@ class SearchStrategy:
     def estimate(self, genotype: Genotype) -> dict[str, float]:
         """The search's own estimate of how good `genotype` is (`score`: higher is better), from its
         current state: what its decisions rank architectures by. Rank fidelity compares it with the
-        genotype's stand-alone accuracy (`bitnas.study.fidelity`)."""
+        genotype's stand-alone accuracy (`bitnas.study.estimators.search`, `bitnas.study.fidelity`)."""
         raise NotImplementedError(f"strategy {self.name} has no architecture estimator")
 
     # Attributes that have their own state_dict()/load_state_dict() (models, optimizers,

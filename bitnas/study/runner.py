@@ -199,7 +199,7 @@ class StudyRunner:
                 gs = [random_genotype_for(gt, i).to_dict() for i in range(gt.count)]
                 atomic_write_text(genotypes, json.dumps(gs) + "\n")
             if t.kind == "score":
-                cmd = [sys.executable, "-m", "bitnas.study.fidelity", rel(self.files.dir(self.by_id[t.deps[0]])),
+                cmd = [sys.executable, "-m", "bitnas.study.estimators.search", rel(self.files.dir(self.by_id[t.deps[0]])),
                        rel(genotypes), "--out", rel(d / "scores.json")]
             else:
                 f = self.spec.fidelity

@@ -90,12 +90,13 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
     if comparison:
         out += ["", *comparison_markdown(spec, comparison)]
     if fid:
+        zero_cost = (" Zero-cost estimators score the genotype's protocol network at initialisation (per seed: "
+                     "the network that seed's training starts from) on a few training batches."
+                     if any(r.get("kind") == "zero_cost" for r in fid) else "")
         out += ["", "## Rank fidelity", "",
                 "Kendall τ-b and Spearman ρ between each search's own estimate of a genotype (its trained state) "
-                "and the genotype's stand-alone validation top-1 under the protocol; 95 % bootstrap intervals. "
-                "Zero-cost estimators score the genotype's protocol network at initialisation (per seed: the "
-                "network that seed's training starts from) on a few training batches.", "",
-                "| estimator | score | M | τ (mean over seeds' scores) | ρ | τ per seed |", "|---|---|---|---|---|---|"]
+                f"and the genotype's stand-alone validation top-1 under the protocol; 95 % bootstrap intervals.{zero_cost}",
+                "", "| estimator | score | M | τ (mean over seeds' scores) | ρ | τ per seed |", "|---|---|---|---|---|---|"]
         for row in fid:
             pooled = row["mean_over_seeds"]
             per = ", ".join(f"s{p['seed']}: {_fmt(p['kendall_tau'])}" for p in row["per_seed"])
@@ -216,7 +217,9 @@ def fidelity_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[s
     if spec.fidelity is None:
         return []
     truth, scores = fidelity_inputs(spec, records)
-    return fidelity_table(scores, truth, spec.fidelity.bootstrap)
+    rows = fidelity_table(scores, truth, spec.fidelity.bootstrap)
+    searches = {r["arm"] for r in records if r["kind"] == "score"}
+    return [{**r, "kind": "search" if r["estimator"] in searches else "zero_cost"} for r in rows]
 
 
 def write_report(spec: StudySpec, out: Path, records: list[dict[str, Any]]) -> dict[str, Any]:

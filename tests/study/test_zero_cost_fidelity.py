@@ -84,8 +84,12 @@ def test_report_rows_per_zero_cost_estimator_per_seed_and_averaged() -> None:
     mean = [(a + b) / 2 for a, b in zip(s0, s1)]
     assert syn["mean_over_seeds"]["kendall_tau"] == pytest.approx(kendall_tau(mean, truth))
     assert nas["mean_over_seeds"]["kendall_tau"] == pytest.approx(-syn["mean_over_seeds"]["kendall_tau"])
+    assert {r["kind"] for r in rows} == {"zero_cost"}
     table = table_markdown(spec, arm_rows(spec, _records(truth, {})), rows)
     assert "| synflow (zero-cost) | score | 4 |" in table and "| naswot (zero-cost) | score | 4 |" in table
+    assert "Zero-cost estimators score" in table
+    search_only = [{**syn, "estimator": "cp", "kind": "search"}]  # a study without them reads as before
+    assert "Zero-cost" not in table_markdown(spec, arm_rows(spec, _records(truth, {})), search_only)
 
 
 def test_tiny_study_with_zero_cost_fidelity(tmp_path: Path) -> None:

@@ -95,9 +95,10 @@ inline void correct_border(const Geom& g, int group, std::int32_t* dot, int n_oo
                            const std::int32_t* wsum) {
   if (g.pad_one || n_oob == 0) return;
   const int og = g.cout_g(), o0 = group * og;
+  std::int32_t* __restrict d = dot + o0;  // never overlaps wsum: lets each ISA unit vectorise this
   for (int i = 0; i < n_oob; ++i) {
-    const std::int32_t* ws = wsum + std::int64_t(oob[i]) * g.cout + o0;
-    for (int o = 0; o < og; ++o) dot[o0 + o] -= ws[o];
+    const std::int32_t* __restrict ws = wsum + std::int64_t(oob[i]) * g.cout + o0;
+    for (int o = 0; o < og; ++o) d[o] -= ws[o];
   }
 }
 

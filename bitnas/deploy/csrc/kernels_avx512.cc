@@ -151,8 +151,9 @@ std::int64_t dense_scratch_avx512(const Geom& g, int tile) {
 }
 
 // kPixels pixels x B weight vectors: popcounts of (activation ^ weight) over k words, then
-// dot = kbits - 2 * count written to rows p of dot (only the first `rows` pixels, `valid`
-// channels of the last vector).
+// dot = kbits - 2 * count written to rows p of dot (only the first `rows` pixels and the first
+// `valid` of the block's B * 8 channels). Two vectors' 64-bit counts (each < 2^32) become 16
+// int32 in channel order with one vpermt2d.
 template <int B>
 inline void micro_kernel(const word_t* act, int k, const word_t* wts, std::int64_t wstride, int rows, int valid,
                          std::int32_t* dot, std::int64_t dot_ld, std::int32_t kbits) {
@@ -167,13 +168,21 @@ inline void micro_kernel(const word_t* act, int k, const word_t* wts, std::int64
       for (int b = 0; b < B; ++b) acc[p][b] = _mm512_add_epi64(acc[p][b], _mm512_popcnt_epi64(_mm512_xor_si512(a, w[b])));
     }
   }
-  const __m256i kb = _mm256_set1_epi32(kbits);
-  for (int p = 0; p < rows; ++p)
-    for (int b = 0; b < B; ++b) {
-      const __m256i d = _mm256_sub_epi32(kb, _mm256_slli_epi32(_mm512_cvtepi64_epi32(acc[p][b]), 1));
-      const int n = b == B - 1 ? valid : kLanes;
-      _mm256_mask_storeu_epi32(dot + p * dot_ld + b * kLanes, __mmask8((1u << n) - 1), d);
+  const __m512i kb = _mm512_set1_epi32(kbits);
+  const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int p = 0; p < rows; ++p) {
+    for (int b = 0; b + 1 < B; b += 2) {
+      const __m512i pop = _mm512_permutex2var_epi32(acc[p][b], low_halves, acc[p][b + 1]);
+      const int n = imin(16, valid - b * kLanes);
+      _mm512_mask_storeu_epi32(dot + p * dot_ld + b * kLanes, lanes16(n), _mm512_sub_epi32(kb, _mm512_add_epi32(pop, pop)));
     }
+    if (B % 2) {
+      const __m256i pop = _mm512_cvtepi64_epi32(acc[p][B - 1]);
+      const int n = valid - (B - 1) * kLanes;
+      _mm256_mask_storeu_epi32(dot + p * dot_ld + (B - 1) * kLanes, __mmask8((1u << n) - 1),
+                               _mm256_sub_epi32(_mm512_castsi512_si256(kb), _mm256_add_epi32(pop, pop)));
+    }
+  }
 }
 
 void dense_avx512(const word_t* in, const Geom& g, int group, const void* wts, const std::int32_t* wsum,
@@ -192,7 +201,7 @@ void dense_avx512(const word_t* in, const Geom& g, int group, const void* wts, c
   const int nv = (og + kLanes - 1) / kLanes;
   for (int v0 = 0; v0 < nv; v0 += kVecs) {
     const int nb = imin(kVecs, nv - v0);
-    const int valid = og - (v0 + nb - 1) * kLanes < kLanes ? og - (v0 + nb - 1) * kLanes : kLanes;
+    const int valid = imin(nb * kLanes, og - v0 * kLanes);
     const word_t* wv = w + v0 * wstride;
     for (int p = 0; p < tile; p += kPixels) {
       const word_t* a = s.act + std::int64_t(p) * k;

@@ -56,7 +56,27 @@ def cpu_features() -> dict[str, bool]:
 
 def isas() -> list[dict[str, Any]]:
     """The engine's ISA table, plain to fastest: name, features, compiled, supported, missing, layout."""
-    return [dict(r) for r in extension().isas()]
+    return [dict(r) for r in _table()]
+
+
+@lru_cache(maxsize=1)
+def _table() -> tuple[dict[str, Any], ...]:
+    return tuple(extension().isas())
+
+
+@lru_cache(maxsize=64)
+def _checked(name: str, src: str) -> str:
+    """`name` when a row of the table this machine supports, else a one-line BitnasError."""
+    rows = {r["name"]: r for r in isas()}
+    if name not in rows:
+        raise BitnasError(f"{src}: '{name}' is not one of auto, {', '.join(rows)}")
+    row = rows[name]
+    if not row["compiled"]:
+        raise BitnasError(f"{src}: the {name} kernels are not compiled for this architecture")
+    if not row["supported"]:
+        raise BitnasError(f"{src}: this CPU (or OS) lacks {row['missing']}, which the {name} kernels need; "
+                          f"supported here: {', '.join(supported_isas())}")
+    return name
 
 
 ISAS: tuple[str, ...] = tuple(r["name"] for r in _load().isas()) if _load() is not None else ()
@@ -73,17 +93,7 @@ def resolve_isa(isa: str | None = None) -> str:
     name = (isa or os.environ.get(ENV_ISA, "")).strip().lower() or "auto"
     if name == "auto":
         return str(mod.best_isa())
-    src = "isa" if isa else f"${ENV_ISA}"
-    rows = {r["name"]: r for r in isas()}
-    if name not in rows:
-        raise BitnasError(f"{src}: '{name}' is not one of auto, {', '.join(rows)}")
-    row = rows[name]
-    if not row["compiled"]:
-        raise BitnasError(f"{src}: the {name} kernels are not compiled for this architecture")
-    if not row["supported"]:
-        raise BitnasError(f"{src}: this CPU (or OS) lacks {row['missing']}, which the {name} kernels need; "
-                          f"supported here: {', '.join(supported_isas())}")
-    return name
+    return _checked(name, "isa" if isa else f"${ENV_ISA}")
 
 
 def words(channels: int) -> int:

@@ -271,6 +271,8 @@ def test_forcing_a_row_the_cpu_lacks_is_refused_in_one_line(monkeypatch) -> None
     real = engine.isas()
     fake = [dict(r, supported=False, missing="avx512vpopcntdq") if r["name"] == "avx512" else r for r in real]
     monkeypatch.setattr(engine, "isas", lambda: fake)
+    engine._checked.cache_clear()
+    monkeypatch.setattr(engine, "_checked", engine._checked.__wrapped__)  # uncached: reads the fake table
     monkeypatch.setenv(engine.ENV_ISA, "avx512")
     with pytest.raises(BitnasError) as e:
         engine.resolve_isa()

@@ -1,8 +1,10 @@
 """Build of the optional C++ extension `bitnas.deploy._engine` (the 1-bit inference kernels).
 
 Metadata lives in pyproject.toml. The extension is compiled with the machine's C++ compiler
-(C++17, -O3); the AVX2 unit gets -mavx2 -mfma -mpopcnt -mbmi2 on x86-64 while everything else
-stays portable, and the kernels are picked at run time from the CPU's features. If the compiler
+(C++17, -O3). Every ISA file is always compiled, each with its own flags on x86-64 (the AVX2
+unit with -mavx2 -mfma -mpopcnt -mbmi2, the AVX-512 unit with -mavx512f -mavx512bw -mavx512vl
+-mavx512vpopcntdq) while everything else stays portable; the row of the ISA table
+(csrc/isa.cc) is picked at run time from the CPU's features. If the compiler
 is missing or the build fails, bitnas still installs (the torch path works) and
 `engine="bitpack"` explains how to build the extension.
 """
@@ -17,14 +19,20 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 CSRC = Path("bitnas") / "deploy" / "csrc"
-SOURCES = ["bindings.cc", "driver.cc", "reference.cc", "kernels_scalar.cc", "kernels_avx2.cc"]
+SOURCES = ["bindings.cc", "driver.cc", "isa.cc", "kernels_reference.cc", "kernels_scalar.cc", "kernels_avx2.cc",
+           "kernels_avx512.cc"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "x64")
 UNIX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-ffp-contract=off", "-pthread"]
-AVX2_FLAGS = {"unix": ["-mavx2", "-mfma", "-mpopcnt", "-mbmi2"], "msvc": ["/arch:AVX2"]}
+# Per-file instruction-set flags, by the suffix of the kernel file.
+ISA_FLAGS = {
+    "_avx2.cc": {"unix": ["-mavx2", "-mfma", "-mpopcnt", "-mbmi2"], "msvc": ["/arch:AVX2"]},
+    "_avx512.cc": {"unix": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq", "-mavx2", "-mfma",
+                            "-mpopcnt", "-mbmi2", "-Wno-maybe-uninitialized"], "msvc": ["/arch:AVX512"]},
+}
 
 
 class OptionalBuildExt(build_ext):
-    """Per-file flags for the AVX2 unit; a failed build leaves a warning, not a failed install."""
+    """Per-file flags for the ISA units; a failed build leaves a warning, not a failed install."""
 
     def build_extension(self, ext) -> None:
         compiler = self.compiler
@@ -33,8 +41,9 @@ class OptionalBuildExt(build_ext):
         if original is not None and X86:
             def _compile(obj, src, ext_, cc_args, extra_postargs, pp_opts):
                 extra = list(extra_postargs)
-                if src.endswith("_avx2.cc"):
-                    extra += AVX2_FLAGS.get(kind, [])
+                for suffix, flags in ISA_FLAGS.items():
+                    if src.endswith(suffix):
+                        extra += flags.get(kind, [])
                 return original(obj, src, ext_, cc_args, extra, pp_opts)
             compiler._compile = _compile
         if kind == "msvc":
@@ -65,7 +74,7 @@ def extensions() -> list:
         "bitnas.deploy._engine",
         sources=[str(CSRC / s) for s in SOURCES],
         include_dirs=[pybind11.get_include(), str(CSRC)],
-        depends=[str(CSRC / h) for h in ("engine.h", "detail.h", "driver.h")],
+        depends=[str(CSRC / h) for h in ("engine.h", "detail.h", "driver.h", "isa.h")],
         language="c++",
         extra_compile_args=UNIX_FLAGS,
         extra_link_args=["-pthread"],

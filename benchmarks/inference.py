@@ -1,4 +1,5 @@
-"""1-bit inference on the bitpack engine against torch fp32 (oneDNN, channels-last), single thread.
+"""1-bit inference on the bitpack engine against torch fp32 (oneDNN, channels-last) and, when
+installed (`pip install -e '.[bench]'`), ONNX Runtime and OpenVINO (benchmarks/runtimes.py).
 
 Layers: a binary conv on the engine — packing its float NHWC input, the XNOR-popcount conv and
 the fused output transform (α and a folded BN, float NHWC output) — against `F.conv2d` in fp32 on
@@ -13,8 +14,15 @@ eval mode), batch 1 and 64, 3×32×32 inputs:
 - darts_v2: DARTS_V2 at C = 36, 20 cells (CIFAR), Bi-Real module structure (the project's recipe);
   `--full` adds the cpnas structure.
 
-Every pair is timed interleaved in one process (alternating which runs first), one thread for
-both; the figures are wall-clock medians and "ratio" is median(torch) / median(engine);
+Per layer OpenVINO's BinaryConvolution and a bf16 OpenVINO conv join in (`ratio_ov_binary`,
+`ratio_ov_bf16`: their median over the engine's); per network ONNX Runtime fp32/int8 and OpenVINO
+fp32/bf16/int8 on the fp32 twin (`ratio_ort_fp32`, `ratio_ort_int8`, `ratio_ov_fp32`,
+`ratio_ov_bf16`, `ratio_ov_int8`; null when the runtime is absent), plus a 2-thread row per
+network. `--also-isa avx2` times that row of the engine too, interleaved in the same rounds
+(`also_isa`), so a faster row's gain and a slower row's regressions show on the same machine load.
+
+All contenders of a row are timed interleaved in one process (alternating the order), one thread
+each; the figures are wall-clock medians and "ratio" is median(torch) / median(engine);
 "paired" is the median of the per-round ratios, "cpu" the same ratio of thread-CPU-time
 medians (it leaves out time other jobs take the core on a shared machine) and "best" the ratio
 of the fastest CPU times (closest to an idle machine). The kernel ceiling is
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -41,7 +50,9 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+import runtimes  # noqa: E402
 from bitnas.deploy import engine, export_checkpoint, load_export  # noqa: E402
 from bitnas.nets import arch_spec, build_network  # noqa: E402
 from bitnas.space.genotypes import GENOTYPES  # noqa: E402
@@ -58,17 +69,18 @@ NETWORKS = {
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[tuple[float, float]]]:
-    """(wall, thread CPU) seconds of each function per round; the order alternates between rounds;
-    one warm-up. CPU time leaves out the time other jobs of a shared machine take the core."""
+    """(wall, process CPU) seconds of each function per round; the order alternates between rounds;
+    one warm-up. CPU time leaves out the time other jobs of a shared machine take the core, and
+    counts the worker threads of ONNX Runtime / OpenVINO / the engine's pool (one thread each here)."""
     names = list(fns)
     for n in names:
         fns[n]()
     times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     for r in range(rounds):
         for n in (names if r % 2 == 0 else names[::-1]):
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0 = time.perf_counter(), time.process_time()
             fns[n]()
-            times[n].append((time.perf_counter() - t0, time.thread_time() - c0))
+            times[n].append((time.perf_counter() - t0, time.process_time() - c0))
     return times
 
 
@@ -81,25 +93,56 @@ def summary(times: dict[str, list[tuple[float, float]]], ref: str, contender: st
             "paired_ratio": paired, "cpu_ratio": cpu[ref] / cpu[contender], "cpu_best_ratio": best[ref] / best[contender]}
 
 
-def bench_layer(name: str, ci: int, co: int, hw: int, k: int, rounds: int, batch: int = 64) -> dict:
+def contenders(times: dict[str, list[tuple[float, float]]], names: list[str]) -> dict[str, float | None]:
+    """Per other contender: its median, ratio_<name> = median(name) / median(bitpack) of wall time,
+    cpu_ratio_<name> of CPU-time medians and best_ratio_<name> of the fastest CPU times (null when absent)."""
+    wall = {n: statistics.median(t[0] for t in ts) for n, ts in times.items()}
+    cpu = {n: statistics.median(t[1] for t in ts) for n, ts in times.items()}
+    best = {n: min(t[1] for t in ts) for n, ts in times.items()}
+    out: dict[str, float | None] = {}
+    for n in names:
+        out[f"{n}_ms"] = 1e3 * wall[n] if n in wall else None
+        out[f"ratio_{n}"] = wall[n] / wall["bitpack"] if n in wall else None
+        out[f"cpu_ratio_{n}"] = cpu[n] / cpu["bitpack"] if n in cpu else None
+        out[f"best_ratio_{n}"] = best[n] / best["bitpack"] if n in best else None
+    return out
+
+
+def also_isa(times: dict[str, list[tuple[float, float]]], isas: list[str]) -> dict[str, dict[str, float]]:
+    """The extra engine rows: median, ratio against torch, and the main row's speed-up over them."""
+    wall = {n: statistics.median(t[0] for t in ts) for n, ts in times.items()}
+    cpu = {n: statistics.median(t[1] for t in ts) for n, ts in times.items()}
+    return {i: {"ms": 1e3 * wall[f"bitpack_{i}"], "ratio": wall["torch_fp32"] / wall[f"bitpack_{i}"],
+                "cpu_ratio": cpu["torch_fp32"] / cpu[f"bitpack_{i}"],
+                "speedup_of_main_row": wall[f"bitpack_{i}"] / wall["bitpack"],
+                "cpu_speedup_of_main_row": cpu[f"bitpack_{i}"] / cpu["bitpack"]} for i in isas}
+
+
+def bench_layer(name: str, ci: int, co: int, hw: int, k: int, rounds: int, batch: int = 64,
+                extra_isas: tuple[str, ...] = ()) -> dict:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, ci, hw, hw, generator=g).contiguous(memory_format=CL)
     w = torch.randn(co, ci, k, k, generator=g).contiguous(memory_format=CL)
     conv = engine.BinaryConv((w < 0).numpy(), ci, padding=(k // 2, k // 2))
-    conv.set_transform(torch.rand(co, generator=g).numpy(), torch.randn(co, generator=g).numpy())
+    mul, add = torch.rand(co, generator=g).numpy(), torch.randn(co, generator=g).numpy()
+    conv.set_transform(mul, add)
     xn = x.permute(0, 2, 3, 1).numpy()
 
-    def binary() -> object:
-        return conv(engine.pack(xn), want=("floats",))
+    def binary(isa: str | None = None) -> object:
+        return conv(engine.pack(xn, isa=isa), want=("floats",), isa=isa)
 
     def fp32() -> object:
         return F.conv2d(x, w, None, 1, k // 2)
 
+    fns: dict[str, Callable[[], object]] = {"torch_fp32": fp32, "bitpack": binary}
+    fns.update({f"bitpack_{i}": (lambda i=i: binary(i)) for i in extra_isas})
+    fns.update(runtimes.layer_runners((w < 0).numpy(), mul, add, w.numpy(), np.ascontiguousarray(xn), k // 2))
     with torch.inference_mode():
-        t = interleaved({"torch_fp32": fp32, "bitpack": binary}, rounds)
+        t = interleaved(fns, rounds)
     macs = batch * hw * hw * co * ci * k * k
     s = summary(t, "torch_fp32", "bitpack")
-    return {"name": name, "batch": batch, **s, "binary_gmacs": macs / (s["bitpack_ms"] * 1e6),
+    return {"name": name, "batch": batch, **s, **contenders(t, ["ov_binary", "ov_bf16"]),
+            "also_isa": also_isa(t, list(extra_isas)), "binary_gmacs": macs / (s["bitpack_ms"] * 1e6),
             "fp32_gmacs": macs / (s["torch_fp32_ms"] * 1e6)}
 
 
@@ -141,52 +184,104 @@ def make_export(key: str, tmp: Path) -> tuple[Path, torch.nn.Module]:
     return out, twin
 
 
-def bench_network(key: str, path: Path, twin: torch.nn.Module, batch: int, rounds: int) -> dict:
-    net = load_export(path, "bitpack")
+NET_CONTENDERS = ["ort_fp32", "ort_int8", "ov_fp32", "ov_bf16", "ov_int8"]
+
+
+def bench_network(key: str, path: Path, twin: torch.nn.Module, onnx: tuple[Path | None, Path | None], batch: int,
+                  rounds: int, threads: int = 1, extra_isas: tuple[str, ...] = ()) -> dict:
+    net = load_export(path, "bitpack", threads=threads)
     x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=CL)
-    with torch.inference_mode():
-        t = interleaved({"torch_fp32": lambda: twin(x), "bitpack": lambda: net(x)}, rounds)
-    return {"name": key, "batch": batch, **summary(t, "torch_fp32", "bitpack")}
+    fns: dict[str, Callable[[], object]] = {"torch_fp32": lambda: twin(x), "bitpack": lambda: net(x)}
+    for i in extra_isas:
+        other = load_export(path, "bitpack", threads=threads, isa=i)
+        fns[f"bitpack_{i}"] = lambda other=other: other(x)
+    fns.update(runtimes.network_runners(*onnx, np.ascontiguousarray(x.numpy()), threads))
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            t = interleaved(fns, rounds)
+    finally:
+        torch.set_num_threads(1)
+    return {"name": key, "batch": batch, "threads": threads, **summary(t, "torch_fp32", "bitpack"),
+            **contenders(t, NET_CONTENDERS), "also_isa": also_isa(t, list(extra_isas))}
+
+
+def machine() -> dict:
+    """The CPU this ran on (model name and the features the engine reads), the engine's row, the runtimes."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        model = names[0] if names else model
+    feats = engine.cpu_features()
+    return {"cpu": model, "isa": engine.resolve_isa(), "isa_features": feats,
+            "isa_label": ", ".join(k for k, v in feats.items() if v and not k.startswith("os_")),
+            "isas_supported": engine.supported_isas(), "torch": torch.__version__,
+            "onednn": torch.backends.mkldnn.is_available(), "runtimes": runtimes.versions(),
+            "runtimes_note": runtimes.missing_note(), "threads": 1,
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def pair(wall: float | None, cpu: float | None) -> str:
+    """"wall/cpu" ratios for the table ("—" when the contender is absent)."""
+    return "—" if wall is None or cpu is None else f"{wall:.2f}/{cpu:.2f}x"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer repeats (about 2 minutes on 2 shared cores)")
-    p.add_argument("--full", action="store_true", help="more repeats and the cpnas DARTS_V2 network too")
+    p.add_argument("--quick", action="store_true", help="fewer repeats (a few minutes on 2 shared cores)")
+    p.add_argument("--full", action="store_true", help="more repeats, 2-thread rows at batch 64 too, cpnas DARTS_V2")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--skip-networks", action="store_true", help="layers and kernel ceiling only")
+    p.add_argument("--also-isa", action="append", default=[], metavar="ISA",
+                   help="also time this row of the engine's ISA table, interleaved (e.g. avx2)")
     a = p.parse_args()
     engine.extension()
+    extra = tuple(engine.resolve_isa(i) for i in a.also_isa)
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     layer_rounds, net_rounds = (9, {1: 9, 64: 3}) if a.quick else ((25, {1: 21, 64: 7}) if a.full else (15, {1: 15, 64: 5}))
-    result: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "isa": engine.resolve_isa(),
-                                "torch": torch.__version__, "onednn": torch.backends.mkldnn.is_available(),
-                                "threads": 1},
-                    "kernel": kernel_ceiling(), "layers": [], "networks": []}
+    result: dict = {"machine": machine(), "kernel": kernel_ceiling(), "layers": [], "networks": []}
     for spec in LAYERS:
-        result["layers"].append(bench_layer(*spec, rounds=layer_rounds))
+        result["layers"].append(bench_layer(*spec, rounds=layer_rounds, extra_isas=extra))
     if not a.skip_networks:
         keys = ["bireal", "darts_v2"] + (["darts_v2_cpnas"] if a.full else [])
         with tempfile.TemporaryDirectory() as tmp:
             for key in keys:
                 path, twin = make_export(key, Path(tmp))
+                onnx = runtimes.onnx_models(twin, Path(tmp), key)
                 for batch in (1, 64):
-                    result["networks"].append(bench_network(key, path, twin, batch, net_rounds[batch]))
+                    result["networks"].append(bench_network(key, path, twin, onnx, batch, net_rounds[batch],
+                                                            extra_isas=extra))
+                for batch in (1, 64) if a.full else (1,):
+                    result["networks"].append(bench_network(key, path, twin, onnx, batch, net_rounds[batch], threads=2))
+    result["notes"] = sorted(set(runtimes.SKIPPED))
+    result["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     if a.json:
         print(json.dumps(result))
         return 0
     m, k = result["machine"], result["kernel"]
-    print(f"torch {m['torch']} (oneDNN {m['onednn']}), engine isa {m['isa']}, 1 thread; medians of interleaved runs")
+    print(f"{m['cpu']} ({m['isa_label']}); engine isa {m['isa']}; torch {m['torch']}; medians of interleaved runs")
+    if m["runtimes_note"]:
+        print(m["runtimes_note"])
     print(f"kernel ceiling (L1-resident 1x1 conv, 2048 channels, CPU time): {k['binary_gmacs']:.0f} G binary MACs/s")
-    print(f"{'layer (batch 64)':<22} {'torch fp32':>11} {'bitpack':>9} {'ratio':>6} {'paired':>7} {'cpu':>6} {'best':>6}")
+    print("ratios: wall-clock median / CPU-time median (other jobs on the machine inflate wall time)")
+    print(f"{'layer (batch 64)':<22} {'torch fp32':>11} {'bitpack':>9} {'vs torch':>12} {'vs OV bin':>12} {'vs OV bf16':>12}")
     for r in result["layers"]:
-        print(f"{r['name']:<22} {r['torch_fp32_ms']:9.2f}ms {r['bitpack_ms']:7.2f}ms {r['ratio']:5.2f}x "
-              f"{r['paired_ratio']:6.2f}x {r['cpu_ratio']:5.2f}x {r['cpu_best_ratio']:5.2f}x")
+        print(f"{r['name']:<22} {r['torch_fp32_ms']:9.2f}ms {r['bitpack_ms']:7.2f}ms {pair(r['ratio'], r['cpu_ratio']):>12} "
+              f"{pair(r['ratio_ov_binary'], r['cpu_ratio_ov_binary']):>12} {pair(r['ratio_ov_bf16'], r['cpu_ratio_ov_bf16']):>12}")
+    print(f"{'network':<22} {'torch':>11} {'bitpack':>9} {'vs torch':>12} " + " ".join(f"{'vs ' + c:>12}" for c in NET_CONTENDERS))
     for r in result["networks"]:
-        print(f"{r['name'] + ' batch ' + str(r['batch']):<22} {r['torch_fp32_ms']:9.1f}ms {r['bitpack_ms']:7.1f}ms "
-              f"{r['ratio']:5.2f}x {r['paired_ratio']:6.2f}x {r['cpu_ratio']:5.2f}x {r['cpu_best_ratio']:5.2f}x")
+        label = f"{r['name']} b{r['batch']} t{r['threads']}"
+        print(f"{label:<22} {r['torch_fp32_ms']:9.1f}ms {r['bitpack_ms']:7.1f}ms {pair(r['ratio'], r['cpu_ratio']):>12} "
+              + " ".join(f"{pair(r['ratio_' + c], r['cpu_ratio_' + c]):>12}" for c in NET_CONTENDERS))
+    for r in result["layers"] + result["networks"]:
+        for isa, v in r["also_isa"].items():
+            print(f"  {r['name']} b{r['batch']}: {isa} row {v['ms']:.2f} ms, {pair(v['ratio'], v['cpu_ratio'])} torch; "
+                  f"{m['isa']} {pair(v['speedup_of_main_row'], v['cpu_speedup_of_main_row'])} faster")
+    for note in result["notes"]:
+        print(f"note: {note}")
     print(f"({result['seconds']:.0f} s)")
     return 0
 

@@ -4,8 +4,10 @@ The extension is optional: without it `engine="torch"` still works, and asking f
 engine raises one `BitnasError` line saying how to build it. The kernels take plain numpy
 buffers (NHWC floats, packed uint64 words); torch tensors reach them through `.numpy()` views.
 
-ISA: `isa=None` uses $BITNAS_ENGINE_ISA when set (avx2, scalar or reference), else the best the
-CPU supports (AVX2 on x86-64 with AVX2/FMA/POPCNT/BMI2, the portable scalar kernels elsewhere).
+ISA: the engine's ISA table (csrc/isa.cc, `isas()`) lists every path, plain to fastest:
+reference, scalar, avx2, avx512. `isa=None` uses $BITNAS_ENGINE_ISA when set (any row's name),
+else the best row this CPU and OS support (AVX-512 with F/BW/VL/VPOPCNTDQ, else AVX2 with
+AVX2/FMA/POPCNT/BMI2, else the portable scalar kernels). Forcing a row the CPU lacks is refused.
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import numpy as np
 from bitnas.errors import BitnasError
 
 ENV_ISA = "BITNAS_ENGINE_ISA"
-ISAS = ("avx2", "scalar", "reference")
 BUILD_HINT = ("the bitpack engine's C++ extension (bitnas.deploy._engine) is not built; install a C++17 compiler and "
               "run `pip install -e .` (or `make install`) in the bitnas source tree, or use engine='torch'")
 ACTS = {"none": 0, "relu": 1, "prelu": 2, "rprelu": 3}
@@ -49,21 +50,50 @@ def extension() -> ModuleType:
 
 
 def cpu_features() -> dict[str, bool]:
+    """CPU features the engine reads (cpuid + XGETBV), including AMX and whether Linux granted it."""
     return dict(extension().cpu_features())
+
+
+def isas() -> list[dict[str, Any]]:
+    """The engine's ISA table, plain to fastest: name, features, compiled, supported, missing, layout."""
+    return [dict(r) for r in _table()]
+
+
+@lru_cache(maxsize=1)
+def _table() -> tuple[dict[str, Any], ...]:
+    return tuple(extension().isas())
+
+
+@lru_cache(maxsize=64)
+def _checked(name: str, src: str) -> str:
+    """`name` when a row of the table this machine supports, else a one-line BitnasError."""
+    rows = {r["name"]: r for r in isas()}
+    if name not in rows:
+        raise BitnasError(f"{src}: '{name}' is not one of auto, {', '.join(rows)}")
+    row = rows[name]
+    if not row["compiled"]:
+        raise BitnasError(f"{src}: the {name} kernels are not compiled for this architecture")
+    if not row["supported"]:
+        raise BitnasError(f"{src}: this CPU (or OS) lacks {row['missing']}, which the {name} kernels need; "
+                          f"supported here: {', '.join(supported_isas())}")
+    return name
+
+
+ISAS: tuple[str, ...] = tuple(r["name"] for r in _load().isas()) if _load() is not None else ()
+
+
+def supported_isas() -> list[str]:
+    """Names of the rows this machine runs (compiled, and the CPU and OS have their features)."""
+    return [r["name"] for r in isas() if r["supported"]]
 
 
 def resolve_isa(isa: str | None = None) -> str:
     """The kernels to use: `isa`, else $BITNAS_ENGINE_ISA, else the best this CPU supports."""
     mod = extension()
-    name = isa or os.environ.get(ENV_ISA, "").strip().lower() or "auto"
+    name = (isa or os.environ.get(ENV_ISA, "")).strip().lower() or "auto"
     if name == "auto":
         return str(mod.best_isa())
-    if name not in ISAS:
-        src = "isa" if isa else f"${ENV_ISA}"
-        raise BitnasError(f"{src}: '{name}' is not one of auto, {', '.join(ISAS)}")
-    if not mod.isa_supported(name):
-        raise BitnasError(f"isa '{name}': not supported by this CPU (features: {cpu_features()})")
-    return name
+    return _checked(name, "isa" if isa else f"${ENV_ISA}")
 
 
 def words(channels: int) -> int:

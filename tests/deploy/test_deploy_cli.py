@@ -285,3 +285,20 @@ def test_eval_engine_refusals(exported, tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setattr(engine, "_load", lambda: None)
     refused(["eval", str(exported["model"]), "--data", "fashion-mnist-embedded", "--engine", "bitpack"], capsys,
             "C++ extension (bitnas.deploy._engine) is not built", tmp_path)
+
+
+@needs_engine
+def test_forcing_an_isa_row_the_cpu_lacks_stops_in_one_line(exported, tmp_path, capsys, monkeypatch) -> None:
+    """BITNAS_ENGINE_ISA naming a row this CPU lacks (simulated: the avx512 row without VPOPCNTDQ)
+    or no row at all: exit 2, one `bitnas: error:` line naming the problem."""
+    fake = [dict(r, supported=False, missing="avx512vpopcntdq") if r["name"] == "avx512" else r for r in engine.isas()]
+    monkeypatch.setattr(engine, "isas", lambda: fake)
+    monkeypatch.setattr(engine, "_checked", engine._checked.__wrapped__)
+    test = load_dataset("fashion-mnist-embedded", "test")
+    pic = tmp_path / "pic.png"
+    Image.fromarray(test.images[0, 0].numpy()).save(pic)
+    monkeypatch.setenv(engine.ENV_ISA, "avx512")
+    refused(["infer", str(exported["model"]), str(pic)], capsys, "lacks avx512vpopcntdq", exported["model"].parent)
+    monkeypatch.setenv(engine.ENV_ISA, "sse9")
+    refused(["infer", str(exported["model"]), str(pic)], capsys, "'sse9' is not one of auto, reference, scalar, avx2, avx512",
+            exported["model"].parent)

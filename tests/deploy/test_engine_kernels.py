@@ -2,8 +2,9 @@
 
 Integer results of the binary convolution must equal a numpy ±1 convolution (zero or +1
 padding) bit for bit; packing must equal numpy's comparison + packbits; the output transform
-must equal the same float32 arithmetic done by numpy; the reference, scalar and AVX2 paths must
-agree exactly, with any number of threads.
+must equal the same float32 arithmetic done by numpy. Every test runs once per row of the
+engine's ISA table (reference, scalar, avx2, avx512): rows this CPU lacks are compiled but skipped
+with the features it lacks; every row must agree exactly, with any number of threads.
 """
 from __future__ import annotations
 
@@ -17,7 +18,20 @@ from bitnas.errors import BitnasError
 
 needs_engine = pytest.mark.skipif(not engine.available(), reason="C++ extension not built")
 
-ISAS = [i for i in ("reference", "scalar", "avx2") if engine.available() and engine.extension().isa_supported(i)]
+ROWS = engine.ISAS or ("reference", "scalar", "avx2", "avx512")
+
+
+@pytest.fixture(params=ROWS)
+def isa(request) -> str:
+    """One row of the ISA table; skipped (one line, the missing features) where this machine lacks it."""
+    if not engine.available():
+        pytest.skip("C++ extension not built")
+    row = {r["name"]: r for r in engine.isas()}[request.param]
+    if not row["compiled"]:
+        pytest.skip(f"{request.param}: not compiled for this architecture")
+    if not row["supported"]:
+        pytest.skip(f"{request.param}: this CPU lacks {row['missing']}")
+    return request.param
 
 
 def np_pack(neg: np.ndarray) -> np.ndarray:
@@ -71,6 +85,9 @@ CASES = [
     (2, 128, 64, 6, 5, (3, 3), (1, 1), (1, 1), (1, 1), 2),
     (1, 256, 40, 5, 5, (1, 1), (2, 2), (0, 0), (1, 1), 2),
     (1, 2048, 16, 3, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (2, 70, 45, 13, 11, (3, 3), (1, 1), (1, 1), (1, 1), 1),     # several tiles, partial last one
+    (2, 200, 130, 10, 9, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (2, 100, 100, 9, 30, (3, 3), (1, 1), (1, 1), (1, 1), 100),  # depthwise, several row bands
 ]
 
 
@@ -88,19 +105,18 @@ def _case(case, pad_value: int, seed: int):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "n{}c{}o{}_{}x{}_k{}s{}p{}d{}g{}".format(
     c[0], c[1], c[2], c[3], c[4], c[5][0], c[6][0], c[7][0], c[8][0], c[9]))
 @needs_engine
-def test_conv_integers_equal_numpy_on_every_isa(case, pad_value: int) -> None:
+def test_conv_integers_equal_numpy_on_every_isa(case, pad_value: int, isa: str) -> None:
     x, wt, conv, bits = _case(case, pad_value, seed=hash(case) % 1000 + pad_value)
     want = np_conv(x, wt, conv.stride, conv.padding, conv.dilation, conv.groups, pad_value,
                    conv.out_size(x.shape[2], x.shape[3]))
-    for isa in ISAS:
-        got = conv(bits, want=("ints",), isa=isa)["ints"]
-        assert got.shape == want.shape
-        assert np.array_equal(got, want), f"{isa}: {np.abs(got - want).max()} off"
+    got = conv(bits, want=("ints",), isa=isa)["ints"]
+    assert got.shape == want.shape
+    assert np.array_equal(got, want), f"{isa}: {np.abs(got - want).max()} off"
 
 
 @needs_engine
 @pytest.mark.parametrize("pad_value", [0, 1])
-def test_offset_origin_and_explicit_size_as_in_factorized_reduce(pad_value: int) -> None:
+def test_offset_origin_and_explicit_size_as_in_factorized_reduce(pad_value: int, isa: str) -> None:
     """A 1×1 stride-2 conv of x[1:, 1:] zero-padded back to the grid of x (DARTS' factorised
     reduce on odd sizes): pad (−1, −1) and the output size of the unshifted conv; the missing
     row/column is 0 whatever the conv's own padding value."""
@@ -110,26 +126,24 @@ def test_offset_origin_and_explicit_size_as_in_factorized_reduce(pad_value: int)
     conv = engine.BinaryConv(wt < 0, 20, stride=(2, 2), padding=(-1, -1), pad_value=0)
     want = np_conv(x, wt, (2, 2), (-1, -1), (1, 1), 1, 0, (4, 4))
     assert np.all(want[:, 3, :, :] == 0) and np.all(want[:, :, 3, :] == 0)
-    for isa in ISAS:
-        assert np.array_equal(conv(np_pack(x.transpose(0, 2, 3, 1) < 0), (4, 4), want=("ints",), isa=isa)["ints"], want)
+    assert np.array_equal(conv(np_pack(x.transpose(0, 2, 3, 1) < 0), (4, 4), want=("ints",), isa=isa)["ints"], want)
 
 
 @needs_engine
 @pytest.mark.parametrize("c", [1, 7, 8, 63, 64, 65, 100, 130])
-def test_pack_equals_numpy(c: int) -> None:
+def test_pack_equals_numpy(c: int, isa: str) -> None:
     rng = np.random.default_rng(c)
     x = rng.standard_normal((2, 3, 5, c)).astype(np.float32)
     x[0, 0, 0, :] = 0.0
     x[0, 0, 1, :] = -0.0  # sign(−0) = +1
     scale = rng.standard_normal(c).astype(np.float32)
     shift = rng.standard_normal(c).astype(np.float32)
-    for isa in ISAS:
-        assert np.array_equal(engine.pack(x, isa=isa), np_pack(x < 0))
-        assert np.array_equal(engine.pack(x, scale, shift, isa=isa), np_pack(x * scale + shift < 0))
+    assert np.array_equal(engine.pack(x, isa=isa), np_pack(x < 0))
+    assert np.array_equal(engine.pack(x, scale, shift, isa=isa), np_pack(x * scale + shift < 0))
     wide = np.zeros((2, 3, 5, c + 9), np.float32)
     wide[..., 4:4 + c] = x
-    for isa in ISAS:  # a channel slice of a wider NHWC buffer
-        assert np.array_equal(engine.pack(wide[..., 4:4 + c], isa=isa), np_pack(x < 0))
+    # a channel slice of a wider NHWC buffer
+    assert np.array_equal(engine.pack(wide[..., 4:4 + c], isa=isa), np_pack(x < 0))
 
 
 def np_epilogue(dot, mul, add, act, slope, sin, sout, res, post):
@@ -154,7 +168,7 @@ def np_epilogue(dot, mul, add, act, slope, sin, sout, res, post):
 @needs_engine
 @pytest.mark.parametrize("act", ["none", "relu", "prelu", "rprelu"])
 @pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[10]], ids=["dense", "1x1", "depthwise"])
-def test_output_transform_equals_numpy_float32(case, act: str) -> None:
+def test_output_transform_equals_numpy_float32(case, act: str, isa: str) -> None:
     x, wt, conv, bits = _case(case, 0, seed=11)
     rng = np.random.default_rng(5)
     o = conv.out_channels
@@ -166,15 +180,13 @@ def test_output_transform_equals_numpy_float32(case, act: str) -> None:
     post = rng.standard_normal(dot.shape).astype(np.float32)
     want = np_epilogue(dot, p["mul"], p["add"], act, p["slope"], p["sin"], p["sout"], res, post)
     want_bits = np_pack(want * p["bs"] + p["bt"] < 0)
-    for isa in ISAS:
-        got = conv(bits, want=("floats", "bits"), res=res, post=post, isa=isa)
-        assert np.array_equal(got["floats"], want), isa
-        assert np.array_equal(got["bits"], want_bits), isa
+    got = conv(bits, want=("floats", "bits"), res=res, post=post, isa=isa)
+    assert np.array_equal(got["floats"], want), isa
+    assert np.array_equal(got["bits"], want_bits), isa
     conv.set_transform(p["mul"], p["add"], act, p["slope"], p["sin"], p["sout"])
     plain = np_epilogue(dot, p["mul"], p["add"], act, p["slope"], p["sin"], p["sout"], None, None)
-    for isa in ISAS:
-        got = conv(bits, want=("floats", "bits"), isa=isa)
-        assert np.array_equal(got["floats"], plain) and np.array_equal(got["bits"], np_pack(plain < 0)), isa
+    got = conv(bits, want=("floats", "bits"), isa=isa)
+    assert np.array_equal(got["floats"], plain) and np.array_equal(got["bits"], np_pack(plain < 0)), isa
 
 
 def test_thresholds_decide_exactly_in_float64() -> None:
@@ -193,45 +205,44 @@ def test_thresholds_decide_exactly_in_float64() -> None:
 
 @needs_engine
 @pytest.mark.parametrize("case", [CASES[1], CASES[9], CASES[11]], ids=["dense", "groups", "depthwise"])
-def test_threshold_bits_equal_float64_predicate(case) -> None:
+def test_threshold_bits_equal_float64_predicate(case, isa: str) -> None:
     x, wt, conv, bits = _case(case, 0, seed=2)
     dot = conv(bits, want=("ints",), isa="reference")["ints"].astype(np.float64)
     rng = np.random.default_rng(1)
     mul, add = rng.standard_normal(conv.out_channels), rng.standard_normal(conv.out_channels) * 3
     conv.set_transform(threshold=engine.thresholds(mul, add, conv.k))
     want = np_pack(~(dot * mul + add >= 0))
-    for isa in ISAS:
-        assert np.array_equal(conv(bits, want=("bits",), threshold=True, isa=isa)["bits"], want), isa
+    assert np.array_equal(conv(bits, want=("bits",), threshold=True, isa=isa)["bits"], want), isa
 
 
 @needs_engine
 @pytest.mark.parametrize("case", [CASES[1], CASES[10]], ids=["dense", "depthwise"])
-def test_threads_give_the_same_result(case) -> None:
+def test_threads_give_the_same_result(case, isa: str) -> None:
     x, wt, conv, bits = _case(case, 0, seed=4)
     conv.set_transform(np.full(conv.out_channels, 0.5, np.float32), np.ones(conv.out_channels, np.float32))
-    for isa in ISAS:
-        one = conv(bits, want=("floats", "bits"), isa=isa, threads=1)
-        three = conv(bits, want=("floats", "bits"), isa=isa, threads=3)
-        assert all(np.array_equal(one[k], three[k]) for k in one)
+    one = conv(bits, want=("floats", "bits"), isa=isa, threads=1)
+    three = conv(bits, want=("floats", "bits"), isa=isa, threads=3)
+    assert all(np.array_equal(one[k], three[k]) for k in one)
 
 
 @needs_engine
-def test_float_output_into_a_channel_slice() -> None:
+def test_float_output_into_a_channel_slice(isa: str) -> None:
     """Two convs write the two halves of one NHWC buffer (a concatenation without a copy)."""
     x, wt, conv, bits = _case(CASES[1], 0, seed=9)
     buf = np.full((*bits.shape[:1], *conv.out_size(9, 8), 2 * conv.out_channels + 3), 7.0, np.float32)
-    for isa in ISAS:
-        conv.run(bits, out=buf[..., 3:3 + conv.out_channels], isa=isa)
-        ints = conv(bits, want=("ints",), isa=isa)["ints"]
-        assert np.array_equal(buf[..., 3:3 + conv.out_channels], ints.astype(np.float32))
-        assert np.all(buf[..., :3] == 7.0) and np.all(buf[..., 3 + conv.out_channels:] == 7.0)
+    conv.run(bits, out=buf[..., 3:3 + conv.out_channels], isa=isa)
+    ints = conv(bits, want=("ints",), isa=isa)["ints"]
+    assert np.array_equal(buf[..., 3:3 + conv.out_channels], ints.astype(np.float32))
+    assert np.all(buf[..., :3] == 7.0) and np.all(buf[..., 3 + conv.out_channels:] == 7.0)
 
 
 @needs_engine
-def test_dispatch_picks_avx2_when_the_cpu_has_it_and_obeys_the_environment(monkeypatch) -> None:
+def test_dispatch_picks_the_best_supported_row_and_obeys_the_environment(monkeypatch) -> None:
     f = engine.cpu_features()
     monkeypatch.delenv(engine.ENV_ISA, raising=False)
-    assert engine.resolve_isa() == ("avx2" if f["avx2"] and f["fma"] and f["popcnt"] and f["bmi2"] else "scalar")
+    avx512 = all(f[k] for k in ("avx512f", "avx512bw", "avx512vl", "avx512vpopcntdq", "os_avx512"))
+    avx2 = all(f[k] for k in ("avx2", "fma", "popcnt", "bmi2", "os_avx"))
+    assert engine.resolve_isa() == ("avx512" if avx512 else "avx2" if avx2 else "scalar")
     monkeypatch.setenv(engine.ENV_ISA, "scalar")
     assert engine.resolve_isa() == "scalar"
     assert engine.resolve_isa("reference") == "reference"
@@ -241,11 +252,38 @@ def test_dispatch_picks_avx2_when_the_cpu_has_it_and_obeys_the_environment(monke
 
 
 @needs_engine
-def test_both_optimised_paths_run_here_when_the_cpu_has_avx2() -> None:
+def test_the_isa_table_lists_every_path_and_its_requirements() -> None:
+    rows = engine.isas()
+    assert [r["name"] for r in rows] == list(engine.ISAS) == ["reference", "scalar", "avx2", "avx512"]
+    by = {r["name"]: r for r in rows}
+    assert by["reference"]["supported"] and by["scalar"]["supported"]
+    assert {"avx512f", "avx512bw", "avx512vl", "avx512vpopcntdq"} <= set(by["avx512"]["features"])
     f = engine.cpu_features()
-    assert "scalar" in ISAS and "reference" in ISAS
-    if f["avx2"]:
-        assert "avx2" in ISAS
+    for r in rows:
+        assert r["supported"] == (r["compiled"] and all(f[k] for k in r["features"])), r["name"]
+        assert r["missing"] == ",".join(k for k in r["features"] if not f[k])
+        assert r["tile_max"] > 0 and r["word_bytes"] in (8, 16) and r["channel_pad"] % 32 == 0
+
+
+@needs_engine
+def test_forcing_a_row_the_cpu_lacks_is_refused_in_one_line(monkeypatch) -> None:
+    """A CPU without a row's features: the row is refused (here simulated by a missing feature)."""
+    real = engine.isas()
+    fake = [dict(r, supported=False, missing="avx512vpopcntdq") if r["name"] == "avx512" else r for r in real]
+    monkeypatch.setattr(engine, "isas", lambda: fake)
+    engine._checked.cache_clear()
+    monkeypatch.setattr(engine, "_checked", engine._checked.__wrapped__)  # uncached: reads the fake table
+    monkeypatch.setenv(engine.ENV_ISA, "avx512")
+    with pytest.raises(BitnasError) as e:
+        engine.resolve_isa()
+    assert "\n" not in str(e.value) and "avx512vpopcntdq" in str(e.value)
+    with pytest.raises(BitnasError, match="^isa: .*lacks avx512vpopcntdq"):
+        engine.resolve_isa("avx512")
+    for r in real:  # and the extension itself refuses a row the machine lacks
+        if not r["supported"]:
+            with pytest.raises(ValueError, match="lacks"):
+                engine.extension().pack(np.zeros((1, 1, 1, 3), np.float32), np.zeros((1, 1, 1, 1), np.uint64),
+                                        None, None, r["name"], 1)
 
 
 @pytest.mark.skipif(not os.environ.get("BITNAS_REQUIRE_ENGINE"), reason="only where the engine must be built (CI)")

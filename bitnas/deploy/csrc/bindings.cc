@@ -14,11 +14,17 @@ using namespace bitnas;
 
 namespace {
 
-Isa isa_arg(const std::string& name) {
+// A row of the ISA table by name ("auto": the best this machine supports).
+int isa_arg(const std::string& name) {
   if (name == "auto") return best_isa();
-  Isa isa;
-  if (!parse_isa(name, &isa)) throw std::invalid_argument("isa must be auto, avx2, scalar or reference, got '" + name + "'");
-  if (!isa_supported(isa)) throw std::invalid_argument(std::string("isa ") + name + " is not supported by this CPU/build");
+  const int isa = find_isa(name);
+  if (isa < 0) {
+    std::string names = "auto";
+    for (int i = 0; i < isa_count(); ++i) names += std::string(", ") + isa_row(i).name;
+    throw std::invalid_argument("isa must be one of " + names + ", got '" + name + "'");
+  }
+  if (!isa_compiled(isa)) throw std::invalid_argument("isa " + name + ": not compiled for this architecture");
+  if (!isa_supported(isa)) throw std::invalid_argument("isa " + name + ": this CPU lacks " + isa_missing(isa));
   return isa;
 }
 
@@ -97,7 +103,7 @@ struct PyConv {
   void run(const py::array& bits, int oh, int ow, const py::object& out, const py::object& out_bits,
            const py::object& out_ints, const py::object& res, const py::object& post, bool threshold,
            const std::string& isa_name_, int threads) {
-    const Isa isa = isa_arg(isa_name_);
+    const int isa = isa_arg(isa_name_);
     if (oh < 1 || ow < 1) throw std::invalid_argument("output size must be positive");
     if (bits.ndim() != 4) throw std::invalid_argument("bits: expected (N, H, W, words)");
     const std::int64_t n = bits.shape(0), h = bits.shape(1), w = bits.shape(2);
@@ -128,16 +134,42 @@ struct PyConv {
 PYBIND11_MODULE(_engine, m) {
   m.doc() = "bitnas 1-bit inference kernels (XNOR-popcount convolution, bit-packing, fused output transform)";
   m.def("cpu_features", [] {
-    const CpuFeatures f = cpu_features();
     py::dict d;
-    d["avx2"] = f.avx2; d["fma"] = f.fma; d["popcnt"] = f.popcnt; d["bmi2"] = f.bmi2;
+    for (const auto& f : cpu_features()) d[py::str(f.first)] = f.second;
     return d;
-  });
+  }, "CPU features from cpuid and XGETBV (os_*: the OS saves that register state; amx_granted: Linux "
+     "granted this process the AMX tile data)");
+  m.def("isas", [] {
+    py::list rows;
+    for (int i = 0; i < isa_count(); ++i) {
+      const IsaRow& r = isa_row(i);
+      py::dict d;
+      d["name"] = r.name;
+      py::list feats;
+      std::string f = r.features;
+      for (std::size_t a = 0; a < f.size();) {
+        std::size_t b = f.find(',', a);
+        if (b == std::string::npos) b = f.size();
+        feats.append(f.substr(a, b - a));
+        a = b + 1;
+      }
+      d["features"] = feats;
+      d["compiled"] = isa_compiled(i);
+      d["supported"] = isa_supported(i);
+      d["missing"] = isa_missing(i);
+      d["tile_bytes"] = r.layout.tile_bytes;
+      d["tile_max"] = r.layout.tile_max;
+      d["word_bytes"] = r.layout.word_bytes;
+      d["channel_pad"] = r.layout.channel_pad;
+      rows.append(d);
+    }
+    return rows;
+  }, "The ISA table, plain to fastest: name, required features, compiled, supported here, layout sizes");
   m.def("isa_supported", [](const std::string& name) {
-    Isa isa;
-    return parse_isa(name, &isa) && isa_supported(isa);
+    const int i = find_isa(name);
+    return i >= 0 && isa_supported(i);
   });
-  m.def("best_isa", [] { return std::string(isa_name(best_isa())); });
+  m.def("best_isa", [] { return std::string(isa_row(best_isa()).name); });
   m.def(
       "pack",
       [](const py::array& x, const py::array& out, const py::object& scale, const py::object& shift,
@@ -149,7 +181,7 @@ PYBIND11_MODULE(_engine, m) {
         word_t* op = nhwc<word_t>(out, "out", n, h, w, words_for(int(c)), &old, true);
         if (old != words_for(int(c))) throw std::invalid_argument("out: must be contiguous");
         const std::vector<float> s = floats(scale, std::size_t(c), "scale"), t = floats(shift, std::size_t(c), "shift");
-        const Isa i = isa_arg(isa);
+        const int i = isa_arg(isa);
         py::gil_scoped_release nogil;
         bitnas::pack(xp, n * h * w, int(c), ld, s.empty() ? nullptr : s.data(), t.empty() ? nullptr : t.data(), op, i,
                      threads);

@@ -1,6 +1,6 @@
 // Helpers shared by the kernel translation units. Everything here has internal linkage (anonymous
-// namespace, no standard-library templates), so the AVX2 unit, compiled with -mavx2, never lends
-// an instruction-set-specific copy of a shared function to the portable code.
+// namespace, no standard-library templates), so the AVX2 and AVX-512 units, compiled with their
+// own -m flags, never lend an instruction-set-specific copy of a shared function to the portable code.
 #pragma once
 
 #include <cstdint>
@@ -79,16 +79,33 @@ inline int gather_pixel(const word_t* in, const Geom& g, int group, const PixelW
   return n_oob;
 }
 
+// Gather a tile of `tile` output pixels from flat index pix_begin: put(p, i, word) for word i of
+// pixel p; each pixel's taps outside the image go to n_oob[p] and oob[p * taps ...].
+template <class Put>
+inline void gather_tile(const word_t* in, const Geom& g, int group, std::int64_t pix_begin, int tile, int* n_oob,
+                        int* oob, Put put) {
+  PixelWalk at(g, pix_begin);
+  for (int p = 0; p < tile; ++p, at.next(g))
+    n_oob[p] = gather_pixel(in, g, group, at, oob + p * g.taps(), [&](int i, word_t v) { put(p, i, v); });
+}
+
 // Zero-padding correction of one pixel's dot row for one group: with taps outside the image
 // reading +1, each such tap added sum_c w = wsum[tap][o]; a ternary (zero) border adds nothing.
 inline void correct_border(const Geom& g, int group, std::int32_t* dot, int n_oob, const int* oob,
                            const std::int32_t* wsum) {
   if (g.pad_one || n_oob == 0) return;
   const int og = g.cout_g(), o0 = group * og;
+  std::int32_t* __restrict d = dot + o0;  // never overlaps wsum: lets each ISA unit vectorise this
   for (int i = 0; i < n_oob; ++i) {
-    const std::int32_t* ws = wsum + std::int64_t(oob[i]) * g.cout + o0;
-    for (int o = 0; o < og; ++o) dot[o0 + o] -= ws[o];
+    const std::int32_t* __restrict ws = wsum + std::int64_t(oob[i]) * g.cout + o0;
+    for (int o = 0; o < og; ++o) d[o] -= ws[o];
   }
+}
+
+// The zero-padding correction of a whole tile (rows of stride dot_ld), after gather_tile.
+inline void correct_tile(const Geom& g, int group, std::int32_t* dot, std::int64_t dot_ld, int tile, const int* n_oob,
+                         const int* oob, const std::int32_t* wsum) {
+  for (int p = 0; p < tile; ++p) correct_border(g, group, dot + p * dot_ld, n_oob[p], oob + p * g.taps(), wsum);
 }
 
 }  // namespace

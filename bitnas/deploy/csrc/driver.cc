@@ -1,5 +1,5 @@
-// Driver: CPU detection, a small thread pool, and BinaryConv (weights laid out per ISA, tiling,
-// groups, the depthwise path and the output transform).
+// Driver: a small thread pool, and BinaryConv (weights laid out per ISA row on first use, tiling
+// sized by the row's layout, groups, the depthwise path and the output transform).
 #include "driver.h"
 
 #include <unistd.h>
@@ -10,56 +10,17 @@
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <thread>
 
 namespace bitnas {
 
-// ------------------------------------------------------------------ CPU features and ISA choice
-
-CpuFeatures cpu_features() {
-  CpuFeatures f;
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  f.avx2 = __builtin_cpu_supports("avx2");
-  f.fma = __builtin_cpu_supports("fma");
-  f.popcnt = __builtin_cpu_supports("popcnt");
-  f.bmi2 = __builtin_cpu_supports("bmi2");
-#endif
-  return f;
-}
-
-bool isa_supported(Isa isa) {
-  if (isa != Isa::kAvx2) return true;
-  const CpuFeatures f = cpu_features();
-  return kernels_avx2() != nullptr && f.avx2 && f.fma && f.popcnt && f.bmi2;
-}
-
-Isa best_isa() { return isa_supported(Isa::kAvx2) ? Isa::kAvx2 : Isa::kScalar; }
-
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::kReference: return "reference";
-    case Isa::kScalar: return "scalar";
-    case Isa::kAvx2: return "avx2";
-  }
-  return "?";
-}
-
-bool parse_isa(const std::string& name, Isa* out) {
-  for (Isa i : {Isa::kReference, Isa::kScalar, Isa::kAvx2})
-    if (name == isa_name(i)) {
-      *out = i;
-      return true;
-    }
-  return false;
-}
-
-static const Kernels* kernels_for(Isa isa) {
-  if (isa == Isa::kAvx2) {
-    if (!isa_supported(Isa::kAvx2)) throw std::runtime_error("the AVX2 kernels need a CPU with AVX2, FMA, POPCNT and BMI2");
-    return kernels_avx2();
-  }
-  return kernels_scalar();
+static const Kernels* kernels_for(int isa) {
+  if (isa < 0 || isa >= isa_count()) throw std::runtime_error("no such ISA row");
+  if (!isa_supported(isa))
+    throw std::runtime_error(std::string("the ") + isa_row(isa).name + " kernels need " + isa_missing(isa) +
+                             ", which this CPU (or build) lacks");
+  return isa_row(isa).kernels();
 }
 
 // ------------------------------------------------------------------ thread pool
@@ -148,8 +109,8 @@ void parallel_for(int threads, std::int64_t ntasks, const std::function<void(std
 // ------------------------------------------------------------------ packing
 
 void pack(const float* x, std::int64_t npix, int c, std::int64_t ld, const float* scale, const float* shift,
-          word_t* out, Isa isa, int threads) {
-  auto fn = isa == Isa::kReference ? reference_pack : kernels_for(isa)->pack;
+          word_t* out, int isa, int threads) {
+  auto fn = kernels_for(isa)->pack;
   const std::int64_t chunk = std::max<std::int64_t>(1, 16384 / std::max(c, 1));
   const std::int64_t tasks = (npix + chunk - 1) / chunk;
   const int nw = words_for(c);
@@ -188,6 +149,7 @@ BinaryConv::BinaryConv(const std::uint8_t* neg, int cout, int cin, int groups, i
   const int cin_g = g.cin_g(), taps = g.taps(), gw = g.g_words();
   canon_.assign(std::size_t(cout) * taps * gw, 0);
   wsum_.assign(std::size_t(taps) * cout, 0);
+  neg_.assign(neg, neg + std::size_t(cout) * cin_g * taps);
   for (int o = 0; o < cout; ++o)
     for (int c = 0; c < cin_g; ++c)
       for (int t = 0; t < taps; ++t) {
@@ -195,22 +157,33 @@ BinaryConv::BinaryConv(const std::uint8_t* neg, int cout, int cin, int groups, i
         if (b) canon_[(std::size_t(o) * taps + t) * gw + (c >> 6)] |= word_t(1) << (c & 63);
         wsum_[std::size_t(t) * cout + o] += b ? -1 : 1;
       }
-  const Kernels* ks[2] = {kernels_scalar(), kernels_avx2()};
-  for (int s = 0; s < 2; ++s) {
-    if (!ks[s]) continue;
-    group_stride_[s] = ks[s]->prepare_dense(nullptr, g, nullptr);
-    dense_[s].assign(std::size_t(group_stride_[s]) * groups, 0);
-    for (int grp = 0; grp < groups; ++grp)
-      ks[s]->prepare_dense(canon_.data() + std::size_t(grp) * g.cout_g() * taps * gw, g,
-                           dense_[s].data() + std::size_t(grp) * group_stride_[s]);
-  }
+  rows_.resize(std::size_t(isa_count()));
   depthwise_ = groups == cin && cout == cin && taps <= 127;
-  if (depthwise_) {
-    cpad_ = (cin + 31) / 32 * 32;
-    dw_.assign(std::size_t(taps) * cpad_, 0);
-    for (int c = 0; c < cin; ++c)
-      for (int t = 0; t < taps; ++t) dw_[std::size_t(t) * cpad_ + c] = neg[std::size_t(c) * taps + t] ? -1 : 1;
+}
+
+BinaryConv::BinaryConv(const BinaryConv& other)
+    : base_(other.base_), canon_(other.canon_), wsum_(other.wsum_), neg_(other.neg_),
+      depthwise_(other.depthwise_), rows_(other.rows_.size()), transform_(other.transform_) {}
+
+void BinaryConv::prepare(int isa) const {
+  std::lock_guard<std::mutex> lk(prepare_mutex_);
+  RowWeights& r = rows_[std::size_t(isa)];
+  if (r.ready) return;
+  const Kernels* k = kernels_for(isa);
+  const Geom& g = base_;
+  const int taps = g.taps(), gw = g.g_words();
+  r.group_stride = k->prepare_dense(nullptr, g, nullptr);
+  r.dense.assign(std::size_t(r.group_stride) * g.groups, 0);
+  for (int grp = 0; grp < g.groups; ++grp)
+    k->prepare_dense(canon_.data() + std::size_t(grp) * g.cout_g() * taps * gw, g,
+                     r.dense.data() + std::size_t(grp) * r.group_stride);
+  if (depthwise_ && k->depthwise) {
+    const int cpad = isa_row(isa).layout.channel_pad, cp = (g.cin + cpad - 1) / cpad * cpad;
+    r.dw.assign(std::size_t(taps) * cp, 0);
+    for (int c = 0; c < g.cin; ++c)
+      for (int t = 0; t < taps; ++t) r.dw[std::size_t(t) * cp + c] = neg_[std::size_t(c) * taps + t] ? -1 : 1;
   }
+  r.ready = true;
 }
 
 Geom BinaryConv::geom(int n, int h, int w, int oh, int ow) const {
@@ -220,48 +193,50 @@ Geom BinaryConv::geom(int n, int h, int w, int oh, int ow) const {
   return g;
 }
 
-void BinaryConv::run(const word_t* in, int n, int h, int w, int oh, int ow, const EpiIO& io, Isa isa,
+void BinaryConv::run(const word_t* in, int n, int h, int w, int oh, int ow, const EpiIO& io, int isa,
                      int threads) const {
   const Geom g = geom(n, h, w, oh, ow);
   if (g.out_pixels() == 0) return;
-  if (isa == Isa::kReference) {
-    std::vector<std::int32_t> dot(std::size_t(g.out_pixels()) * g.cout);
-    reference_conv(in, g, canon_.data(), dot.data());
-    reference_epilogue(dot.data(), g.cout, int(g.out_pixels()), 0, g.cout, transform_.params(), io);
-    return;
-  }
   const Kernels* k = kernels_for(isa);
-  if (depthwise_) return run_depthwise(in, g, io, k, threads);
-  run_dense(in, g, io, k, isa == Isa::kAvx2 ? 1 : 0, threads);
+  prepare(isa);
+  if (depthwise_ && k->depthwise) return run_depthwise(in, g, io, isa, threads);
+  run_dense(in, g, io, isa, threads);
 }
 
-void BinaryConv::run_dense(const word_t* in, const Geom& g, const EpiIO& io, const Kernels* k, int slot,
-                           int threads) const {
+void BinaryConv::run_dense(const word_t* in, const Geom& g, const EpiIO& io, int isa, int threads) const {
+  const Kernels* k = isa_row(isa).kernels();
+  const Layout& lay = isa_row(isa).layout;
+  const RowWeights& r = rows_[std::size_t(isa)];
   const std::int64_t kwords = std::int64_t(g.taps()) * g.g_words();
-  // A tile's gathered activations (16 bytes per word in the AVX2 layout) stay within ~16 KiB.
-  const int tile = int(std::max<std::int64_t>(8, std::min<std::int64_t>(60, 16384 / (16 * kwords))));
-  const std::int64_t npix = g.out_pixels(), tiles = (npix + tile - 1) / tile;
-  const std::int64_t dot_ld = (g.cout + 7) / 8 * 8;
-  const std::int64_t scratch_bytes = k->dense_scratch(g, tile);
+  const std::int64_t npix = g.out_pixels();
+  // A tile's gathered activations stay within the row's L1 budget; with several threads, tiles
+  // small enough that every thread gets one.
+  std::int64_t tile = std::max<std::int64_t>(8, std::min<std::int64_t>(lay.tile_max, lay.tile_bytes / (lay.word_bytes * kwords)));
+  if (threads > 1) tile = std::min(tile, std::max<std::int64_t>(8, (npix + threads - 1) / threads));
+  const std::int64_t tiles = (npix + tile - 1) / tile;
+  const std::int64_t dot_ld = (g.cout + 15) / 16 * 16;
+  const std::int64_t scratch_bytes = k->dense_scratch(g, int(tile));
   const int nthreads = int(std::min<std::int64_t>(std::max(threads, 1), tiles));
   std::vector<std::vector<std::int64_t>> scratch(nthreads);  // 8-byte aligned storage
   std::vector<std::vector<std::int32_t>> dots(nthreads);
   const EpiParams params = transform_.params();
   parallel_for(nthreads, tiles, [&](std::int64_t t, int id) {
-    if (scratch[id].empty()) {
+    if (dots[id].empty()) {
       scratch[id].resize(std::size_t(scratch_bytes / 8 + 8));
       dots[id].resize(std::size_t(tile * dot_ld));
     }
     const std::int64_t p0 = t * tile, p1 = std::min(npix, p0 + tile);
     for (int grp = 0; grp < g.groups; ++grp)
-      k->dense(in, g, grp, dense_[slot].data() + std::size_t(grp) * group_stride_[slot], wsum_.data(), p0, p1,
+      k->dense(in, g, grp, r.dense.data() + std::size_t(grp) * r.group_stride, wsum_.data(), p0, p1,
                dots[id].data(), dot_ld, scratch[id].data());
     k->epilogue(dots[id].data(), dot_ld, int(p1 - p0), p0, g.cout, params, io);
   });
 }
 
-void BinaryConv::run_depthwise(const word_t* in, const Geom& g, const EpiIO& io, const Kernels* k,
-                               int threads) const {
+void BinaryConv::run_depthwise(const word_t* in, const Geom& g, const EpiIO& io, int isa, int threads) const {
+  const Kernels* k = isa_row(isa).kernels();
+  const int pad_to = isa_row(isa).layout.channel_pad;
+  const std::int8_t* wts = rows_[std::size_t(isa)].dw.data();
   // Work unit: a band of output rows of one image. Its input rows (with the border, in the padding
   // value) are expanded to sign bytes once, then every output pixel reads its taps from there.
   const int band = std::max(1, std::min(g.oh, 256 / std::max(g.ow, 1)));
@@ -269,7 +244,7 @@ void BinaryConv::run_depthwise(const word_t* in, const Geom& g, const EpiIO& io,
   const std::int64_t units = std::int64_t(g.n) * bands;
   const int row_span = (band - 1) * g.sh + (g.kh - 1) * g.dh + 1;
   const int col0 = -g.pl, img_w = (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1;
-  const int cpad = cpad_, nw = g.in_words;
+  const int cpad = (g.cin + pad_to - 1) / pad_to * pad_to, nw = g.in_words;
   const std::int8_t pad = g.pad_one ? 1 : 0;
   const int nthreads = int(std::min<std::int64_t>(std::max(threads, 1), units));
   std::vector<std::vector<std::int8_t>> imgs(nthreads);
@@ -277,7 +252,7 @@ void BinaryConv::run_depthwise(const word_t* in, const Geom& g, const EpiIO& io,
   const EpiParams params = transform_.params();
   parallel_for(nthreads, units, [&](std::int64_t u, int id) {
     if (imgs[id].empty()) {
-      imgs[id].resize(std::size_t(row_span) * img_w * cpad + 32);
+      imgs[id].resize(std::size_t(row_span) * img_w * cpad + 64);
       dots[id].resize(std::size_t(band) * g.ow * cpad);
     }
     const int n = int(u / bands), oy0 = int(u % bands) * band, oy1 = std::min(g.oh, oy0 + band);
@@ -298,7 +273,7 @@ void BinaryConv::run_depthwise(const word_t* in, const Geom& g, const EpiIO& io,
         k->expand(in + ((std::int64_t(n) * g.h + iy) * g.w + col0 + c_lo) * nw, c_hi - c_lo, nw, cpad,
                   dst + std::size_t(c_lo) * cpad);
     }
-    k->depthwise(img, rows, img_w, cpad, row0, col0, dw_.data(), g, oy0, oy1, dots[id].data(), cpad);
+    k->depthwise(img, rows, img_w, cpad, row0, col0, wts, g, oy0, oy1, dots[id].data(), cpad);
     const std::int64_t pix0 = (std::int64_t(n) * g.oh + oy0) * g.ow;
     k->epilogue(dots[id].data(), cpad, (oy1 - oy0) * g.ow, pix0, g.cout, params, io);
   });

@@ -12,7 +12,8 @@
 //   activation, adds a second addend, and writes floats, packed bits of the result for the next
 //   binary layer, or the raw integers.
 // Units: bitpack (activations -> words), the binary conv core (dot products), the epilogue. Each
-// has a plain reference implementation (reference.cc) beside the optimised ones (kernels_*.cc);
+// ISA's implementations form one Kernels table (kernels_<isa>.cc), listed in the ISA table
+// (isa.h); the plain reference table (kernels_reference.cc) sits beside the optimised ones and
 // the tests hold them equal.
 #pragma once
 
@@ -95,6 +96,7 @@ struct Kernels {
   // Lay out one group's canonical weights ([cout_g][taps][g_words] words) for `dense`;
   // returns the number of 64-bit words written (call with out = nullptr to size it).
   std::int64_t (*prepare_dense)(const word_t* canon, const Geom& g, word_t* out);
+  // Depthwise path (nullptr: the row runs depthwise convs through `dense`).
   // Sign bytes of `npix` packed pixels (in_words words each): cpad bytes per pixel, -1 where the
   // bit is set, +1 elsewhere (channel padding included: the depthwise weights there are 0).
   void (*expand)(const word_t* px, std::int64_t npix, int in_words, int cpad, std::int8_t* out);
@@ -105,13 +107,13 @@ struct Kernels {
                     std::int64_t dot_ld);
 };
 
+// One table per ISA file; nullptr when the file is not compiled for this architecture.
+const Kernels* kernels_reference();
 const Kernels* kernels_scalar();
-const Kernels* kernels_avx2();  // nullptr when not compiled for this architecture
+const Kernels* kernels_avx2();
+const Kernels* kernels_avx512();
 
-// Plain reference implementations (tests hold the kernels equal to them).
-void reference_pack(const float* x, std::int64_t npix, int c, std::int64_t ld, const float* scale,
-                    const float* shift, word_t* out);
-void reference_conv(const word_t* in, const Geom& g, const word_t* canon, std::int32_t* dot);
+// The plain reference output transform (the scalar table uses it too).
 void reference_epilogue(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout,
                         const EpiParams& p, const EpiIO& io);
 

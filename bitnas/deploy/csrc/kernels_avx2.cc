@@ -266,14 +266,11 @@ void dense_avx2(const word_t* in, const Geom& g, int group, const void* wts, con
   const int tile = int(pix_end - pix_begin);
   const int k = g.taps() * g.g_words(), og = g.cout_g(), taps = g.taps(), o0 = group * og;
   Scratch s = carve(scratch, g, tile);
-  PixelWalk at(g, pix_begin);
-  for (int p = 0; p < tile; ++p, at.next(g)) {
-    word_t* a = s.act + std::int64_t(p) * k * 2;
-    s.n_oob[p] = gather_pixel(in, g, group, at, s.oob + p * taps, [a](int i, word_t v) {
-      a[2 * i] = v & kLoNibbles;
-      a[2 * i + 1] = (v >> 4) & kLoNibbles;
-    });
-  }
+  gather_tile(in, g, group, pix_begin, tile, s.n_oob, s.oob, [&](int p, int i, word_t v) {
+    word_t* a = s.act + (std::int64_t(p) * k + i) * 2;
+    a[0] = v & kLoNibbles;
+    a[1] = (v >> 4) & kLoNibbles;
+  });
   // Pad the gathered rows to a multiple of kPixels (the extra rows' results are dropped).
   const int padded = (tile + kPixels - 1) / kPixels * kPixels;
   std::memset(s.act + std::int64_t(tile) * k * 2, 0, sizeof(word_t) * k * 2 * (padded - tile));
@@ -299,8 +296,7 @@ void dense_avx2(const word_t* in, const Geom& g, int group, const void* wts, con
       }
     }
   }
-  for (int p = 0; p < tile; ++p)
-    correct_border(g, group, dot + std::int64_t(p) * dot_ld, s.n_oob[p], s.oob + p * taps, wsum);
+  correct_tile(g, group, dot, dot_ld, tile, s.n_oob, s.oob, wsum);
 }
 
 // ------------------------------------------------------------------ depthwise core

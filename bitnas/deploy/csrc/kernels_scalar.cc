@@ -65,11 +65,8 @@ void dense_scalar(const word_t* in, const Geom& g, int group, const void* wts, c
   const int tile = int(pix_end - pix_begin);
   const int k = g.taps() * g.g_words(), og = g.cout_g(), taps = g.taps();
   DenseScratch s = carve(scratch, g, tile);
-  PixelWalk at(g, pix_begin);
-  for (int p = 0; p < tile; ++p, at.next(g)) {
-    word_t* a = s.act + std::int64_t(p) * k;
-    s.n_oob[p] = gather_pixel(in, g, group, at, s.oob + p * taps, [a](int i, word_t v) { a[i] = v; });
-  }
+  gather_tile(in, g, group, pix_begin, tile, s.n_oob, s.oob,
+              [&](int p, int i, word_t v) { s.act[std::int64_t(p) * k + i] = v; });
   const word_t* w = static_cast<const word_t*>(wts);
   for (int p = 0; p < tile; p += 2) {
     const word_t* a0 = s.act + std::int64_t(p) * k;

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from bitnas.data.augment import Augment
-from bitnas.data.datasets import ImageDataset
+from bitnas.data.imagedata import ImageDataset
 from bitnas.errors import DataError
 
 Batch = tuple[torch.Tensor, torch.Tensor]

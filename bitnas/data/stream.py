@@ -159,9 +159,11 @@ class StreamLoader:
             if w.num_workers > 0:
                 extra = {"prefetch_factor": w.prefetch_factor, "persistent_workers": w.persistent_workers,
                          "worker_init_fn": _ignore_stop_signals}
+            # its own generator: a DataLoader draws a worker base seed at every iteration, which must
+            # not advance the global RNG (drop path) or a resumed run would diverge
             self._loader = DataLoader(self._source, batch_sampler=self._keys, num_workers=w.num_workers,
                                       collate_fn=_as_is, pin_memory=w.pin_memory and self.device.type == "cuda",
-                                      **extra)
+                                      generator=torch.Generator(), **extra)
         return self._loader
 
     def __iter__(self) -> Iterator[Batch]:

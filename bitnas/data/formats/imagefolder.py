@@ -76,9 +76,8 @@ def decode_image(path: Path | str, mode: str) -> "Image":
 
     try:
         with Image.open(path) as im:
-            out = im.convert(mode)
-            out.load()
-            return out
+            im.load()
+            return im if im.mode == mode else im.convert(mode)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
 

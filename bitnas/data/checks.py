@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from bitnas.data.imagedata import ImageDataset, ImageSize
 from bitnas.errors import DataError
+
+if TYPE_CHECKING:
+    from bitnas.data.formats.imagefolder import ImageFiles
 
 
 def no_resize(name: str, image_size: ImageSize | None) -> None:
@@ -25,7 +29,7 @@ def check_labels(path: Path | str, labels: np.ndarray, num_classes: int) -> None
 
 
 
-def check_training_split(ds: ImageDataset, batch_size: int, world_size: int, what: str) -> None:
+def check_training_split(ds: "ImageDataset | ImageFiles", batch_size: int, world_size: int, what: str) -> None:
     """Refuse a training split that cannot fill one batch per process or lacks some class.
 
     `what` names the setting that made the split (e.g. "train_subset 5")."""

@@ -91,8 +91,9 @@ class TrainData:
             assert isinstance(part, ImageDataset)
             return BatchLoader(part, batch_size, shuffle=False, seed=0)
         assert isinstance(part, ImageFiles)
+        workers = dataclasses.replace(self.stream.workers, persistent_workers=False)  # started per evaluation
         return StreamLoader(part, batch_size, shuffle=False, seed=0, transform=self.stream.eval,
-                            workers=self.stream.workers, bad_images=self.stream.bad_images, device=info.device)
+                            workers=workers, bad_images=self.stream.bad_images, device=info.device)
 
 
 def load_train_data(cfg: TrainConfig, world_size: int = 1) -> TrainData:
@@ -173,3 +174,27 @@ def _streamed(cfg: TrainConfig, train: ImageFiles, test: ImageFiles) -> TrainDat
         workers=WorkerOptions(cfg.num_workers, cfg.prefetch_factor, cfg.persistent_workers, cfg.pin_memory),
         bad_images=cfg.bad_images)
     return TrainData(train=train, val=None, test=test, stream=settings)
+
+
+def checkpoint_test_loader(data: str, ck: dict, batch_size: int, device: torch.device) -> StreamLoader | None:
+    """The test split of `data` streamed as the checkpoint's training streamed it (its classes,
+    statistics, evaluation crop and workers), for `bitnas eval`; None when that run read its
+    data into memory (or `data` is no image folder)."""
+    saved, block, loader = ck.get("config"), ck.get("data"), ck.get("loader")
+    name, _, path = data.partition(":")
+    if not (isinstance(saved, dict) and isinstance(block, dict) and isinstance(loader, dict) and "files" in loader):
+        return None
+    if name.strip() not in DATASETS or DATASETS.canonical(name.strip()) != "imagefolder":
+        return None
+    side = int(ck.get("image_size") or 0)
+    classes = [str(c) for c in block.get("classes") or []]
+    test = load_imagefolder_files(path or None, "test", side or None, ",".join(classes))
+    if test.classes != tuple(classes):
+        raise DataError(f"{data}: classes {list(test.classes)[:5]}… differ from the checkpoint's training classes")
+    mode = "L" if int(block.get("in_channels") or 3) == 1 else "RGB"
+    test = dataclasses.replace(test, mode=mode, mean=tuple(block["mean"]), std=tuple(block["std"]))
+    workers = WorkerOptions(int(saved.get("num_workers") or 0), int(saved.get("prefetch_factor") or 2),
+                            persistent_workers=False)
+    transform = ImageTransform(test.hw, mode, crop_fraction=float(saved.get("eval_crop") or 0.0))
+    return StreamLoader(test, batch_size, shuffle=False, seed=0, transform=transform, workers=workers,
+                        bad_images=str(saved.get("bad_images") or "stop"), device=device)

@@ -42,7 +42,7 @@ from bitnas.nets.limits import check_build_kwargs, check_image_side, check_input
 from bitnas.run import RunDir, check_out, clear_run, default_out
 from bitnas.space.genotypes import Genotype, build_hints, load_genotype
 from bitnas.train.config import TrainConfig
-from bitnas.train.data import Loader, TrainData, load_train_data
+from bitnas.train.data import Loader, TrainData, checkpoint_test_loader, load_train_data
 from bitnas.train.losses import CenterLoss, KernelLoss, distillation_loss
 from bitnas.utils import (
     atomic_write_bytes, load_checkpoint, progress_enabled, resolve_device, rng_state, save_checkpoint, seed_everything,
@@ -718,13 +718,17 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
     size = ck.get("image_size") or 0
     if size:
         check_image_side(size, f"{path}: image_size")
-    kw = {"image_size": size} if size and data.split(":", 1)[0].strip() in ("imagefolder", "image-folder") else {}
-    test = load_dataset(data, "test", **kw)
+    info = DistInfo(device=resolve_device(device))
+    streamed = None if exported else checkpoint_test_loader(data, ck, batch_size, info.device)
+    if streamed is not None:
+        test = streamed.files
+    else:
+        kw = {"image_size": size} if size and data.split(":", 1)[0].strip() in ("imagefolder", "image-folder") else {}
+        test = load_dataset(data, "test", **kw)
     c = test.input_shape[0]
     if c != net.get("in_channels") or test.num_classes != net.get("num_classes"):
         raise DataError(f"{data}: {c} channel(s) and {test.num_classes} classes, but the network in {path} takes "
                         f"{net.get('in_channels')} channel(s) and has {net.get('num_classes')} classes")
-    info = DistInfo(device=resolve_device(device))
     if engine == "bitpack" and info.device.type != "cpu":
         raise ConfigError(f"--engine bitpack runs on the CPU, not --device {device}")
     model = (network_from_export(ck, str(path)) if exported else network_from_checkpoint(ck, str(path))).to(info.device)
@@ -732,7 +736,7 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
         from bitnas.deploy.graph import EngineNetwork
 
         model = EngineNetwork(model, ck, threads=threads)
-    loader = BatchLoader(test, batch_size, shuffle=False, seed=0)
+    loader = streamed if streamed is not None else BatchLoader(test, batch_size, shuffle=False, seed=0)
     m = evaluate_model(model, loader, info, info.device, "test")
     return {"top1": m["test_top1"], "top5": m["test_top5"], "loss": m["test_loss"], "num_images": m["test_images"],
             "checkpoint": str(path), "data": data, "dataset": test.name, "precision": net.get("precision"),

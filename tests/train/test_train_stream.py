@@ -31,7 +31,8 @@ def strip(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
-def test_streamed_training_stopped_killed_and_resumed_is_bitwise_identical(tmp_path: Path) -> None:
+def test_streamed_training_stopped_killed_and_resumed_is_bitwise_identical(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
     folder = write_image_folder(tmp_path / "images", classes=3, per_class=40, val_per_class=6)
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert main(argv(folder, ref)) == 0
@@ -57,6 +58,11 @@ def test_streamed_training_stopped_killed_and_resumed_is_bitwise_identical(tmp_p
     assert strip(read_jsonl(ref / "metrics.jsonl")) == strip(read_jsonl(run / "metrics.jsonl"))
     ra, rb = (json.loads((d / "result.json").read_text()) for d in (ref, run))
     assert ra["test_top1"] == rb["test_top1"] and ra["splits"] == rb["splits"]
+
+    # `bitnas eval` streams the test split as training did (classes, statistics, centre crop)
+    assert main(["eval", str(run / "best.pt"), "--data", f"imagefolder:{folder}", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (r["top1"], r["loss"], r["num_images"]) == (rb["test_top1"], rb["test_loss"], rb["splits"]["test"])
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -74,3 +74,23 @@ def test_streaming_options_refused_for_in_memory_data(tmp_path: Path, capsys: py
     assert main(["train", "--data", "fashion-mnist-embedded", "--epochs", "1", "--out", str(tmp_path / "run"),
                  *extra]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"bitnas: error: {message}")
+
+
+def test_stream_auto_reads_small_folders_into_memory_and_streams_on_request(tmp_path: Path) -> None:
+    from bitnas.data import ImageDataset
+    from bitnas.data.formats.imagefolder import ImageFiles
+    from bitnas.train.config import TrainConfig
+    from bitnas.train.data import load_train_data
+
+    folder = write_image_folder(tmp_path / "images", classes=3, per_class=12, val_per_class=4, odd_files=False)
+    base = dict(data=f"imagefolder:{folder}", image_size=16, batch_size=4)
+    small = load_train_data(TrainConfig(**base))
+    assert isinstance(small.train, ImageDataset) and small.stream is None
+    for extra in ({"stream": "on"}, {"random_resized_crop": 0.5}, {"class_subset": "2"}):
+        data = load_train_data(TrainConfig(**base, **extra))
+        assert isinstance(data.train, ImageFiles) and isinstance(data.test, ImageFiles) and data.stream is not None
+        assert data.in_channels == 3 and data.image_size == 16
+    two = load_train_data(TrainConfig(**base, class_subset="2"))
+    assert two.num_classes == 2 and set(two.test.labels.tolist()) == {0, 1}
+    # without subsets, the streamed statistics are the in-memory ones (every file sampled)
+    assert load_train_data(TrainConfig(**base, stream="on")).train.mean == small.train.mean

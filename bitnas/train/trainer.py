@@ -6,8 +6,8 @@ the data once, obtains the fp32 parent when the method needs one (trains it in
 the network of `cfg.precision` with a `Trainer`.
 
 Exact resume: every batch's content and order are a pure function of (seed, epoch, rank,
-batch) (see `BatchLoader`), the global torch RNG (drop path) is re-seeded at each epoch start
-from (seed, epoch, rank), and `last.pt` is written at epoch ends with the model, optimizer,
+batch) (see `BatchLoader` and, for streamed image folders, `StreamLoader`), the global torch
+RNG (drop path) is re-seeded at each epoch start from (seed, epoch, rank), and `last.pt` is written at epoch ends with the model, optimizer,
 schedule, all RNG states and the loader position. A run killed mid-epoch and resumed with
 `resume=True` redoes that epoch from its start state and ends bitwise identical.
 """

@@ -239,7 +239,8 @@ class StreamLoader:
         for key, mine in (("seed", self.seed), ("num_batches", self.num_batches),
                           ("world_size", self.world_size), ("files", self.files.files_digest())):
             if key in state and state[key] != mine:
-                what = "the image files changed" if key == "files" else f"{key}={state[key]} but this run has {key}={mine}"
+                what = ("the image files changed" if key == "files"
+                        else f"{key}={state[key]} but this run has {key}={mine}")
                 raise DataError(f"loader state: saved with {what}; exact resume needs the same data")
         self.epoch = int(state["epoch"])
         self.position = int(state["batch"])

@@ -127,5 +127,6 @@ class ImageTransform:
                 im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             if self.jitter or self.hue:
                 im = color_jitter(im, self.jitter, self.hue, rng)
-        offset = lighting_offset(self.lighting, rng) if self.lighting and rng is not None and self.mode == "RGB" else None
+        lit = self.lighting and rng is not None and self.mode == "RGB"
+        offset = lighting_offset(self.lighting, rng) if lit else None
         return to_chw(im), offset

@@ -53,7 +53,8 @@ class TrainConfig(BaseConfig):
                             "NAME,NAME,… (other class folders are never read; '' = all)")
     random_resized_crop: float = opt(0.0, "streamed: random-resized crop covering this minimum area fraction up to "
                                      "all of the image, aspect 3/4..4/3 (0.08 = ImageNet; 0 = off)")
-    color_jitter: float = opt(0.0, "streamed: brightness/contrast/saturation jitter strength (0.4 = DARTS ImageNet; 0 = off)")
+    color_jitter: float = opt(0.0, "streamed: brightness/contrast/saturation jitter strength "
+                              "(0.4 = DARTS ImageNet; 0 = off)")
     hue_jitter: float = opt(0.0, "streamed: hue shift of up to this fraction of a turn (0.2 = DARTS ImageNet; 0 = off)")
     lighting: float = opt(0.0, "streamed: AlexNet PCA lighting noise std (0.1 = DARTS ImageNet; 0 = off)")
     eval_crop: float = opt(0.0, "streamed: evaluation resizes the shorter side to image_size/eval_crop and takes the "

@@ -60,7 +60,7 @@ def test_streamed_training_stopped_killed_and_resumed_is_bitwise_identical(tmp_p
     assert ra["test_top1"] == rb["test_top1"] and ra["splits"] == rb["splits"]
 
     # `bitnas eval` streams the test split as training did (classes, statistics, centre crop)
-    assert main(["eval", str(run / "best.pt"), "--data", f"imagefolder:{folder}", "--json"]) == 0
+    assert main(["eval", str(run / "best.pt"), "--data", f"imagefolder:{folder}", "--batch-size", "16", "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (r["top1"], r["loss"], r["num_images"]) == (rb["test_top1"], rb["test_loss"], rb["splits"]["test"])
 

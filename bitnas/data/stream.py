@@ -12,6 +12,7 @@ number of workers.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -102,11 +103,13 @@ class FileBatches(Dataset):
         return out
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """worker_init_fn: SIGINT/SIGTERM sent to the whole process group are the training process's to
-    handle (it checkpoints, then ends its workers); a worker dying first would fail the next batch."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+def _own_process_group(worker_id: int) -> None:
+    """worker_init_fn: leave the training process's group, so that Ctrl-C or a SIGTERM sent to the
+    group reach only the training process, which checkpoints and then ends its workers (a worker
+    dying first would fail the next batch). A SIGTERM to the worker itself still ends it, as
+    multiprocessing's clean-up at exit needs; workers also end when the training process dies."""
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _as_is(batch: Any) -> Any:
@@ -181,7 +184,7 @@ class StreamLoader:
             extra: dict[str, Any] = {}
             if w.num_workers > 0:
                 extra = {"prefetch_factor": w.prefetch_factor, "persistent_workers": w.persistent_workers,
-                         "worker_init_fn": _ignore_stop_signals}
+                         "worker_init_fn": _own_process_group}
             # its own generator: a DataLoader draws a worker base seed at every iteration, which must
             # not advance the global RNG (drop path) or a resumed run would diverge
             self._loader = DataLoader(self._source, batch_sampler=self._keys, num_workers=w.num_workers,

@@ -56,7 +56,8 @@ class BaseConfig:
     weight_scale: str = opt("channel", "binary weight scale α: channel, layer, learned, none", choices=("channel", "layer", "learned", "none"))
     pad_value: float = opt(0.0, "padding value inside binary convs (0 as DARTS/Bi-Real, 1 keeps inputs strictly ±1)")
     binary_preprocess: bool = opt(True, "binarise the 1×1 preprocessing / factorized-reduce convs of cells")
-    num_workers: int = opt(0, "unused placeholder kept for DataLoader-style recipes (in-memory loader)")
+    num_workers: int = opt(0, "worker processes decoding streamed image folders (bitnas train, stream; 0 = decode in "
+                           "the training process; in-memory data ignores it)")
     progress: str = opt("auto", "progress bars: auto (terminal only, never in CI), on, off", choices=("auto", "on", "off"))
     force: bool = opt(False, "replace an earlier run in --out (its checkpoints, metrics and results are deleted)",
                       flag=True)
@@ -258,7 +259,8 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
 
 # Keys that may change between a run and its resume without changing its trajectory.
 RESUME_FREE_KEYS = frozenset({"resume", "force", "out", "progress", "device", "num_workers", "threads", "eval_every",
-                              "test_eval", "cp_concurrent"})
+                              "test_eval", "cp_concurrent", "prefetch_factor", "persistent_workers", "pin_memory",
+                              "bad_images"})
 
 
 def check_resume_config(saved: dict[str, Any], cfg: Any, source: str) -> None:

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bitnas.data.datasets import EMBEDDED_FASHION_MNIST, ImageDataset, load_dataset, take_subset  # noqa: E402
+from bitnas.data import ImageDataset, load_dataset, take_subset  # noqa: E402
+from bitnas.data.formats.embedded import EMBEDDED_FASHION_MNIST  # noqa: E402
 
 MAX_BYTES = 5 * 1024 * 1024
 SIZES = ((800, 200), (600, 150))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from bitnas.data.augment import Augment
-from bitnas.data.datasets import ImageDataset
+from bitnas.data.imagedata import ImageDataset
 from bitnas.errors import DataError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -23,6 +23,33 @@ def mix_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integer parts (order matters)."""
     words = np.random.SeedSequence([p % (1 << 64) for p in parts]).generate_state(2, np.uint32)
     return (int(words[0]) << 31 ^ int(words[1])) & ((1 << 63) - 1)
+
+
+def epoch_indices(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """Rank `rank`'s sample indices of `epoch`, in batch order: a pure function of its arguments.
+
+    The epoch's permutation depends on (seed, epoch) only; each rank takes every world_size-th
+    index, padded by wrapping around so every rank gets ceil(n / world_size) (as torch's
+    DistributedSampler). Shared by the in-memory and the streaming loaders."""
+    if shuffle:
+        gen = torch.Generator().manual_seed(mix_seed(seed, epoch))
+        order = torch.randperm(n, generator=gen)
+    else:
+        order = torch.arange(n)
+    total = -(-n // world_size) * world_size
+    if total > n:
+        order = torch.cat([order, order.repeat(-(-(total - n) // n))[: total - n]])
+    return order[rank:total:world_size]
+
+
+def batch_count(n: int, batch_size: int, world_size: int, drop_last: bool) -> int:
+    """Batches per rank and epoch of `n` samples (DataError when drop_last leaves none)."""
+    per_rank = -(-n // world_size)
+    count = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+    if count == 0:
+        raise DataError(f"batch_size: {batch_size} is larger than the {per_rank} samples "
+                        f"per rank and drop_last drops them all")
+    return count
 
 
 class BatchLoader:
@@ -57,13 +84,7 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.num_samples = -(-len(dataset) // world_size)
-        if drop_last:
-            self.num_batches = self.num_samples // batch_size
-        else:
-            self.num_batches = -(-self.num_samples // batch_size)
-        if self.num_batches == 0:
-            raise DataError(f"batch_size: {batch_size} is larger than the {self.num_samples} samples "
-                            f"per rank and drop_last drops them all")
+        self.num_batches = batch_count(len(dataset), batch_size, world_size, drop_last)
         self.epoch = 0
         self.position = 0
         self._indices_epoch: int | None = None
@@ -87,16 +108,7 @@ class BatchLoader:
         epoch = self.epoch if epoch is None else epoch
         if self._indices_epoch == epoch:
             return self._indices
-        n = len(self.dataset)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
-        total = self.num_samples * self.world_size
-        if total > n:
-            order = torch.cat([order, order.repeat(-(-(total - n) // n))[: total - n]])
-        idx = order[self.rank:total:self.world_size]
+        idx = epoch_indices(len(self.dataset), self.shuffle, self.seed, epoch, self.rank, self.world_size)
         self._indices_epoch, self._indices = epoch, idx
         return idx
 

@@ -59,7 +59,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _image_list(target: Path) -> list[Path]:
-    from bitnas.data.datasets import IMAGE_EXTENSIONS
+    from bitnas.data.formats.imagefolder import IMAGE_EXTENSIONS
 
     if target.is_file():
         return [target]
@@ -76,7 +76,7 @@ def classify(model_path: str, images: list[Path], *, engine: str = "auto", threa
     """Top-k classes of each image (decoded, resized and normalised as in training)."""
     import torch
 
-    from bitnas.data.datasets import _decode
+    from bitnas.data.formats.imagefolder import _decode
     from bitnas.deploy import engine as kernels
     from bitnas.deploy.export import load_export, read_export
 

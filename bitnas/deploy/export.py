@@ -19,6 +19,7 @@ layer used. `load_export(path, engine="bitpack")` runs the binary convs on the C
 """
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ VERSION = 2
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 MAX_EDGES = 64  # edges per cell a stored genotype may have (DARTS cells have 8)
-KNOWN_CLASSES = {"fashion-mnist": "FASHION_MNIST_CLASSES", "cifar10": "CIFAR10_CLASSES"}
+KNOWN_CLASSES = {"fashion-mnist": ("bitnas.data.formats.embedded", "FASHION_MNIST_CLASSES"),
+                 "cifar10": ("bitnas.data.formats.cifar", "CIFAR10_CLASSES")}
 
 
 def pack_signs(w: Tensor) -> Tensor:
@@ -69,11 +71,9 @@ def _class_names(data: dict[str, Any]) -> list[str] | None:
     if data.get("classes"):
         return [str(c) for c in data["classes"]]
     name = str(data.get("name") or "")
-    for prefix, attr in KNOWN_CLASSES.items():
+    for prefix, (module, attr) in KNOWN_CLASSES.items():
         if name == prefix or name.startswith(prefix + "-"):
-            from bitnas.data import datasets
-
-            return list(getattr(datasets, attr))
+            return list(getattr(importlib.import_module(module), attr))
     return None
 
 

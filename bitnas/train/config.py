@@ -40,6 +40,25 @@ class TrainConfig(BaseConfig):
     crop_padding: int = opt(0, "random crop after zero padding by this many pixels (0 = off)")
     hflip: bool = opt(False, "random horizontal flips")
     cutout: int = opt(0, "cutout square side (0 = off)")
+    stream: str = opt("auto", "image folders: decode per batch in worker processes (on) or once into memory (off); "
+                      "auto streams when the decoded training images exceed 2 GiB or a streaming-only option "
+                      "(random_resized_crop, color_jitter, hue_jitter, lighting, eval_crop, class_subset) is set",
+                      choices=("auto", "on", "off"))
+    prefetch_factor: int = opt(2, "batches each streaming worker decodes ahead (num_workers > 0)")
+    persistent_workers: bool = opt(True, "keep streaming workers alive between epochs (num_workers > 0)")
+    pin_memory: bool = opt(True, "page-locked streamed batches for faster copies to the GPU (CUDA only)")
+    bad_images: str = opt("stop", "an unreadable image file while streaming: stop (error naming it) or skip "
+                          "(left out of its batch, logged with its path, counted)", choices=("stop", "skip"))
+    class_subset: str = opt("", "streamed image folders: train on these classes only: N (the first N by name) or "
+                            "NAME,NAME,… (other class folders are never read; '' = all)")
+    random_resized_crop: float = opt(0.0, "streamed: random-resized crop covering this minimum area fraction up to "
+                                     "all of the image, aspect 3/4..4/3 (0.08 = ImageNet; 0 = off)")
+    color_jitter: float = opt(0.0, "streamed: brightness/contrast/saturation jitter strength "
+                              "(0.4 = DARTS ImageNet; 0 = off)")
+    hue_jitter: float = opt(0.0, "streamed: hue shift of up to this fraction of a turn (0.2 = DARTS ImageNet; 0 = off)")
+    lighting: float = opt(0.0, "streamed: AlexNet PCA lighting noise std (0.1 = DARTS ImageNet; 0 = off)")
+    eval_crop: float = opt(0.0, "streamed: evaluation resizes the shorter side to image_size/eval_crop and takes the "
+                           "centre crop (0.875 = 256 -> 224); 0 = the whole image resized to image_size")
     val_fraction: float = opt(0.1, "stratified fraction of the training images held out as the validation split; best.pt "
                               "is the epoch of best validation top-1 (0 = no validation split: nothing is selected, "
                               "best.pt is the last epoch). The test split never selects anything")
@@ -87,6 +106,12 @@ class TrainConfig(BaseConfig):
             (self.test_subset >= 0, "test_subset", "must be >= 0"),
             (self.image_size >= 0, "image_size", "must be >= 0"),
             (self.threads >= 0, "threads", "must be >= 0"),
+            (self.prefetch_factor >= 1, "prefetch_factor", "must be at least 1"),
+            (0.0 <= self.random_resized_crop < 1.0, "random_resized_crop", "must be in [0, 1)"),
+            (0.0 <= self.color_jitter <= 1.0, "color_jitter", "must be in [0, 1]"),
+            (0.0 <= self.hue_jitter <= 0.5, "hue_jitter", "must be in [0, 0.5]"),
+            (self.lighting >= 0, "lighting", "must be >= 0"),
+            (0.0 <= self.eval_crop <= 1.0, "eval_crop", "must be in [0, 1] (0 = off)"),
         ]
         refuse_failed(self, checks)
         if self.network:

@@ -6,8 +6,8 @@ the data once, obtains the fp32 parent when the method needs one (trains it in
 the network of `cfg.precision` with a `Trainer`.
 
 Exact resume: every batch's content and order are a pure function of (seed, epoch, rank,
-batch) (see `BatchLoader`), the global torch RNG (drop path) is re-seeded at each epoch start
-from (seed, epoch, rank), and `last.pt` is written at epoch ends with the model, optimizer,
+batch) (see `BatchLoader` and, for streamed image folders, `StreamLoader`), the global torch
+RNG (drop path) is re-seeded at each epoch start from (seed, epoch, rank), and `last.pt` is written at epoch ends with the model, optimizer,
 schedule, all RNG states and the loader position. A run killed mid-epoch and resumed with
 `resume=True` redoes that epoch from its start state and ends bitwise identical.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -35,9 +34,7 @@ from bitnas.common.finite import check_step, grad_norm
 from bitnas.common.layout import CHANNELS_LAST_CHOICES
 from bitnas.common.schedules import LRSchedule
 from bitnas.config import check_resume_config
-from bitnas.data import (
-    Augment, BatchLoader, ImageDataset, check_training_split, load_dataset, take_subset, train_val_split,
-)
+from bitnas.data import BatchLoader, load_dataset
 from bitnas.data.loader import mix_seed
 from bitnas.errors import BitnasError, ConfigError, DataError
 from bitnas.nets import arch_spec, build_network, network_from_checkpoint
@@ -45,6 +42,7 @@ from bitnas.nets.limits import check_build_kwargs, check_image_side, check_input
 from bitnas.run import RunDir, check_out, clear_run, default_out
 from bitnas.space.genotypes import Genotype, build_hints, load_genotype
 from bitnas.train.config import TrainConfig
+from bitnas.train.data import Loader, TrainData, checkpoint_test_loader, load_train_data
 from bitnas.train.losses import CenterLoss, KernelLoss, distillation_loss
 from bitnas.utils import (
     atomic_write_bytes, load_checkpoint, progress_enabled, resolve_device, rng_state, save_checkpoint, seed_everything,
@@ -54,75 +52,6 @@ from bitnas.utils import (
 log = logging.getLogger("bitnas")
 
 CHECKPOINT_FORMAT = "bitnas-train/1"
-
-
-# ---------------------------------------------------------------------------- data
-
-@dataclass
-class TrainData:
-    """The splits of one run plus what the network needs to know about them."""
-
-    train: ImageDataset
-    val: ImageDataset | None
-    test: ImageDataset
-
-    @property
-    def num_classes(self) -> int:
-        return self.train.num_classes
-
-    @property
-    def in_channels(self) -> int:
-        return self.train.input_shape[0]
-
-    @property
-    def image_size(self) -> int:
-        return self.train.input_shape[1]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return self.train.input_shape
-
-
-def load_train_data(cfg: TrainConfig, world_size: int = 1) -> TrainData:
-    """Train (optionally a class-balanced subset, minus a stratified validation split) and test;
-    refused when the training images cannot fill one batch per process or miss a class."""
-    size = cfg.image_size or None
-    kw = {"image_size": size} if size else {}
-    train = load_dataset(cfg.data, "train", **kw)
-    test = load_dataset(cfg.data, "test", **kw)
-    if train.input_shape != test.input_shape or train.num_classes != test.num_classes:
-        raise DataError(f"{cfg.data}: train and test splits differ in shape or classes "
-                        f"({train.input_shape}/{train.num_classes} vs {test.input_shape}/{test.num_classes})")
-    if cfg.test_subset:
-        test = take_subset(test, cfg.test_subset, cfg.seed)
-    train, val = split_training_images(cfg, train)
-    what = f"train_subset {cfg.train_subset}" if cfg.train_subset else f"data {cfg.data}"
-    check_training_split(train, cfg.batch_size, world_size, what)
-    return TrainData(train=train, val=val, test=test)
-
-
-def split_training_images(cfg: TrainConfig, train: ImageDataset) -> tuple[ImageDataset, ImageDataset | None]:
-    """(train, validation) of the training images: the class-balanced `train_subset` if set, then
-    the stratified, seeded `val_fraction` held out (None when 0)."""
-    if cfg.train_subset:
-        train = take_subset(train, cfg.train_subset, cfg.seed)
-    if cfg.val_fraction <= 0:
-        return train, None
-    tr_idx, val_idx = train_val_split(train.labels, cfg.val_fraction, cfg.seed, stratified=True)
-    if len(val_idx) == 0 or len(tr_idx) == 0:
-        raise DataError(f"val_fraction {cfg.val_fraction}: leaves an empty train or validation split "
-                        f"of the {len(train)} training images")
-    return train.subset(tr_idx), train.subset(val_idx)
-
-
-def eval_loader(ds: ImageDataset, batch_size: int, info: DistInfo) -> BatchLoader | None:
-    """This rank's contiguous share of `ds` (no padding, so summed counts are exact); None if empty."""
-    n = len(ds)
-    per = -(-n // info.world_size)
-    lo, hi = min(n, info.rank * per), min(n, (info.rank + 1) * per)
-    if hi <= lo:
-        return None
-    return BatchLoader(ds.subset(torch.arange(lo, hi)), batch_size, shuffle=False, seed=0)
 
 
 # ---------------------------------------------------------------------------- network
@@ -209,14 +138,10 @@ class Trainer:
         find_unused = cfg.two_stage and cfg.weight_scale == "learned"
         self.net = wrap_model(self.model, info) if not find_unused else _wrap_find_unused(self.model, info)
 
-        self.train_loader = BatchLoader(
-            data.train, cfg.batch_size, shuffle=True, seed=cfg.seed,
-            augment=Augment(crop_padding=cfg.crop_padding, hflip=cfg.hflip, cutout=cfg.cutout),
-            drop_last=-(-len(data.train) // info.world_size) >= cfg.batch_size,
-            rank=info.rank, world_size=info.world_size)
+        self.train_loader = data.train_loader(cfg, info)
         self.has_val = data.val is not None
-        self.val_loader = eval_loader(data.val, cfg.batch_size, info) if data.val is not None else None
-        self.test_loader = eval_loader(data.test, cfg.batch_size, info)
+        self.val_loader = data.eval_loader(data.val, cfg.batch_size, info) if data.val is not None else None
+        self.test_loader = data.eval_loader(data.test, cfg.batch_size, info)
 
         self.kernel_loss: KernelLoss | None = None
         self.center_loss: CenterLoss | None = None
@@ -464,7 +389,7 @@ class Trainer:
         out.update({f"train_{k}": float(packed[4 + i]) / n for i, k in enumerate(keys)})
         return out
 
-    def evaluate(self, loader: BatchLoader | None, prefix: str) -> dict[str, float]:
+    def evaluate(self, loader: Loader | None, prefix: str) -> dict[str, float]:
         """loss (plain cross-entropy), top-1 and top-5 in % on a split, summed over all ranks."""
         return evaluate_model(self.model, loader, self.info, self.device, prefix)
 
@@ -581,7 +506,7 @@ def _wrap_find_unused(model: nn.Module, info: DistInfo) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, loader: BatchLoader | None, info: DistInfo, device: torch.device,
+def evaluate_model(model: nn.Module, loader: Loader | None, info: DistInfo, device: torch.device,
                    prefix: str = "test") -> dict[str, float]:
     """`{prefix}_loss`, `{prefix}_top1`, `{prefix}_top5` (in %) and `{prefix}_images` over all ranks.
 
@@ -653,7 +578,7 @@ def obtain_parent(cfg: TrainConfig, data: TrainData, run: RunDir, info: DistInfo
             atomic_write_bytes(target, Path(src).read_bytes())
         barrier(info)
         model = _frozen(given, info.device)
-        return model, evaluate_model(model, eval_loader(data.test, cfg.batch_size, info), info, info.device, "test")
+        return model, evaluate_model(model, data.eval_loader(data.test, cfg.batch_size, info), info, info.device, "test")
     if cfg.resume and target.is_file():
         ck = load_checkpoint(target, map_location=info.device)
         log.info("[parent] using the finished parent %s", target)
@@ -675,7 +600,7 @@ def obtain_parent(cfg: TrainConfig, data: TrainData, run: RunDir, info: DistInfo
         barrier(info)
         ck = load_checkpoint(target, map_location=info.device)
     model = _frozen(network_from_checkpoint(ck, str(target)), info.device)
-    return model, evaluate_model(model, eval_loader(data.test, cfg.batch_size, info), info, info.device, "test")
+    return model, evaluate_model(model, data.eval_loader(data.test, cfg.batch_size, info), info, info.device, "test")
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -799,13 +724,17 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
     size = ck.get("image_size") or 0
     if size:
         check_image_side(size, f"{path}: image_size")
-    kw = {"image_size": size} if size and data.split(":", 1)[0].strip() in ("imagefolder", "image-folder") else {}
-    test = load_dataset(data, "test", **kw)
+    info = DistInfo(device=resolve_device(device))
+    streamed = None if exported else checkpoint_test_loader(data, ck, batch_size, info.device)
+    if streamed is not None:
+        test = streamed.files
+    else:
+        kw = {"image_size": size} if size and data.split(":", 1)[0].strip() in ("imagefolder", "image-folder") else {}
+        test = load_dataset(data, "test", **kw)
     c = test.input_shape[0]
     if c != net.get("in_channels") or test.num_classes != net.get("num_classes"):
         raise DataError(f"{data}: {c} channel(s) and {test.num_classes} classes, but the network in {path} takes "
                         f"{net.get('in_channels')} channel(s) and has {net.get('num_classes')} classes")
-    info = DistInfo(device=resolve_device(device))
     if engine == "bitpack" and info.device.type != "cpu":
         raise ConfigError(f"--engine bitpack runs on the CPU, not --device {device}")
     model = (network_from_export(ck, str(path)) if exported else network_from_checkpoint(ck, str(path))).to(info.device)
@@ -813,7 +742,7 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
         from bitnas.deploy.graph import EngineNetwork
 
         model = EngineNetwork(model, ck, threads=threads)
-    loader = BatchLoader(test, batch_size, shuffle=False, seed=0)
+    loader = streamed if streamed is not None else BatchLoader(test, batch_size, shuffle=False, seed=0)
     m = evaluate_model(model, loader, info, info.device, "test")
     return {"top1": m["test_top1"], "top5": m["test_top5"], "loss": m["test_loss"], "num_images": m["test_images"],
             "checkpoint": str(path), "data": data, "dataset": test.name, "precision": net.get("precision"),

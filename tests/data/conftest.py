@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from bitnas.data import datasets
+from bitnas.data import locations
 
 
 def write_pickle(path: Path, obj: object) -> Path:
@@ -58,8 +58,8 @@ def isolated_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str
         p.mkdir(parents=True)
     monkeypatch.setenv("BITNAS_DATA", str(env))
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(datasets, "REPO_SHARED_DATASETS", tmp_path / "repo_shared" / "datasets")
-    monkeypatch.setattr(datasets, "SYSTEM_DATASETS", tmp_path / "system" / "datasets")
+    monkeypatch.setattr(locations, "REPO_SHARED_DATASETS", tmp_path / "repo_shared" / "datasets")
+    monkeypatch.setattr(locations, "SYSTEM_DATASETS", tmp_path / "system" / "datasets")
     return {"env": env, "cwd_shared": cwd_shared}
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from bitnas.data import load_dataset
-from bitnas.data import datasets
-from bitnas.data.datasets import EMBEDDED_FASHION_MNIST
+from bitnas.data.formats.embedded import EMBEDDED_FASHION_MNIST
+from bitnas.data.locations import search_dirs
 
-FULL = next((d for d in datasets._search_dirs("fashion-mnist") if (d / "train-images-idx3-ubyte.gz").is_file()),
+FULL = next((d for d in search_dirs("fashion-mnist") if (d / "train-images-idx3-ubyte.gz").is_file()),
             Path("fashion-mnist-not-found"))
 
 

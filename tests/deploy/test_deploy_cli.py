@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from bitnas.cli import main
-from bitnas.data.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_dataset
+from bitnas.data import load_dataset
+from bitnas.data.formats.embedded import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from bitnas.deploy import container, engine, read_export
 from bitnas.deploy.graph import EngineNetwork
 from bitnas.deploy.export import network_from_export

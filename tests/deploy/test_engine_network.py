@@ -18,7 +18,8 @@ from torch import nn
 
 from bitnas.binary import BinaryConv2d
 from bitnas.binary.quantizers import LearnableBiasSign
-from bitnas.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_dataset
+from bitnas.data import load_dataset
+from bitnas.data.formats.embedded import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from bitnas.deploy import engine, export_network, network_from_export
 from bitnas.deploy.graph import EngineNetwork
 from bitnas.nets import arch_spec, build_network

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -111,7 +110,7 @@ def load_train_data(cfg: TrainConfig, world_size: int = 1) -> TrainData:
     return data
 
 
-def hold_out_validation(cfg: TrainConfig, train: Any) -> tuple[Any, Any | None]:
+def hold_out_validation(cfg: TrainConfig, train: Split) -> tuple[Split, Split | None]:
     """(train, validation): the stratified, seeded `val_fraction` of the training images held out
     (None when 0); works on in-memory datasets and streamed file listings alike."""
     if cfg.val_fraction <= 0:

@@ -64,6 +64,10 @@ class TrainData:
     def image_size(self) -> int:
         return self.train.input_shape[1]
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.train.input_shape
+
     def train_loader(self, cfg: TrainConfig, info: DistInfo) -> Loader:
         """This rank's shuffled, augmented training batches (exactly resumable)."""
         ds = self.train

@@ -173,7 +173,7 @@ def update_config(cfg: C, values: dict[str, Any], source: str) -> C:
     return dataclasses.replace(cfg, **changes)
 
 
-def find_recipe(name: str) -> Path:
+def find_recipe(name: str, what: str = "--config") -> Path:
     """A recipe file path, or the name of one shipped in bitnas/recipes (with or without .yaml)."""
     p = Path(name)
     if p.is_file():
@@ -181,8 +181,10 @@ def find_recipe(name: str) -> Path:
     shipped = RECIPES_DIR / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
     if shipped.is_file():
         return shipped
+    if p.exists():
+        raise ConfigError(f"{what} {name}: not a file")
     known = sorted(r.stem for r in RECIPES_DIR.glob("*.yaml"))
-    raise ConfigError(f"--config {name}: no such file or recipe{did_you_mean(p.stem, known)}; recipes: {', '.join(known)}")
+    raise ConfigError(f"{what} {name}: no such file or recipe{did_you_mean(p.stem, known)}; recipes: {', '.join(known)}")
 
 
 def load_recipe(name: str) -> tuple[dict[str, Any], Path]:
@@ -251,7 +253,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             parser.add_argument(name, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(),
                                 help=f"{help_} (default: {default!r})")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="set any config key, e.g. epochs=3 (see the recipe files for all keys)")
 
 

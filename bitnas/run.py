@@ -59,7 +59,7 @@ def check_out(path: str | Path, command: str, resume: bool, force: bool) -> None
     where = f"--out {path}"
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{where}: exists and is not a directory")
-    _check_creatable(p, where)
+    check_creatable(p, where)
     kind = run_kind(p)
     if kind is None:
         return
@@ -72,7 +72,7 @@ def check_out(path: str | Path, command: str, resume: bool, force: bool) -> None
                           + "--force to replace it, or another --out")
 
 
-def _check_creatable(p: Path, where: str) -> None:
+def check_creatable(p: Path, where: str) -> None:
     """A directory can be made at (or exists writable at) `p`: probed with a temp directory in the
     nearest existing ancestor, removed at once."""
     base = p

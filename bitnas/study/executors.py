@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from bitnas.errors import ConfigError
+from bitnas.errors import ConfigError, brief
+from bitnas.utils import os_reason
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+RAY_DEFAULT_PORT = 6379
+# Seconds to wait for a Ray cluster's address to answer before the study is refused.
+RAY_CONNECT_TIMEOUT = float(os.environ.get("BITNAS_RAY_TIMEOUT", 10))
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,34 @@ class LocalExecutor:
         pass
 
 
+def ray_module() -> object:
+    """The `ray` package, or a one-line ConfigError when it is not installed."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("executor ray: Ray is not installed; pip install 'bitnas[ray]'") from None
+    return ray
+
+
+def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT) -> None:
+    """Refuse a `ray_address` (HOST[:PORT] or ray://HOST[:PORT]) nothing answers on within `timeout`
+    seconds: `ray.init` would otherwise wait for it without end. "" and "auto" are left to Ray."""
+    if address in ("", "auto", "local"):
+        return
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep:
+        host, port = hostport, str(RAY_DEFAULT_PORT)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"ray_address {brief(address)}: expected HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, TimeoutError) else os_reason(e)
+        raise ConfigError(f"ray_address: cannot reach a Ray cluster at {address[:100]} ({why}, waited at most "
+                          f"{timeout:g} s; $BITNAS_RAY_TIMEOUT sets the wait)") from None
+
+
 class RayExecutor:
     """Trials as Ray tasks of one CPU each. The study directory must be on a filesystem every node
     shares (the tasks read and write the trial folders there)."""
@@ -106,10 +140,8 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, slots: int, address: str = "") -> None:
-        try:
-            import ray
-        except ImportError:
-            raise ConfigError("executor ray: Ray is not installed; pip install 'bitnas[ray]'") from None
+        ray: Any = ray_module()
+        check_ray_address(address)
         self.ray = ray
         if not ray.is_initialized():
             kw = {"address": address} if address else {"num_cpus": slots}

@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -79,13 +79,15 @@ class TrainData:
         return self.train.input_shape[1]
 
 
-def load_train_data(cfg: TrainConfig, world_size: int = 1) -> TrainData:
+def load_train_data(cfg: TrainConfig, world_size: int = 1,
+                    load: Callable[..., ImageDataset] = load_dataset) -> TrainData:
     """Train (optionally a class-balanced subset, minus a stratified validation split) and test;
-    refused when the training images cannot fill one batch per process or miss a class."""
+    refused when the training images cannot fill one batch per process or miss a class. `load`
+    reads a split (a study's checks pass a cached one)."""
     size = cfg.image_size or None
     kw = {"image_size": size} if size else {}
-    train = load_dataset(cfg.data, "train", **kw)
-    test = load_dataset(cfg.data, "test", **kw)
+    train = load(cfg.data, "train", **kw)
+    test = load(cfg.data, "test", **kw)
     if train.input_shape != test.input_shape or train.num_classes != test.num_classes:
         raise DataError(f"{cfg.data}: train and test splits differ in shape or classes "
                         f"({train.input_shape}/{train.num_classes} vs {test.input_shape}/{test.num_classes})")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import bitnas
+from bitnas.data.images import GRAY_MODES, decode_image, read_header
 from bitnas.errors import DataError
 from bitnas.registry import Registry
 
@@ -524,7 +525,6 @@ def load_cifar100(path: str | None, split: str, image_size: ImageSize | None = N
 # ---------------------------------------------------------------- image folders
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-_GRAY_MODES = {"1", "L", "LA"}
 
 
 def _class_dirs(d: Path) -> list[Path]:
@@ -552,32 +552,13 @@ def _list_images(d: Path, classes: list[str], where: str) -> list[tuple[Path, in
     return items
 
 
-def _open_header(path: Path) -> tuple[str, tuple[int, int]]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.mode, im.size
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
-
-
 def _decode(items: list[tuple[Path, int]], mode: str, hw: tuple[int, int]) -> np.ndarray:
-    """Decode all images to uint8 N×C×H×W in `mode` ('L' or 'RGB'), resized to `hw`."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Decode all images to uint8 N×C×H×W in `mode` ('L' or 'RGB'), resized to `hw` (bounded and
+    16-bit aware: `bitnas.data.images`)."""
     h, w = hw
     out = np.empty((len(items), 1 if mode == "L" else 3, h, w), dtype=np.uint8)
     for i, (path, _) in enumerate(items):
-        try:
-            with Image.open(path) as im:
-                im = im.convert(mode)
-                if im.size != (w, h):
-                    im = im.resize((w, h), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            raise DataError(f"{path}: unreadable image ({e})") from None
-        out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        out[i] = decode_image(path, mode, hw)
     return out
 
 
@@ -627,8 +608,8 @@ def load_imagefolder(path: str | None, split: str, image_size: ImageSize | None 
     if not classes:
         raise DataError(f"{train_dir}: no class subfolders (expected {train_dir}/<class>/*.png)")
     train_items = _list_images(train_dir, classes, str(train_dir))
-    headers = [_open_header(p) for p, _ in train_items]
-    mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
+    headers = [read_header(p) for p, _ in train_items]
+    mode = "L" if all(m in GRAY_MODES for m, _ in headers) else "RGB"
     if image_size is None:
         w, h = headers[0][1]
         hw = (h, w)

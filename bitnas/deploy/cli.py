@@ -11,6 +11,9 @@ from bitnas.config import positive_int
 from bitnas.errors import BitnasError
 
 PSEUDO_FS = ("/proc", "/sys", "/dev")
+# An export without an input size (not made from a `bitnas train` checkpoint) runs each image at its
+# own size: bounded, as a network's activations grow with the input's area.
+MAX_UNSIZED_SIDE = 256
 
 
 def check_export_target(out: Path, checkpoint: Path) -> None:
@@ -93,13 +96,18 @@ def classify(model_path: str, images: list[Path], *, engine: str = "auto", threa
     if inp.get("image_size"):
         hw = (inp["image_size"], inp["image_size"])
     else:
-        from PIL import Image
+        from bitnas.data.images import read_header
+        from bitnas.nets.limits import check_input_size
 
-        try:
-            with Image.open(images[0]) as im:
-                hw = (im.size[1], im.size[0])
-        except OSError as e:
-            raise BitnasError(f"{images[0]}: unreadable image ({e})") from None
+        w, h = read_header(images[0])[1]
+        if max(w, h) > MAX_UNSIZED_SIDE:
+            raise BitnasError(f"{model_path}: holds no input image size, so images run at their own size, at most "
+                              f"{MAX_UNSIZED_SIDE}×{MAX_UNSIZED_SIDE}; {images[0]} is {w}×{h} (downscale it, or "
+                              "export a `bitnas train` checkpoint)")
+        hw = (h, w)
+        net = exp["arch"]["network"]
+        check_input_size(net.get("style", "cifar"), net.get("layers", 20), min(hw), str(images[0]),
+                         blocks=net.get("blocks", ""))
     mean = torch.tensor(inp["mean"], dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(inp["std"], dtype=torch.float32).view(1, -1, 1, 1)
     names = inp.get("classes")

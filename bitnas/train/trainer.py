@@ -782,7 +782,7 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
                           f"(it holds {stored})")
     if precision is not None and precision != net.get("precision"):
         raise ConfigError(f"{path}: this checkpoint holds a {net.get('precision')} network, not --precision {precision}")
-    size = ck.get("image_size") or 0
+    size = (ck["input"].get("image_size") if exported else ck.get("image_size")) or 0
     if size:
         check_image_side(size, f"{path}: image_size")
     kw = {"image_size": size} if size and data.split(":", 1)[0].strip() in ("imagefolder", "image-folder") else {}
@@ -791,6 +791,10 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
     if c != net.get("in_channels") or test.num_classes != net.get("num_classes"):
         raise DataError(f"{data}: {c} channel(s) and {test.num_classes} classes, but the network in {path} takes "
                         f"{net.get('in_channels')} channel(s) and has {net.get('num_classes')} classes")
+    if size and tuple(test.input_shape[1:]) != (size, size):
+        h, w = test.input_shape[1:]
+        raise DataError(f"{data}: {h}×{w} images, but the network in {path} was trained on {size}×{size} images; "
+                        "evaluate it on data of that size (imagefolder data is resized to it)")
     info = DistInfo(device=resolve_device(device))
     if engine == "bitpack" and info.device.type != "cpu":
         raise ConfigError(f"--engine bitpack runs on the CPU, not --device {device}")

@@ -541,3 +541,29 @@ def test_a_loss_that_turns_non_finite_stops_the_run_in_one_line(workdir: Path, c
     for f in (workdir / "out").rglob("*.json*"):
         text = f.read_text()
         assert "NaN" not in text and "Infinity" not in text, f
+
+
+def test_a_ray_address_that_never_answers_is_refused_within_the_timeout(tmp_path: Path) -> None:
+    """A port that accepts connections but never speaks Ray: ray.init alone retries for minutes; the
+    study waits $BITNAS_RAY_TIMEOUT seconds, prints one line and leaves no folder (own process:
+    the abandoned connection attempt must not outlive the test)."""
+    import socket
+    import subprocess
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        study_file(tmp_path, executor="ray", ray_address=f"127.0.0.1:{silent.getsockname()[1]}")
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, "-m", "bitnas", *STUDY], cwd=tmp_path, capture_output=True, text=True,
+                           env={**os.environ, "BITNAS_RAY_TIMEOUT": "3"}, timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        silent.close()
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-3000:]
+    assert lines[0].startswith("bitnas: error: ray_address: no Ray cluster answered at 127.0.0.1:") and "within 3 s" \
+        in lines[0], lines
+    assert not (tmp_path / "st").exists() and took < 90

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,9 @@ from bitnas.utils import os_reason
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 RAY_DEFAULT_PORT = 6379
-# Seconds to wait for a Ray cluster's address to answer before the study is refused.
-RAY_CONNECT_TIMEOUT = float(os.environ.get("BITNAS_RAY_TIMEOUT", 10))
+# Seconds to wait for a Ray cluster at ray_address to answer (TCP, then ray.init) before the study
+# is refused; ray.init alone retries an address that does not speak Ray for minutes.
+RAY_CONNECT_TIMEOUT = float(os.environ.get("BITNAS_RAY_TIMEOUT", 30))
 
 
 @dataclass(frozen=True)
@@ -114,11 +116,12 @@ def ray_module() -> object:
     return ray
 
 
-def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT) -> None:
+def check_ray_address(address: str, timeout: float | None = None) -> None:
     """Refuse a `ray_address` (HOST[:PORT] or ray://HOST[:PORT]) nothing answers on within `timeout`
     seconds: `ray.init` would otherwise wait for it without end. "" and "auto" are left to Ray."""
     if address in ("", "auto", "local"):
         return
+    timeout = RAY_CONNECT_TIMEOUT if timeout is None else timeout
     hostport = address.split("://", 1)[1] if "://" in address else address
     host, sep, port = hostport.rpartition(":")
     if not sep:
@@ -133,6 +136,44 @@ def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT) -> Non
                           f"{timeout:g} s; $BITNAS_RAY_TIMEOUT sets the wait)") from None
 
 
+def connect_ray(ray: Any, address: str, slots: int, timeout: float | None = None) -> None:
+    """ray.init: a local instance of `slots` CPUs, or the cluster at `address` within `timeout`
+    seconds (the attempt runs in a daemon thread, its log lines kept off the terminal); a failure
+    is one ConfigError line."""
+    kw: dict[str, Any] = {"address": address} if address else {"num_cpus": slots}
+    timeout = RAY_CONNECT_TIMEOUT if timeout is None else timeout
+    outcome: dict[str, BaseException | None] = {}
+
+    def attempt() -> None:
+        try:
+            ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kw)
+            outcome["error"] = None
+        except BaseException as e:  # noqa: BLE001 - reported as one line below
+            outcome["error"] = e
+
+    if not address:
+        attempt()
+    else:
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+                thread = threading.Thread(target=attempt, name="ray-connect", daemon=True)
+                thread.start()
+                thread.join(timeout)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    if "error" not in outcome:
+        raise ConfigError(f"ray_address: no Ray cluster answered at {address[:100]} within {timeout:g} s "
+                          "($BITNAS_RAY_TIMEOUT sets the wait)")
+    e = outcome["error"]
+    if e is not None:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"executor ray: cannot {'connect to ' + address[:100] if address else 'start Ray'} "
+                          f"({first})")
+
+
 class RayExecutor:
     """Trials as Ray tasks of one CPU each. The study directory must be on a filesystem every node
     shares (the tasks read and write the trial folders there)."""
@@ -144,8 +185,7 @@ class RayExecutor:
         check_ray_address(address)
         self.ray = ray
         if not ray.is_initialized():
-            kw = {"address": address} if address else {"num_cpus": slots}
-            ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kw)
+            connect_ray(ray, address, slots)
         self.slots = slots or int(ray.cluster_resources().get("CPU", 1))
         self.task = ray.remote(num_cpus=1, max_retries=0)(run_job)
         self.running: dict[str, object] = {}

@@ -26,7 +26,7 @@ from bitnas.common.signals import StopRequest, graceful_stop
 from bitnas.errors import BitnasError, ConfigError
 from bitnas.run import check_creatable
 from bitnas.study.checks import check_trials, read_records
-from bitnas.study.executors import Job, check_ray_address, make_executor, ray_module
+from bitnas.study.executors import Job, make_executor, ray_module
 from bitnas.study.records import TrialFiles, build_record, random_genotype_for
 from bitnas.study.spec import StudySpec, Trial
 from bitnas.utils import atomic_write_text, progress_enabled
@@ -64,7 +64,6 @@ class StudyRunner:
         self.records = read_records(self.out / "trials.jsonl", self.spec)
         if self.spec.executor == "ray":
             ray_module()
-            check_ray_address(self.spec.ray_address)
         check_trials(self.spec, self.fidelity_only)
 
     def _check_rerun(self) -> None:
@@ -97,12 +96,16 @@ class StudyRunner:
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self.check()
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "study.yaml", yaml.safe_dump(self.spec.to_dict(), sort_keys=False))
+        executor = make_executor(self.spec.executor, self._slots(), self.spec.ray_address)  # before the folder
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "study.yaml", yaml.safe_dump(self.spec.to_dict(), sort_keys=False))
+        except BaseException:
+            executor.close()
+            raise
         todo = [t for t in self.trials if t.id not in self.records]
         log.info("study %s: %d trials, %d already finished, %d to run → %s", self.spec.name, len(self.trials),
                  len(self.trials) - len(todo), len(todo), self.out)
-        executor = make_executor(self.spec.executor, self._slots(), self.spec.ray_address)
         bar = self._bar(len(todo))
         from bitnas.study.report import write_report
 

@@ -154,15 +154,12 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 def _ops_of(run_dir: Path) -> list[str]:
     """The op list of a search run (from its resolved config), empty for training runs."""
-    import yaml
+    from bitnas.common.safe_yaml import read_yaml
 
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.exists():
         return []
-    try:
-        docs = yaml.safe_load(cfg_file.read_text(errors="replace")) or {}
-    except yaml.YAMLError as e:
-        raise BitnasError(f"{cfg_file}: not valid YAML ({str(e).splitlines()[0]})") from None
+    docs = read_yaml(cfg_file) or {}
     if not isinstance(docs, dict):
         return []
     resolved = docs.get("resolved")

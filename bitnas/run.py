@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from bitnas.common.safe_yaml import read_yaml
 from bitnas.config import to_yaml
 from bitnas.errors import BitnasError, ConfigError
 from bitnas.utils import append_jsonl, atomic_write_json, atomic_write_text, os_reason, remove_orphan_temps
@@ -40,8 +41,8 @@ def run_kind(path: str | Path) -> str | None:
     cfg = p / "config.yaml"
     if cfg.is_file():
         try:
-            data = yaml.safe_load(cfg.read_text(errors="replace"))
-        except (OSError, yaml.YAMLError):  # an unreadable config only makes the kind unknown
+            data = read_yaml(cfg)
+        except ConfigError:  # an unreadable config only makes the kind unknown
             data = None
         if isinstance(data, dict) and data.get("command") in ("search", "train", "demo"):
             return str(data["command"])

@@ -229,8 +229,17 @@ def tiny_export(d: Path, edit: Callable[[dict], None] | None = None, raw: Callab
 
 
 def gray_png(d: Path, name: str, side: int) -> str:
+    d.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((side, side), 128, np.uint8)).save(d / name)
     return name
+
+
+def truncated_png(d: Path) -> Path:
+    """A 28×28 noise PNG cut in the middle of its pixel data."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(d / "t.png")
+    data = (d / "t.png").read_bytes()
+    (d / "t.png").write_bytes(data[:len(data) // 2])
+    return d / "t.png"
 
 
 def idx_folder(d: Path, side: int) -> str:
@@ -397,6 +406,19 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("study ray_address unreachable", lambda d: study_file(d, executor="ray", ray_address="127.0.0.1:9"),
      "cannot reach a Ray cluster at 127.0.0.1:9"),
     ("study seeds a huge text", lambda d: study_file(d, seeds="s" * 5000), "seeds must be"),
+    ("study rerun: record nested 100k deep",
+     lambda d: earlier_study(d, "[" * 100_000 + "]" * 100_000 + "\n" + json.dumps(GOOD_RECORD) + "\n"),
+     "trials.jsonl: line 1 is not a JSON record (nested too deeply)"),
+    ("study rerun: record with an infinite figure",
+     lambda d: earlier_study(d, json.dumps(GOOD_RECORD).replace('"ops": 1000', '"ops": 1e999') + "\n"),
+     "line 1: 'ops' must be a number, got inf"),
+    ("study name override ../x", lambda d: study_file(d) + ["name=../x"], "name '../x' must be letters"),
+    ("study --fidelity without a fidelity block", lambda d: study_file(d) + ["--fidelity"],
+     "--fidelity needs a fidelity: block"),
+    ("study imagefolder with a 60000x60000 PNG", lambda d: study_file(d, data=f"imagefolder:{with_big_image(image_folder(d))}"),
+     "trial v2/s0/train would fail: "),
+    ("train recipe billion laughs", lambda d: with_file(d, "r.yaml", billion_laughs().replace("seeds:", "lr:"),
+                                                        T + ["--config", "r.yaml"]), "r.yaml: expands to more than"),
     # issue 15: bitnas infer, eval --engine, .bitnas files
     ("infer 60000x60000 PNG", lambda d: ["infer", tiny_export(d), str(png_header(d, "big.png", 60000, 60000))],
      "big.png: the image declares 3,600,000,000 pixels"),
@@ -435,7 +457,17 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("export header classes of the wrong count",
      lambda d: ["infer", tiny_export(d, lambda h: h["input"].update(classes=["a"])), gray_png(d, "i.png", 28)],
      "input.classes names 1 classes, the network has 10"),
+    ("export claiming 1x1 inputs",
+     lambda d: ["infer", tiny_export(d, lambda h: h["arch"]["network"].update(layers=1) or h["input"].update(image_size=1)),
+                gray_png(d, "i.png", 28)], "1×1 inputs are too small"),
+    ("infer a truncated PNG", lambda d: ["infer", tiny_export(d), str(truncated_png(d))], "t.png: unreadable image"),
+    ("infer an empty PNG", lambda d: ["infer", tiny_export(d), empty_file(d, "e.png")], "e.png: unreadable image"),
+    ("infer a folder with one huge PNG", lambda d: (gray_png(d / "imgs", "a.png", 28), png_header(d, "imgs/b.png", 60000, 60000))
+     and ["infer", tiny_export(d), "imgs"], "b.png: the image declares 3,600,000,000 pixels"),
     # issue 15: argparse errors of the newer commands
+    ("eval without --data", lambda d: ["eval", "m.bitnas"], "eval: the following arguments are required: --data"),
+    ("infer without images", lambda d: ["infer", "m.bitnas"], "infer: the following arguments are required: IMAGE|DIR"),
+    ("train --force=yes", lambda d: T + ["--force=yes"], "ignored explicit argument 'yes'"),
     ("infer --topk 0", lambda d: ["infer", "m.bitnas", "x.png", "--topk", "0"], "infer: argument --topk"),
     ("infer --threads 0", lambda d: ["infer", "m.bitnas", "x.png", "--threads", "0"], "infer: argument --threads"),
     ("infer --engine nonsense", lambda d: ["infer", "m.bitnas", "x.png", "--engine", "nonsense"],

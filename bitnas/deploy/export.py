@@ -32,7 +32,7 @@ from bitnas.deploy import container
 from bitnas.deploy.fold import fold, following_bn
 from bitnas.errors import BitnasError, brief
 from bitnas.nets import network_from_checkpoint, network_from_spec
-from bitnas.nets.limits import OP_KEYS, check_build_kwargs, check_image_side
+from bitnas.nets.limits import OP_KEYS, check_build_kwargs, check_input_size
 from bitnas.space.genotypes import Genotype
 from bitnas.utils import load_checkpoint
 
@@ -230,7 +230,8 @@ def validate_export(exp: dict[str, Any], source: str = "export") -> None:
     if not isinstance(inp, dict):
         raise _fail(source, "no input description")
     if inp.get("image_size") is not None:
-        check_image_side(inp["image_size"], f"{source}: input.image_size")
+        check_input_size(net.get("style", "cifar"), net.get("layers", 20), inp["image_size"],
+                         f"{source}: input.image_size", blocks=net.get("blocks", ""))
     c_in = net.get("in_channels", 3)
     if not _is_int(inp.get("in_channels")):
         raise _fail(source, f"input.in_channels must be an integer, got {brief(inp.get('in_channels'))}")

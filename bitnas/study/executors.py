@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,42 +135,42 @@ def check_ray_address(address: str, timeout: float | None = None) -> None:
                           f"{timeout:g} s; $BITNAS_RAY_TIMEOUT sets the wait)") from None
 
 
-def connect_ray(ray: Any, address: str, slots: int, timeout: float | None = None) -> None:
-    """ray.init: a local instance of `slots` CPUs, or the cluster at `address` within `timeout`
-    seconds (the attempt runs in a daemon thread, its log lines kept off the terminal); a failure
-    is one ConfigError line."""
-    kw: dict[str, Any] = {"address": address} if address else {"num_cpus": slots}
+_RAY_PROBE = ("import sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, logging_level='ERROR', "
+              "log_to_driver=False); ray.shutdown()")
+
+
+def probe_ray(address: str, timeout: float | None = None) -> None:
+    """Connect to the Ray cluster at `address` from a child process, killed after `timeout` seconds:
+    ray.init retries an address that does not answer as Ray for minutes, and an attempt abandoned
+    inside this process would outlive the refusal."""
     timeout = RAY_CONNECT_TIMEOUT if timeout is None else timeout
-    outcome: dict[str, BaseException | None] = {}
-
-    def attempt() -> None:
-        try:
-            ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kw)
-            outcome["error"] = None
-        except BaseException as e:  # noqa: BLE001 - reported as one line below
-            outcome["error"] = e
-
-    if not address:
-        attempt()
-    else:
-        saved = os.dup(2)
-        try:
-            with open(os.devnull, "wb") as null:
-                os.dup2(null.fileno(), 2)
-                thread = threading.Thread(target=attempt, name="ray-connect", daemon=True)
-                thread.start()
-                thread.join(timeout)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    if "error" not in outcome:
+    p = subprocess.Popen([sys.executable, "-c", _RAY_PROBE, address], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
         raise ConfigError(f"ray_address: no Ray cluster answered at {address[:100]} within {timeout:g} s "
-                          "($BITNAS_RAY_TIMEOUT sets the wait)")
-    e = outcome["error"]
-    if e is not None:
+                          "($BITNAS_RAY_TIMEOUT sets the wait)") from None
+    if p.returncode != 0:
+        lines = [ln.strip() for ln in err.splitlines() if ln.strip()] or [f"exit code {p.returncode}"]
+        raise ConfigError(f"executor ray: cannot connect to {address[:100]} ({lines[-1][:200]})")
+
+
+def connect_ray(ray: Any, address: str, slots: int) -> None:
+    """ray.init: a local instance of `slots` CPUs, or the cluster at `address` once `probe_ray`
+    found it answering; a failure is one ConfigError line."""
+    if address:
+        check_ray_address(address)
+        probe_ray(address)
+    kw: dict[str, Any] = {"address": address} if address else {"num_cpus": slots}
+    try:
+        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kw)
+    except Exception as e:  # noqa: BLE001 - Ray's own errors, reported as one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ConfigError(f"executor ray: cannot {'connect to ' + address[:100] if address else 'start Ray'} "
-                          f"({first})")
+                          f"({first})") from None
 
 
 class RayExecutor:
@@ -182,7 +181,6 @@ class RayExecutor:
 
     def __init__(self, slots: int, address: str = "") -> None:
         ray: Any = ray_module()
-        check_ray_address(address)
         self.ray = ray
         if not ray.is_initialized():
             connect_ray(ray, address, slots)

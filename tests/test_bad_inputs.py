@@ -368,7 +368,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("study --out under /proc", lambda d: opt(study_file(d), "--out", "/proc/bitnas-study"), "cannot create"),
     ("study spec not UTF-8", lambda d: genotype_file(d, b"name: \xff\xfe", "s.yaml") and list(STUDY), "not UTF-8"),
     ("study spec a directory", lambda d: (d / "sd").mkdir() or ["study", "sd", "--out", "st"], "study sd: not a file"),
-    ("study spec over 1 MiB", lambda d: study_file(d, "# " + "x" * (1 << 20) + "\n"), "bytes a study may hold"),
+    ("study spec over 256 KiB", lambda d: study_file(d, "# " + "x" * (256 << 10) + "\n"), "bytes a study may hold"),
     ("study rerun: study.yaml a list", lambda d: earlier_study(d, study_yaml=b"- 1\n- 2\n"),
      "study.yaml: not a study"),
     ("study rerun: study.yaml not UTF-8", lambda d: earlier_study(d, study_yaml=b"name: \xff\n"), "not UTF-8"),

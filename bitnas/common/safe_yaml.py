@@ -15,7 +15,7 @@ import yaml
 
 from bitnas.errors import ConfigError
 
-MAX_BYTES = 1 << 20
+MAX_BYTES = 256 << 10  # pure-Python parsing (the bounded composer needs it) reads ~50k characters a second
 MAX_DEPTH = 64
 MAX_NODES = 100_000
 
@@ -39,6 +39,42 @@ class BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+def _flow_depth(text: str) -> int:
+    """Deepest nesting of flow brackets ([ and {) outside quotes and comments. PyYAML's scanner is
+    quadratic in it (10,000 levels take seconds, 100,000 minutes), so it is bounded before parsing."""
+    depth = deepest = 0
+    quote = ""
+    prev = "\n"
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if quote:
+            if c == quote:
+                if quote == "'" and i + 1 < n and text[i + 1] == "'":
+                    i += 1
+                else:
+                    quote = ""
+            elif c == "\\" and quote == '"':
+                i += 1
+        elif c in "'\"":
+            quote = c
+        elif c == "#" and prev in " \t\n":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_DEPTH:
+                    break
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        prev = c
+        i += 1
+    return deepest
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -85,6 +121,8 @@ def load_yaml(text: str, source: str) -> Any:
     `source` and the problem."""
     if len(text) > MAX_BYTES:
         raise ConfigError(f"{source}: {len(text):,} characters is more than the {MAX_BYTES:,} a YAML file may hold")
+    if _flow_depth(text) > MAX_DEPTH:
+        raise ConfigError(f"{source}: nests deeper than {MAX_DEPTH} levels")
     loader = BoundedLoader(text)
     try:
         node = loader.get_single_node()

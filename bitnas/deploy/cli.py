@@ -14,6 +14,8 @@ PSEUDO_FS = ("/proc", "/sys", "/dev")
 # An export without an input size (not made from a `bitnas train` checkpoint) runs each image at its
 # own size: bounded, as a network's activations grow with the input's area.
 MAX_UNSIZED_SIDE = 256
+# Pixels decoded per forward pass (64 images of 224×224): large inputs run in smaller batches.
+MAX_BATCH_PIXELS = 64 * 224 * 224
 
 
 def check_export_target(out: Path, checkpoint: Path) -> None:
@@ -71,6 +73,8 @@ def _image_list(target: Path) -> list[Path]:
         if not files:
             raise BitnasError(f"{target}: no images ({'/'.join(IMAGE_EXTENSIONS)}) in this folder")
         return files
+    if target.exists():
+        raise BitnasError(f"{target}: not a regular file or folder")
     raise BitnasError(f"{target}: no such image file or folder")
 
 
@@ -113,6 +117,7 @@ def classify(model_path: str, images: list[Path], *, engine: str = "auto", threa
     names = inp.get("classes")
     k = max(1, min(topk, int(exp["arch"]["network"].get("num_classes", 10))))
     preds = []
+    batch_size = max(1, min(batch_size, MAX_BATCH_PIXELS // (hw[0] * hw[1])))
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         raw = torch.from_numpy(_decode([(p, 0) for p in chunk], mode, hw)).float()

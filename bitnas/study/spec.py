@@ -206,6 +206,8 @@ def parse_spec(data: dict[str, Any], source: str = "study") -> StudySpec:
     executor = str(data.get("executor", "local"))
     if executor not in EXECUTORS:
         raise ConfigError(f"{source}: executor must be one of {', '.join(EXECUTORS)}, got {brief(executor)}")
+    if not isinstance(data.get("ray_address", ""), (str, type(None))):
+        raise ConfigError(f"{source}: ray_address must be HOST:PORT text, got {brief(data['ray_address'])}")
     dataset = str(data.get("data", "fashion-mnist"))
     search = _block(data.get("search"), "search", source)
     protocol = _block(data.get("protocol"), "protocol", source)

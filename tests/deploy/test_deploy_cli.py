@@ -310,3 +310,23 @@ def test_infer_with_an_export_without_input_size_runs_small_images_at_their_size
     Image.fromarray(np.full((40, 40), 90, np.uint8)).save(tmp_path / "a.png")
     assert main(["infer", str(bare), str(tmp_path / "a.png"), "--json", "--engine", "torch"]) == 0
     assert json.loads(capsys.readouterr().out)["image_size"] == [40, 40]
+
+
+def test_infer_batches_are_bounded_by_pixels(exported, tmp_path, capsys, monkeypatch) -> None:
+    """An export claiming 448×448 inputs decodes 64·224² / 448² = 16 images per forward pass, not 64."""
+    from bitnas.data import datasets
+
+    big = _craft(exported["model"], tmp_path / "big.bitnas", lambda h, s: h["input"].update(image_size=448))
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((28, 28), 10 * i, np.uint8)).save(pics / f"{i:02d}.png")
+    sizes, real = [], datasets._decode
+
+    def spy(items, mode, hw):
+        sizes.append(len(items))
+        return real(items, mode, hw)
+
+    monkeypatch.setattr(datasets, "_decode", spy)
+    assert main(["infer", str(big), str(pics), "--json", "--engine", "torch"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 20 and sizes == [16, 4]

@@ -18,7 +18,7 @@ from bitnas.errors import BitnasError, ConfigError, brief
 from bitnas.study.records import FIGURES, WALL_CLOCK, random_genotype_for
 from bitnas.study.spec import Arm, StudySpec, Trial
 
-RECORD_KINDS = ("search", "train", "score")
+PERCENT = ("val_top1", "test_top1", "test_top5")
 
 
 def check_trials(spec: StudySpec, fidelity_only: bool = False) -> None:
@@ -108,8 +108,10 @@ def check_record(rec: dict[str, Any], trial: Trial | None, where: str) -> None:
         if key in required and key not in rec:
             raise bad(f"record lacks '{key}'")
         v = rec.get(key)
-        if (key in required or v is not None) and not _number(v):
-            raise bad(f"'{key}' must be a number{'' if key in required else ' or null'}, got {brief(v)}")
+        top = 100 if key in PERCENT else math.inf
+        if (key in required or v is not None) and not (_number(v) and 0 <= v <= top):
+            span = "in 0..100" if key in PERCENT else "≥ 0"
+            raise bad(f"'{key}' must be a number {span}{'' if key in required else ' or null'}, got {brief(v)}")
     if trial.index >= 0 and rec.get("index") != trial.index:
         raise bad(f"'index' must be {trial.index} for trial {trial.id}, got {brief(rec.get('index'))}")
     ops = rec.get("parametric_ops")

@@ -177,8 +177,8 @@ def earlier_study(d: Path, trials: str | None = None, study_yaml: bytes | None =
 
 def billion_laughs() -> str:
     """Nine levels of ten aliases each: 10**9 values once expanded, a few hundred bytes on disk."""
-    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
-    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    lines = ["description:", "  l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 9)]
     return "\n".join(lines + ["seeds: *l8", "name: t", "arms: [{genotype: DARTS_V2}]"]) + "\n"
 
 

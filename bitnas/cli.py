@@ -217,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         if extra and hasattr(args, "overrides") and all(_KV.match(t) for t in extra):
             args.overrides = list(args.overrides or []) + extra
         elif extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)[:200]}")
+            command = getattr(args, "command", None)
+            raise UsageError(f"{command + ': ' if command else ''}unrecognized arguments: {' '.join(extra)[:200]} "
+                             f"(see `bitnas{' ' + command if command else ''} --help`)")
     except UsageError as e:
         print(f"bitnas: error: {e}", file=sys.stderr)
         return 2

@@ -487,7 +487,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("study without a spec", lambda d: ["study"], "study: the following arguments are required: STUDY"),
     ("summary --style nonsense", lambda d: ["summary", "--style", "nonsense"], "summary: argument --style"),
     ("unknown command", lambda d: ["serch"], "argument COMMAND: invalid choice: 'serch'"),
-    ("unknown option", lambda d: ["infer", "m.bitnas", "x.png", "--bogus"], "unrecognized arguments: --bogus"),
+    ("unknown option", lambda d: ["infer", "m.bitnas", "x.png", "--bogus"], "infer: unrecognized arguments: --bogus (see `bitnas infer --help`)"),
 ]
 
 

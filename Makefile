@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The C++ inference engine is compiled by the package build; its sources re-trigger the install.
 ENGINE := setup.py $(wildcard bitnas/deploy/csrc/*.cc bitnas/deploy/csrc/*.h)
 
-.PHONY: demo test install clean bench
+.PHONY: demo test test-quick install clean bench
 
 $(STAMP): pyproject.toml $(ENGINE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-quick: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache build bitnas/deploy/_engine*.so

@@ -9,6 +9,7 @@ import sys
 import typing
 from typing import Callable
 
+from bitnas.common.launch import report_line
 from bitnas.common.signals import Interrupted
 from bitnas.errors import BitnasError
 
@@ -171,10 +172,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     from bitnas.config import add_config_args
     from bitnas.demo import DemoConfig
 
-    p = sub.add_parser("demo", help="search → train (Child-Parent) → evaluate → table, on the embedded data",
+    p = sub.add_parser("demo", help="search → train → evaluate → table, on the embedded data",
                        description="The whole pipeline at a size that runs in minutes on a laptop CPU: a search "
-                                   "(CP-NAS by default), training of the found 1-bit network with its fp32 parent, "
-                                   "evaluation, a summary table and pictures in the run directory.")
+                                   "(CP-NAS by default), training of the found 1-bit network (plain cross-entropy; "
+                                   "method=cp trains its fp32 parent first and the child with the Child-Parent loss), "
+                                   "evaluation on the test split, a summary table and pictures in the run directory.")
     add_config_args(p, DemoConfig)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("plot", help="redraw the pictures of a run directory into RUN_DIR/plots")
@@ -207,19 +209,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse a command line; KEY=VALUE overrides may stand anywhere among the flags (argparse keeps
+    only the first run of them: the rest are gathered here)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all(_KV.match(t) for t in extra):
+        args.overrides = list(args.overrides or []) + extra
+    elif extra:
+        command = getattr(args, "command", None)
+        raise UsageError(f"{command + ': ' if command else ''}unrecognized arguments: {' '.join(extra)[:200]} "
+                         f"(see `bitnas{' ' + command if command else ''} --help`)")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from bitnas.run import setup_logging
 
     parser = build_parser()
     try:
-        args, extra = parser.parse_known_args(argv)
-        # KEY=VALUE overrides may stand anywhere among the flags; argparse keeps only the first run.
-        if extra and hasattr(args, "overrides") and all(_KV.match(t) for t in extra):
-            args.overrides = list(args.overrides or []) + extra
-        elif extra:
-            command = getattr(args, "command", None)
-            raise UsageError(f"{command + ': ' if command else ''}unrecognized arguments: {' '.join(extra)[:200]} "
-                             f"(see `bitnas{' ' + command if command else ''} --help`)")
+        args = parse_args(parser, argv)
     except UsageError as e:
         print(f"bitnas: error: {e}", file=sys.stderr)
         return 2
@@ -227,16 +235,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     setup_logging(args.verbose)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--nproc` hands to the ranks
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args) or 0)
     except Interrupted as e:
-        print(f"bitnas: {e}", file=sys.stderr)
+        report_line(f"bitnas: {e}")
         return e.exit_code
     except BitnasError as e:
         if args.traceback:
             raise
-        print(f"bitnas: error: {e}", file=sys.stderr)
+        report_line(f"bitnas: error: {e}")
         return 2
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly, as Unix tools do.
@@ -252,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.traceback or not is_lost_rank(e):
             raise
-        print(f"bitnas: error: {lost_rank_error(e)}", file=sys.stderr)
+        report_line(f"bitnas: error: {lost_rank_error(e)}")
         return 1
 
 

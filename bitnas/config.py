@@ -159,10 +159,6 @@ def positive_int(text: str) -> int:
     return v
 
 
-def config_keys(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]
-
-
 def update_config(cfg: C, values: dict[str, Any], source: str) -> C:
     """Return a copy of `cfg` with `values` applied, each checked and coerced."""
     by_name = {f.name: f for f in fields(cfg)}
@@ -273,12 +269,3 @@ def check_resume_config(saved: dict[str, Any], cfg: Any, source: str) -> None:
     if changed:
         diffs = ", ".join(f"{k}: {saved[k]!r} → {mine[k]!r}" for k in changed)
         raise ConfigError(f"{source}: resume needs the same config; changed: {diffs}")
-
-
-def describe(cls: type) -> list[tuple[str, Any, str]]:
-    """(key, default, help) for every field: used by `bitnas recipes --keys`."""
-    out = []
-    for f in fields(cls):
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        out.append((f.name, default, f.metadata.get("help", "")))
-    return out

@@ -1,4 +1,5 @@
-"""`bitnas demo`: search → train with the Child-Parent loss → evaluate → summary table → pictures.
+"""`bitnas demo`: search → train the found 1-bit network (plain cross-entropy by default, `method=cp` for
+the fp32 parent and the Child-Parent loss) → evaluate → summary table → pictures.
 
 Runs on the embedded Fashion-MNIST subset by default, sized to finish in a few minutes on a
 2-core CPU. Every stage writes its own run directory under `out`.
@@ -27,7 +28,7 @@ log = logging.getLogger("bitnas")
 class DemoConfig:
     """The demo's settings: small enough for a few minutes on 2 cores."""
 
-    strategy: str = opt("cpnas", "search strategy: cpnas, ubnas, pcdarts, darts, random", flag=True)
+    strategy: str = opt("cpnas", "search strategy: cpnas, ubnas, pcdarts, darts, random, zero_cost", flag=True)
     data: str = opt("fashion-mnist-embedded", "dataset NAME[:PATH]", flag=True)
     out: str = opt("runs/demo", "run directory", flag=True)
     init_channels: int = opt(8, "initial channels C (search and training)", flag=True)

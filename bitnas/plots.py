@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bitnas.space.genotypes import Genotype  # noqa: E402
 from bitnas.errors import BitnasError  # noqa: E402
@@ -101,6 +102,14 @@ def plot_alphas(records: list[dict[str, Any]], ops: Sequence[str], out_png: str 
     return Path(out_png)
 
 
+def set_epoch_ticks(ax: Any, epochs: Sequence[int]) -> None:
+    """Epochs are whole: a tick at each of up to 15 epochs, else integer ticks (never 1.25, 1.5, …)."""
+    if len(set(epochs)) <= 15:
+        ax.set_xticks(sorted(set(epochs)))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_training(records: list[dict[str, Any]], out_png: str | Path, title: str = "training") -> Path | None:
     """Loss and top-1 curves of whatever train/val/test metrics the records hold."""
     recs = [r for r in records if "epoch" in r and any(k.endswith("loss") for k in r)]
@@ -116,8 +125,12 @@ def plot_training(records: list[dict[str, Any]], out_png: str | Path, title: str
             a1.plot(epochs, vals, marker="o", ms=3, label=key)
         elif key.endswith("top1") or key.endswith("acc"):
             a2.plot(epochs, vals, marker="o", ms=3, label=key)
-    a1.set_xlabel("epoch"); a1.set_ylabel("loss"); a1.legend(fontsize=8); a1.grid(alpha=0.3)
-    a2.set_xlabel("epoch"); a2.set_ylabel("top-1 (%)"); a2.legend(fontsize=8); a2.grid(alpha=0.3)
+    for ax, label in ((a1, "loss"), (a2, "top-1 (%)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        set_epoch_ticks(ax, epochs)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
@@ -147,21 +160,38 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         if not isinstance(history, dict) or not isinstance(history.get("ops"), list):
             raise BitnasError(f"{hist}: not a CP-NAS history (no op list)")
         made.append(Path(plot_cpnas_scores(history, out / "cpnas_scores.png")))
-    p = plot_training(records, out / "training.png", title=run_dir.name)
+    p = plot_training(records, out / "training.png", title=training_title(run_dir))
     made += [p] if p else []
     return made
 
 
-def _ops_of(run_dir: Path) -> list[str]:
-    """The op list of a search run (from its resolved config), empty for training runs."""
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's config.yaml as a mapping ({} when absent or not a mapping)."""
     from bitnas.common.safe_yaml import read_yaml
 
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.exists():
-        return []
+        return {}
     docs = read_yaml(cfg_file) or {}
-    if not isinstance(docs, dict):
-        return []
+    return docs if isinstance(docs, dict) else {}
+
+
+def training_title(run_dir: Path) -> str:
+    """What was trained, for the training plot: network, precision, width and depth, data."""
+    cfg = _run_config(run_dir)
+    if cfg.get("command") != "train":
+        return run_dir.name
+    what = str(cfg.get("network") or "") or Path(str(cfg.get("genotype") or run_dir.name)).name
+    if what == "genotype.json":  # a search's output: name the search run that found it
+        what = f"genotype of {Path(str(cfg['genotype'])).parent.name}"
+    bits = "1-bit" if cfg.get("precision", "binary") == "binary" else "fp32"
+    return (f"{bits} {what}, C = {cfg.get('init_channels')}, {cfg.get('layers')} cells, "
+            f"{cfg.get('data')} ({run_dir.name})")
+
+
+def _ops_of(run_dir: Path) -> list[str]:
+    """The op list of a search run (from its resolved config), empty for training runs."""
+    docs = _run_config(run_dir)
     resolved = docs.get("resolved")
     space = resolved.get("space") if isinstance(resolved, dict) else None
     if not isinstance(space, str) or not space:

@@ -74,7 +74,8 @@ class Summary:
         return d
 
 
-def _excluded(name: str) -> bool:
+def in_auxiliary_head(name: str) -> bool:
+    """True for the auxiliary head's modules (not counted: it is dropped at test time)."""
     return name.startswith("auxiliary_head") or ".auxiliary_head" in name
 
 
@@ -104,7 +105,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
 
     for name, mod in model.named_modules():
         # The root is hooked too: a model that is itself one conv/linear layer must be counted.
-        if not _excluded(name):
+        if not in_auxiliary_head(name):
             hooks.append(mod.register_forward_hook(hook(name or type(mod).__name__)))
     was_training = model.training
     model.eval()
@@ -116,17 +117,23 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    # Parameters of modules the forward pass did not reach (none in our networks) still count.
+    p1, p32 = params_by_precision(model)
+    return Summary(p1, p32, sum(r.bops for r in rows), sum(r.flops for r in rows), list(input_shape), rows)
+
+
+def params_by_precision(model: nn.Module) -> tuple[int, int]:
+    """(1-bit, 32-bit) parameter counts without the auxiliary head: every parameter of every module,
+    reached by a forward pass or not; the latent weights of binarised convs are the 1-bit ones."""
     p1 = p32 = 0
     for name, mod in model.named_modules():
-        if _excluded(name):
+        if in_auxiliary_head(name):
             continue
         for pname, prm in mod.named_parameters(recurse=False):
             if isinstance(mod, BinaryConv2d) and mod.is_binary and pname == "weight":
                 p1 += prm.numel()
             else:
                 p32 += prm.numel()
-    return Summary(p1, p32, sum(r.bops for r in rows), sum(r.flops for r in rows), list(input_shape), rows)
+    return p1, p32
 
 
 def _human(n: float) -> str:

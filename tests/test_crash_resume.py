@@ -29,6 +29,8 @@ from bitnas.search.cpnas import unpack_tensors
 from bitnas.space.spaces import SPACES
 from bitnas.utils import load_checkpoint, read_jsonl
 
+pytestmark = pytest.mark.slow  # minutes: `make test-quick` leaves it out
+
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("BITNAS_TEST_KILL_SEED") or secrets.randbits(32))
 TIMING = {"seconds", "train_seconds", "images_per_second", "elapsed", "step_seconds", "search_seconds"}

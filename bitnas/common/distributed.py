@@ -122,6 +122,15 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+def broadcast_buffers(module: nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank: an evaluation on each
+    rank's share of a split then uses the network rank 0 saves, not each rank's own statistics."""
+    if not info.enabled:
+        return
+    for b in module.buffers():
+        dist.broadcast(b, src=0)
+
+
 def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
     """Rank `src`'s `obj` on every process."""
     if not info.enabled:

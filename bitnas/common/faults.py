@@ -14,7 +14,8 @@ that torchrun rank acts). Points:
 Actions:
 
     kill     SIGKILL this process: a hard crash, no cleanup, no checkpoint
-    signal   send `"signal"` (e.g. "SIGTERM", "SIGINT") to this process: a graceful stop
+    signal   send `"signal"` (e.g. "SIGTERM", "SIGINT") to this process (`"to": "parent"`: to the
+             process that started it, e.g. the `--nproc` launcher): a graceful stop
     freeze   stop answering (sleep; SIGINT/SIGTERM act as by default): a hung rank
     exit     `os._exit("code")`: a rank that dies without a word
     trace    append {"index", "sha256"} of the payload `tensors` to `"dir"`/trace_rank<r>.jsonl
@@ -91,7 +92,8 @@ def _kill(rule: dict[str, Any], name: str, index: int, rank: int, payload: dict[
 
 
 def _signal(rule: dict[str, Any], name: str, index: int, rank: int, payload: dict[str, Any]) -> None:
-    os.kill(os.getpid(), getattr(signal, rule.get("signal", "SIGTERM")))
+    pid = os.getppid() if rule.get("to") == "parent" else os.getpid()
+    os.kill(pid, getattr(signal, rule.get("signal", "SIGTERM")))
 
 
 def _freeze(rule: dict[str, Any], name: str, index: int, rank: int, payload: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from bitnas.common.launch import add_nproc_arg, maybe_launch
 from bitnas.config import add_config_args, config_from_args
 from bitnas.search.config import SearchConfig
 
@@ -14,14 +15,18 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(SearchConfig, args)
     STRATEGIES.canonical(cfg.strategy)
+    launched = maybe_launch(args)
+    if launched is not None:
+        return launched
     run_search(cfg, resume=args.resume)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="search a binary architecture (cpnas, ubnas, pcdarts, darts, random)",
+    p = sub.add_parser("search", help="search a binary architecture (cpnas, ubnas, pcdarts, darts, random, zero_cost)",
                        description="Search an architecture; writes genotype.json, metrics.jsonl, config.yaml and "
                                    "checkpoints to the run directory (--out).")
     add_config_args(p, SearchConfig)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_nproc_arg(p)
     p.set_defaults(func=cmd_search)

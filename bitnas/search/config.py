@@ -8,7 +8,7 @@ from bitnas.config import BaseConfig, opt, refuse_failed
 
 @dataclass
 class SearchConfig(BaseConfig):
-    strategy: str = opt("cpnas", "search strategy: cpnas, ubnas, pcdarts, darts, random", flag=True)
+    strategy: str = opt("cpnas", "search strategy: cpnas, ubnas, pcdarts, darts, random, zero_cost", flag=True)
     space: str = opt("", "search space: darts, cpnas, ubnas, ubnas_nozero (empty = the strategy's default)", flag=True)
     epochs: int = opt(50, "search epochs (differentiable and random strategies)", flag=True)
     val_fraction: float = opt(0.5, "fraction of the training set held out to update α / score candidates")
@@ -37,6 +37,11 @@ class SearchConfig(BaseConfig):
     early_stop_min_epochs: int = opt(0, "never stop before this many epochs (after warm-up)")
     # random search
     random_samples: int = opt(8, "random: genotypes drawn and scored with the shared weights")
+    # zero-cost search
+    zero_cost_samples: int = opt(100, "zero_cost: genotypes drawn and scored at initialisation")
+    zero_cost_estimator: str = opt("synflow", "zero_cost: the estimator that ranks them: params, synflow, grad_norm, "
+                                   "naswot, zico (bitnas.study.estimators.zero_cost)")
+    zero_cost_batches: int = opt(2, "zero_cost: training batches the estimators may read (zico needs 2)")
     # CP-NAS (METHODS §4.4)
     rounds: int = opt(3, "CP-NAS: T, sampling rounds between two removals", flag=True)
     sample_steps: int = opt(0, "CP-NAS: training steps each sampled path gets (0 = one epoch, as the paper)", flag=True)

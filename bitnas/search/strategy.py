@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from bitnas.common import faults
-from bitnas.common.distributed import DistInfo, any_rank
+from bitnas.common.distributed import DistInfo, any_rank, broadcast_buffers
 from bitnas.common.layout import CHANNELS_LAST_CHOICES
 from bitnas.common.signals import StopRequest
 from bitnas.data import BatchLoader, ImageDataset
@@ -95,10 +95,7 @@ class SearchContext:
 
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
-        if self.world_size <= 1:
-            return
-        for b in module.buffers():
-            dist.broadcast(b, src=0)
+        broadcast_buffers(module, DistInfo(self.rank, self.world_size, device=self.device))
 
     @property
     def show_progress(self) -> bool:
@@ -241,7 +238,7 @@ class SearchStrategy:
     def estimate(self, genotype: Genotype) -> dict[str, float]:
         """The search's own estimate of how good `genotype` is (`score`: higher is better), from its
         current state: what its decisions rank architectures by. Rank fidelity compares it with the
-        genotype's stand-alone accuracy (`bitnas.study.fidelity`)."""
+        genotype's stand-alone accuracy (`bitnas.study.estimators.search`, `bitnas.study.fidelity`)."""
         raise NotImplementedError(f"strategy {self.name} has no architecture estimator")
 
     # Attributes that have their own state_dict()/load_state_dict() (models, optimizers,

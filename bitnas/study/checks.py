@@ -103,7 +103,7 @@ def check_record(rec: dict[str, Any], trial: Trial | None, where: str) -> None:
     for key, want in (("arm", trial.arm), ("kind", trial.kind), ("seed", trial.seed)):
         if rec[key] != want or type(rec[key]) is not type(want):
             raise bad(f"'{key}' must be {want!r} for trial {trial.id}, got {brief(rec[key])}")
-    required = {"train": ("test_top1", "ops", "params_1bit", "params_32bit"), "search": (), "score": ()}[trial.kind]
+    required = ("test_top1", "ops", "params_1bit", "params_32bit") if trial.kind == "train" else ()
     for key in FIGURES + WALL_CLOCK:
         if key in required and key not in rec:
             raise bad(f"record lacks '{key}'")
@@ -119,12 +119,17 @@ def check_record(rec: dict[str, Any], trial: Trial | None, where: str) -> None:
         raise bad(f"'parametric_ops' must map 'normal' to a number, got {brief(ops)}")
     if trial.kind == "search" and not isinstance(rec.get("genotype"), dict):
         raise bad(f"'genotype' must be a genotype mapping, got {brief(rec.get('genotype'))}")
-    if trial.kind == "score":
+    if trial.kind in ("score", "zero_cost"):
         scores = rec.get("scores")
         if not isinstance(scores, list) or not all(
                 isinstance(s, dict) and isinstance(s.get("index"), int) and not isinstance(s["index"], bool)
                 and all(_number(v) for k, v in s.items() if k != "index") for s in scores):
             raise bad(f"'scores' must be a list of {{index: N, <score>: number}}, got {brief(scores)}")
+    if trial.kind == "zero_cost":
+        names = rec.get("estimators")
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)
+                and all(n in s for s in rec["scores"] for n in names)):
+            raise bad(f"'estimators' must list the score names every score holds, got {brief(names)}")
 
 
 def read_records(path: Path, spec: StudySpec) -> dict[str, dict[str, Any]]:

@@ -47,12 +47,46 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_job(job: Job) -> int:
-    """Run one job to its end (used by the Ray tasks); returns its exit code."""
+def _start(job: Job) -> subprocess.Popen:
+    """The trial's process: one thread, its own process group, killed if its parent dies."""
+    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **ONE_THREAD}
     with open(job.log, "ab") as out:
-        return subprocess.call(list(job.cmd), cwd=job.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL)
+        return subprocess.Popen(list(job.cmd), cwd=job.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+
+def _stop(procs: list[subprocess.Popen], sig: int, grace: float) -> None:
+    """Send `sig` to each trial's process group (each checkpoints and exits), wait, then kill the rest."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+STOP_GRACE = 120.0  # seconds a stopped trial gets to write its checkpoint
+
+
+def run_job(job: Job) -> int:
+    """Run one job to its end (a Ray task). Cancelled (Ray raises KeyboardInterrupt in the task), it
+    stops the trial as a local stop does — SIGTERM, the trial checkpoints — and returns its code."""
+    p = _start(job)
+    try:
+        while p.poll() is None:  # short sleeps: Ray's interrupt is raised between bytecodes, not in waitpid
+            time.sleep(0.2)
+        return p.returncode
+    except KeyboardInterrupt:
+        _stop([p], signal.SIGTERM, STOP_GRACE)
+        return p.returncode
 
 
 class LocalExecutor:
@@ -68,12 +102,7 @@ class LocalExecutor:
         return self.slots - len(self.running)
 
     def submit(self, job: Job) -> None:
-        Path(job.log).parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **ONE_THREAD}
-        with open(job.log, "ab") as out:
-            self.running[job.id] = subprocess.Popen(
-                list(job.cmd), cwd=job.cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        self.running[job.id] = _start(job)
 
     def wait(self, timeout: float) -> list[tuple[str, int]]:
         """The jobs that ended (id, exit code), waiting up to `timeout` seconds for one."""
@@ -86,20 +115,9 @@ class LocalExecutor:
                 return done
             time.sleep(0.2)
 
-    def stop(self, sig: int, grace: float = 120.0) -> None:
+    def stop(self, sig: int, grace: float = STOP_GRACE) -> None:
         """Send `sig` to every running trial (each checkpoints and exits), wait, then kill the rest."""
-        for p in self.running.values():
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                pass
-        end = time.monotonic() + grace
-        for p in self.running.values():
-            try:
-                p.wait(max(0.0, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _stop(list(self.running.values()), sig, grace)
         self.running.clear()
 
     def close(self) -> None:
@@ -211,8 +229,15 @@ class RayExecutor:
                 del self.running[job_id]
         return done
 
-    def stop(self, sig: int, grace: float = 120.0) -> None:
-        for ref in self.running.values():
+    def stop(self, sig: int, grace: float = STOP_GRACE) -> None:
+        """Cancel every running task: each stops its trial with SIGTERM (the trial checkpoints; see
+        `run_job`); tasks still running after `grace` seconds are killed with their worker (their
+        trials die with it: PR_SET_PDEATHSIG) and resume from their last checkpoint."""
+        refs = list(self.running.values())
+        for ref in refs:
+            self.ray.cancel(ref, force=False)
+        _, left = self.ray.wait(refs, num_returns=len(refs), timeout=grace + 5.0)
+        for ref in left:
             self.ray.cancel(ref, force=True)
         self.running.clear()
 

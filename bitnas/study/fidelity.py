@@ -5,18 +5,15 @@ Ground truth: the validation top-1 of M genotypes trained stand-alone under the 
 fidelity figures can be used to choose search settings). Estimators: each search's own score of
 a genotype in its trained state (`SearchStrategy.estimate`): the CP-NAS indicator z of the path
 (and its parts A_C, A_P), the α-based score of DARTS / PC-DARTS / UBNAS, the weight-sharing
-accuracy of random search. Reported: Kendall τ-b and Spearman ρ with percentile bootstrap 95 %
-intervals (genotypes resampled with replacement).
+accuracy of random search; and zero-cost estimators of the untrained network
+(`bitnas.study.estimators`, the study's zero_cost trials). Reported: Kendall τ-b and Spearman ρ
+with percentile bootstrap 95 % intervals (genotypes resampled with replacement).
 
-`python -m bitnas.study.fidelity SEARCH_DIR GENOTYPES.json --out SCORES.json` scores a list of
-genotypes with a finished (or interrupted) search's last checkpoint: the study's score trials.
+The scores come from the study's scoring trials: `bitnas.study.estimators.search` (a search's own
+estimator) and `bitnas.study.estimators.protocol` (zero-cost estimators).
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -85,6 +82,16 @@ def correlation(x: Sequence[float], y: Sequence[float], bootstrap: int = 1000, s
             "spearman_rho": spearman_rho(x, y), "spearman_rho_ci": [rho_lo, rho_hi]}
 
 
+def ground_truth(records: list[dict[str, Any]], arm: str) -> dict[int, float]:
+    """Genotype index → stand-alone validation top-1 of `arm`'s trainings (the mean over seeds where
+    an arm with `seeds:` trained a genotype several times)."""
+    per_index: dict[int, list[float]] = {}
+    for r in records:
+        if r["arm"] == arm and r["kind"] == "train" and r.get("val_top1") is not None:
+            per_index.setdefault(int(r["index"]), []).append(float(r["val_top1"]))
+    return {i: float(np.mean(v)) for i, v in per_index.items()}
+
+
 def fidelity_table(scores: dict[str, list[dict[str, Any]]], truth: dict[int, float],
                    bootstrap: int = 1000) -> list[dict[str, Any]]:
     """One row per estimator (and per score part, e.g. CP-NAS' acc_child): the correlation of each
@@ -111,68 +118,3 @@ def fidelity_table(scores: dict[str, list[dict[str, Any]]], truth: dict[int, flo
             rows.append({"estimator": est, "part": part, "seeds": [p["seed"] for p in per_seed],
                          "per_seed": per_seed, "mean_over_seeds": pooled})
     return rows
-
-
-# ---------------------------------------------------------------------------- scoring worker
-
-def score_genotypes(search_dir: Path, genotypes: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
-    """Rebuild a search from its last checkpoint (same data split, same state) and score each
-    genotype with the strategy's estimator."""
-    import torch
-
-    from bitnas.errors import BitnasError
-    from bitnas.search import strategies  # noqa: F401 - registers every strategy
-    from bitnas.search.config import SearchConfig
-    from bitnas.search.runner import make_context
-    from bitnas.search.strategy import STRATEGIES
-    from bitnas.space.genotypes import Genotype
-    from bitnas.utils import load_checkpoint, seed_everything, set_rng_state
-
-    ck = load_checkpoint(search_dir / "last.pt")
-    if ck.get("kind") != "search":
-        raise BitnasError(f"{search_dir / 'last.pt'}: not a search checkpoint")
-    known = {f.name for f in dataclasses.fields(SearchConfig)}
-    cfg = SearchConfig(**{k: v for k, v in ck["config"].items() if k in known})
-    cfg = dataclasses.replace(cfg, out=str(out_dir), progress="off")
-    torch.set_num_threads(cfg.threads or 1)
-    seed_everything(cfg.seed)
-    ctx = make_context(cfg)
-    strat = STRATEGIES.get(cfg.strategy)(ctx)
-    strat.load_state_dict(ck["strategy"])
-    set_rng_state(ck["rng"])
-    scores = []
-    for i, g in enumerate(genotypes):
-        est = strat.estimate(Genotype.from_dict(g, f"genotype {i}"))
-        scores.append({"index": i, **{k: float(v) for k, v in est.items()}})
-    return {"estimator": strat.name, "strategy": strat.name, "search": str(search_dir), "scores": scores}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import json
-
-    from bitnas.errors import BitnasError
-    from bitnas.run import setup_logging
-    from bitnas.utils import atomic_write_json
-
-    p = argparse.ArgumentParser(prog="python -m bitnas.study.fidelity",
-                                description="Score genotypes with a search's own estimator (a study's score trial).")
-    p.add_argument("search_dir")
-    p.add_argument("genotypes", help="JSON list of genotypes")
-    p.add_argument("--out", required=True, help="scores JSON file to write")
-    a = p.parse_args(argv)
-    setup_logging()
-    try:
-        genotypes = json.loads(Path(a.genotypes).read_text(encoding="utf-8"))
-        if not isinstance(genotypes, list):
-            raise BitnasError(f"{a.genotypes}: expected a JSON list of genotypes")
-        out = Path(a.out)
-        res = score_genotypes(Path(a.search_dir), genotypes, out.parent)
-        atomic_write_json(out, res)
-    except (BitnasError, OSError, json.JSONDecodeError) as e:
-        print(f"bitnas: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Trial folders, trial configs and the record each finished trial leaves in trials.jsonl.
 
-Every record carries `id`, `arm`, `kind` (search / train / score), `seed`, `config`, `split` (which
+Every record carries `id`, `arm`, `kind` (search / train / score / zero_cost), `seed`, `config`, `split` (which
 split every figure comes from), `val_top1`, `test_top1`, `test_top5`, `ops`, `params_1bit`,
 `params_32bit`, `bops`, `flops`, `search_seconds`, `search_images` — null where a figure does
 not apply to the kind (a search has no test figure). Wall-clock fields: `search_seconds`,
@@ -58,6 +58,8 @@ class TrialFiles:
         if t.kind == "search":
             return {"strategy": arm.strategy, **spec.search, **arm.search, **run}
         cfg: dict[str, Any] = {**spec.protocol, **arm.train, **run}
+        if t.kind == "zero_cost":  # the ground-truth arm's training at this seed; each genotype is scored
+            return cfg
         if arm.kind == "strategy":
             cfg["genotype"] = self.rel(self.dir(Trial(f"{arm.name}/s{t.seed}/search", "search", arm.name, t.seed))
                                        / "genotype.json")
@@ -123,6 +125,12 @@ def build_record(spec: StudySpec, t: Trial, files: TrialFiles, done: dict[str, d
         res = _read_json(d / "scores.json")
         rec.update({"estimator": res["estimator"], "strategy": res.get("strategy"), "scores": res["scores"],
                     "split": {"scores": "the search's own validation half (carved from training images)"}})
+        return rec
+    if t.kind == "zero_cost":
+        res = _read_json(d / "scores.json")
+        rec.update({"config": files.trial_config(spec, t), "estimators": res["estimators"], "scores": res["scores"],
+                    "split": {"scores": f"{res['batches']} batches of {res['batch_size']} images of the protocol's "
+                                        "training split (no validation or test image), networks at initialisation"}})
         return rec
     res = _read_json(d / "result.json")
     rec.update(_train_figures(d, res))

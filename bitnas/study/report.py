@@ -7,7 +7,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bitnas.study.fidelity import fidelity_table
+from bitnas.study.agreement import protocol_agreement
+from bitnas.study.compare import compare_to_control
+from bitnas.study.fidelity import fidelity_table, ground_truth
 from bitnas.study.spec import StudySpec
 from bitnas.utils import atomic_write_json, atomic_write_text
 
@@ -54,7 +56,8 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return format(x, spec)
 
 
-def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[str, Any]]) -> str:
+def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[str, Any]],
+                   agreement: dict[str, Any] | None = None, comparison: list[dict[str, Any]] | None = None) -> str:
     p = spec.protocol
     out = [f"# Study `{spec.name}`", ""]
     if spec.description:
@@ -63,6 +66,8 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
     if done < planned:
         out += [f"**Incomplete**: {done} of {planned} trainings finished; `n` counts finished / planned "
                 "per arm. Rerun the study's command to complete it.", ""]
+    if comparison:
+        out += [conclusion(spec, comparison, done < planned), ""]
     out += [f"Data `{spec.data}`; seeds {list(spec.seeds)}. Every genotype is trained under one protocol "
             f"({', '.join(f'{k}={v}' for k, v in p.items())}); the epoch is selected on a validation split "
             "carved from the training images and the test split is evaluated once, on that epoch.", "",
@@ -82,11 +87,16 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
     changed = [f"`{a.name}`: {', '.join(f'{k}={v}' for k, v in a.train.items())}" for a in spec.arms if a.train]
     if changed:
         out += ["", "Arms that change the protocol: " + "; ".join(changed) + "."]
+    if comparison:
+        out += ["", *comparison_markdown(spec, comparison)]
     if fid:
+        zero_cost = (" Zero-cost estimators score the genotype's protocol network at initialisation (per seed: "
+                     "the network that seed's training starts from) on a few training batches."
+                     if any(r.get("kind") == "zero_cost" for r in fid) else "")
         out += ["", "## Rank fidelity", "",
                 "Kendall τ-b and Spearman ρ between each search's own estimate of a genotype (its trained state) "
-                "and the genotype's stand-alone validation top-1 under the protocol; 95 % bootstrap intervals.", "",
-                "| estimator | score | M | τ (mean over seeds' scores) | ρ | τ per seed |", "|---|---|---|---|---|---|"]
+                f"and the genotype's stand-alone validation top-1 under the protocol; 95 % bootstrap intervals.{zero_cost}",
+                "", "| estimator | score | M | τ (mean over seeds' scores) | ρ | τ per seed |", "|---|---|---|---|---|---|"]
         for row in fid:
             pooled = row["mean_over_seeds"]
             per = ", ".join(f"s{p['seed']}: {_fmt(p['kendall_tau'])}" for p in row["per_seed"])
@@ -94,27 +104,132 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
                        f"| {_fmt(pooled['kendall_tau'])} [{_fmt(pooled['kendall_tau_ci'][0])}, "
                        f"{_fmt(pooled['kendall_tau_ci'][1])}] | {_fmt(pooled['spearman_rho'])} "
                        f"[{_fmt(pooled['spearman_rho_ci'][0])}, {_fmt(pooled['spearman_rho_ci'][1])}] | {per} |")
+    if agreement and (agreement["seed_noise"] or agreement["arm_agreement"]):
+        out += ["", *agreement_markdown(agreement)]
     return "\n".join(out) + "\n"
+
+
+def comparison_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every arm's test top-1 against the control arm's (see bitnas.study.compare)."""
+    if not spec.control:
+        return []
+    values: dict[str, list[float]] = {}
+    for r in records:
+        if r["kind"] == "train" and isinstance(r.get("test_top1"), (int, float)):
+            values.setdefault(r["arm"], []).append(float(r["test_top1"]))
+    return compare_to_control(values, spec.control)
+
+
+def conclusion(spec: StudySpec, comparison: list[dict[str, Any]], incomplete: bool) -> str:
+    """One paragraph: which arms beat the control, which fall below it, which are not separable."""
+    base = comparison[0]
+    said = {v: [r for r in comparison if r["verdict"] == v] for v in ("better", "worse", "not shown")}
+
+    def names(rows: list[dict[str, Any]]) -> str:
+        return ", ".join(f"`{r['arm']}` ({r['difference']:+.2f}, p = {r['p_value']:.2g}, n = {r['n']})" for r in rows)
+
+    text = (f"**Conclusion{' so far' if incomplete else ''}** (test top-1 against `{spec.control}`, mean "
+            f"{_fmt(base['control_mean'])} % over {base['n_control']} trainings; better/worse = p < 0.05 and the 95 % "
+            "interval on one side of 0): ")
+    parts = [f"better than the control: {names(said['better'])}" if said["better"] else "no arm is shown better "
+             "than the control"]
+    if said["worse"]:
+        parts.append(f"worse: {names(said['worse'])}")
+    if said["not shown"]:
+        parts.append(f"not separable from it: {names(said['not shown'])}")
+    return text + "; ".join(parts) + "."
+
+
+def comparison_markdown(spec: StudySpec, rows: list[dict[str, Any]]) -> list[str]:
+    first = rows[0]
+    out = [f"## Against the control `{spec.control}`", "",
+           f"Test top-1 of each arm's trainings against the {first['n_control']} trainings of `{spec.control}` "
+           f"(mean {_fmt(first['control_mean'])} %): difference of the means in points, a 95 % bootstrap interval "
+           "(arm and control resampled independently over seeds and genotypes) and a two-sided permutation-test "
+           "p-value (exact where the splits can be enumerated). Verdict: better / worse when p < 0.05 and the "
+           "interval lies on one side of 0, else not shown.", "",
+           "| arm | n | mean | difference | 95 % interval | p | verdict |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['arm']} | {r['n']} | {_fmt(r['mean'])} | {r['difference']:+.2f} | {_ci(r['difference_ci'])} "
+                   f"| {r['p_value']:.3g}{'' if r['p_method'] == 'exact' else ' (MC)'} | {r['verdict']} |")
+    return out
+
+
+def _ci(c: list[float]) -> str:
+    return f"[{_fmt(c[0])}, {_fmt(c[1])}]"
+
+
+def agreement_markdown(agreement: dict[str, Any]) -> list[str]:
+    """The protocol's reproducibility: seed noise (ICC, spreads, τ between seeds) and τ between arms."""
+    out = ["## Protocol reproducibility", ""]
+    if agreement["seed_noise"]:
+        out += ["Genotypes trained under several seeds. ICC(1): share of the variance between genotypes (95 % "
+                "bootstrap interval over genotypes); spreads are standard deviations in points; τ between seeds: "
+                "mean Kendall τ-b of the rankings of two seeds.", "",
+                "| arm | figure | genotypes × seeds | ICC(1) | within-genotype std | between-genotype std "
+                "| τ between seeds |", "|---|---|---|---|---|---|---|"]
+        for n in agreement["seed_noise"]:
+            for metric in ("val_top1", "test_top1"):
+                m = n[metric]
+                out.append(f"| {n['arm']} | {metric} | {m['genotypes']} ({m['trainings']} trainings) "
+                           f"| {_fmt(m['icc'])} {_ci(m['icc_ci'])} | {_fmt(m['within_std'])} "
+                           f"| {_fmt(m['between_std'])} | {_fmt(m['kendall_tau_between_seeds'])} |")
+        out.append("")
+    if agreement["arm_agreement"]:
+        out += ["Arms training the same genotypes under different settings (mean over each arm's seeds): "
+                "Kendall τ-b and Spearman ρ with 95 % bootstrap intervals.", "",
+                "| arms | figure | M | τ | ρ |", "|---|---|---|---|---|"]
+        for p in agreement["arm_agreement"]:
+            for metric in ("val_top1", "test_top1"):
+                c = p[metric]
+                if "kendall_tau" not in c:
+                    continue
+                out.append(f"| {p['arms'][0]} vs {p['arms'][1]} | {metric} | {c['m']} "
+                           f"| {_fmt(c['kendall_tau'])} {_ci(c['kendall_tau_ci'])} "
+                           f"| {_fmt(c['spearman_rho'])} {_ci(c['spearman_rho_ci'])} |")
+    return out
+
+
+ZERO_COST_LABEL = "{} (zero-cost)"
+
+
+def fidelity_inputs(spec: StudySpec, records: list[dict[str, Any]]
+                    ) -> tuple[dict[int, float], dict[str, list[dict[str, Any]]]]:
+    """(ground truth: genotype index → validation top-1, scores: estimator → one score record per
+    seed). A zero-cost trial's record holds every zero-cost estimator; each becomes its own
+    estimator, "NAME (zero-cost)", listed after the search estimators."""
+    assert spec.fidelity is not None
+    f = spec.fidelity
+    truth = ground_truth(records, f.genotypes)
+    scores: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["kind"] == "score":
+            scores.setdefault(r["arm"], []).append(r)
+    for r in records:
+        if r["kind"] == "zero_cost":
+            for name in r["estimators"]:
+                per = [{"index": s["index"], "score": s[name]} for s in r["scores"]]
+                scores.setdefault(ZERO_COST_LABEL.format(name), []).append({"seed": r["seed"], "scores": per})
+    return truth, scores
 
 
 def fidelity_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if spec.fidelity is None:
         return []
-    f = spec.fidelity
-    truth = {r["index"]: r["val_top1"] for r in records
-             if r["arm"] == f.genotypes and r["kind"] == "train" and r.get("val_top1") is not None}
-    scores: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        if r["kind"] == "score":
-            scores.setdefault(r["arm"], []).append(r)
-    return fidelity_table(scores, truth, f.bootstrap)
+    truth, scores = fidelity_inputs(spec, records)
+    rows = fidelity_table(scores, truth, spec.fidelity.bootstrap)
+    searches = {r["arm"] for r in records if r["kind"] == "score"}
+    return [{**r, "kind": "search" if r["estimator"] in searches else "zero_cost"} for r in rows]
 
 
 def write_report(spec: StudySpec, out: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
     rows = arm_rows(spec, records)
     fid = fidelity_rows(spec, records)
-    atomic_write_text(out / "table.md", table_markdown(spec, rows, fid))
-    report = {"study": spec.name, "arms": rows, "fidelity": fid, "trials": len(records)}
+    agreement = protocol_agreement(spec, records)
+    comparison = comparison_rows(spec, records)
+    atomic_write_text(out / "table.md", table_markdown(spec, rows, fid, agreement, comparison))
+    report = {"study": spec.name, "arms": rows, "control": spec.control, "comparison": comparison,
+              "fidelity": fid, "protocol_agreement": agreement, "trials": len(records)}
     atomic_write_json(out / "report.json", report)
     from bitnas.study.plots import plot_accuracy_vs_ops, plot_rank_fidelity
 
@@ -123,5 +238,6 @@ def write_report(spec: StudySpec, out: Path, records: list[dict[str, Any]]) -> d
     if any(r["kind"] == "train" for r in records):
         plot_accuracy_vs_ops(spec, records, plots / "accuracy_vs_ops.png")
     if fid:
-        plot_rank_fidelity(spec, records, fid, plots / "rank_fidelity.png")
+        truth, scores = fidelity_inputs(spec, records)
+        plot_rank_fidelity(spec, truth, scores, fid, plots / "rank_fidelity.png")
     return report

@@ -1,6 +1,6 @@
 """Run a study: every trial in its own folder, in parallel, resumable; records in trials.jsonl.
 
-A trial is a `bitnas search`, `bitnas train` or fidelity-scoring process (one CPU thread) started
+A trial is a `bitnas search`, `bitnas train`, fidelity-scoring or zero-cost-scoring process (one CPU thread) started
 in the study directory with `--resume`, so a trial interrupted by a killed study continues from
 its last checkpoint and ends bitwise as it would have. `trials.jsonl` holds one record per
 finished trial, always rewritten whole (atomically) in the study's canonical trial order: a
@@ -35,7 +35,7 @@ log = logging.getLogger("bitnas")
 
 # Keys that may change between a study and its rerun without changing any result; arms may be
 # added (or dropped), but an arm kept under the same name must keep its definition.
-RERUN_FREE_KEYS = ("workers", "executor", "ray_address", "description", "name", "arms", "fidelity")
+RERUN_FREE_KEYS = ("workers", "executor", "ray_address", "description", "name", "arms", "fidelity", "control")
 
 
 class StudyRunner:
@@ -193,14 +193,21 @@ class StudyRunner:
         d = self.files.dir(t)
         d.mkdir(parents=True, exist_ok=True)
         rel = self.files.rel
-        if t.kind == "score":
+        if t.kind in ("score", "zero_cost"):
             genotypes = self.files.fidelity_genotypes()
             if not genotypes.is_file():
                 gt = self.spec.arm(self.spec.fidelity.genotypes)  # type: ignore[union-attr]
                 gs = [random_genotype_for(gt, i).to_dict() for i in range(gt.count)]
                 atomic_write_text(genotypes, json.dumps(gs) + "\n")
-            cmd = [sys.executable, "-m", "bitnas.study.fidelity", rel(self.files.dir(self.by_id[t.deps[0]])),
-                   rel(genotypes), "--out", rel(d / "scores.json")]
+            if t.kind == "score":
+                cmd = [sys.executable, "-m", "bitnas.study.estimators.search", rel(self.files.dir(self.by_id[t.deps[0]])),
+                       rel(genotypes), "--out", rel(d / "scores.json")]
+            else:
+                f = self.spec.fidelity
+                atomic_write_text(d / "trial.yaml", yaml.safe_dump(self.files.trial_config(self.spec, t), sort_keys=False))
+                cmd = [sys.executable, "-m", "bitnas.study.estimators.protocol", rel(d / "trial.yaml"), rel(genotypes),
+                       "--estimators", ",".join(f.zero_cost), "--batches", str(f.zero_cost_batches),  # type: ignore[union-attr]
+                       "--out", rel(d / "scores.json")]
             return Job(t.id, tuple(cmd), str(self.out), str(self.files.log(t)))
         cfg = self.files.trial_config(self.spec, t)
         atomic_write_text(d / "trial.yaml", yaml.safe_dump(cfg, sort_keys=False))

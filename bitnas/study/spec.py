@@ -10,10 +10,12 @@
     arms:
       - {name: cpnas, strategy: cpnas, search: {rounds: 1}}     # a search per seed, then its training
       - {name: random_genotypes, random_genotypes: 12, space: cpnas}   # uniform draws, no search
+      - {name: noise, random_genotypes: 4, seeds: [0, 1, 2]}     # each draw trained under every listed seed
       - {name: DARTS_V2, genotype: DARTS_V2}                     # a registered or pasted genotype
       - {name: bireal, network: bireal}                          # a hand-designed network
       - {name: DARTS_V2-kd, genotype: DARTS_V2, train: {kd_weight: 1.0}}  # protocol overrides
-    fidelity: {genotypes: random_genotypes, estimators: [cpnas, random], bootstrap: 1000}
+    fidelity: {genotypes: random_genotypes, estimators: [cpnas, random], bootstrap: 1000,
+               zero_cost: [params, synflow, grad_norm, naswot, zico]}   # scored at initialisation
 
 Every search and training is a trial with its own run directory; `bitnas.study.runner` runs them.
 """
@@ -30,12 +32,13 @@ from bitnas.errors import ConfigError, brief
 from bitnas.registry import did_you_mean
 
 TOP_KEYS = ("command", "description", "name", "data", "seeds", "workers", "executor", "ray_address", "search",
-            "protocol", "arms", "fidelity")
+            "protocol", "arms", "fidelity", "control")
 EXECUTORS = ("local", "ray")
 # Set per trial by the study; a protocol or search block may not set them.
 TRIAL_KEYS = frozenset({"out", "seed", "data", "resume", "genotype", "network", "strategy", "threads", "progress"})
 ARM_KINDS = ("strategy", "random_genotypes", "genotype", "network")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+ZERO_COST_TRIAL = "_zero_cost"  # trial folder of the zero-cost scorings: no arm name can start with '_'
 
 
 @dataclass(frozen=True)
@@ -51,22 +54,28 @@ class Arm:
     space: str = ""
     genotype: str = ""
     network: str = ""
+    seeds: tuple[int, ...] = ()  # random_genotypes: train every draw under each of these seeds
 
 
 @dataclass(frozen=True)
 class Fidelity:
     """Rank fidelity: the genotypes of `genotypes` (a random_genotypes arm) trained stand-alone are
-    the ground truth; each search arm in `estimators` scores them with its own estimator."""
+    the ground truth; each search arm in `estimators` scores them with its own estimator, and each
+    zero-cost estimator in `zero_cost` on their protocol networks at initialisation (one trial per
+    seed, `zero_cost_batches` training batches; 0 = as few as the estimators need)."""
 
     genotypes: str
-    estimators: tuple[str, ...]
+    estimators: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
     bootstrap: int = 1000
+    zero_cost: tuple[str, ...] = ()
+    zero_cost_batches: int = 0
 
 
 @dataclass(frozen=True)
 class Trial:
-    """A unit of the study: one search, one training or one scoring, in `trials/<id>/`."""
+    """A unit of the study: one search, one training, one scoring by a search (`score`) or the
+    zero-cost scoring of the fidelity genotypes at one seed (`zero_cost`), in `trials/<id>/`."""
 
     id: str
     kind: str
@@ -89,6 +98,7 @@ class StudySpec:
     ray_address: str = ""
     fidelity: Fidelity | None = None
     description: str = ""
+    control: str = ""  # the random_genotypes arm every other arm is compared with ("" = none)
 
     def arm(self, name: str) -> Arm:
         for a in self.arms:
@@ -120,14 +130,21 @@ class StudySpec:
                 if need_train is not None and a.name not in need_train:
                     continue
                 for i in range(a.count):
-                    out.append(Trial(f"{a.name}/g{i:02d}/train", "train", a.name, self.seeds[i % len(self.seeds)],
-                                     index=i))
+                    if a.seeds:
+                        out += [Trial(f"{a.name}/g{i:02d}/s{s}/train", "train", a.name, s, index=i) for s in a.seeds]
+                    else:
+                        out.append(Trial(f"{a.name}/g{i:02d}/train", "train", a.name,
+                                         self.seeds[i % len(self.seeds)], index=i))
             elif not fidelity_only:
                 out += [Trial(f"{a.name}/s{s}/train", "train", a.name, s) for s in self.seeds]
         if self.fidelity is not None:
-            for est in self.fidelity.estimators:
-                for s in self.fidelity.seeds or self.seeds:
+            f = self.fidelity
+            for est in f.estimators:
+                for s in f.seeds or self.seeds:
                     out.append(Trial(f"fidelity/{est}/s{s}/score", "score", est, s, (f"{est}/s{s}/search",)))
+            if f.zero_cost:
+                out += [Trial(f"fidelity/{ZERO_COST_TRIAL}/s{s}/score", "zero_cost", f.genotypes, s)
+                        for s in f.seeds or self.seeds]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,6 +156,10 @@ class StudySpec:
             f = self.fidelity
             d["fidelity"] = {"genotypes": f.genotypes, "estimators": list(f.estimators), "seeds": list(f.seeds),
                              "bootstrap": f.bootstrap}
+            if f.zero_cost:
+                d["fidelity"].update(zero_cost=list(f.zero_cost), zero_cost_batches=f.zero_cost_batches)
+        if self.control:
+            d["control"] = self.control
         return d
 
 
@@ -150,6 +171,8 @@ def _arm_dict(a: Arm) -> dict[str, Any]:
             d["search"] = dict(a.search)
     elif a.kind == "random_genotypes":
         d["random_genotypes"], d["space"] = a.count, a.space
+        if a.seeds:
+            d["seeds"] = list(a.seeds)
     elif a.kind == "genotype":
         d["genotype"] = a.genotype
     else:
@@ -216,7 +239,7 @@ def parse_spec(data: dict[str, Any], source: str = "study") -> StudySpec:
     arms_raw = data.get("arms")
     if not isinstance(arms_raw, list) or not arms_raw:
         raise ConfigError(f"{source}: arms must be a non-empty list")
-    arms = tuple(_parse_arm(a, i, search, protocol, source) for i, a in enumerate(arms_raw))
+    arms = tuple(_parse_arm(a, i, search, protocol, tuple(seeds), source) for i, a in enumerate(arms_raw))
     names = [a.name for a in arms]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -226,6 +249,7 @@ def parse_spec(data: dict[str, Any], source: str = "study") -> StudySpec:
                      description=str(data.get("description") or "").strip())
     if data.get("fidelity"):
         spec.fidelity = _parse_fidelity(data["fidelity"], spec, source)
+    spec.control = _parse_control(data.get("control"), spec, source)
     return spec
 
 
@@ -234,6 +258,18 @@ def check_name(name: str, where: str) -> None:
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{where} {brief(name)} must be letters, digits and _.+-, at most 100 characters "
                           "(it names a folder)")
+
+
+def _parse_control(raw: Any, spec: StudySpec, source: str) -> str:
+    """The control arm: given, else the fidelity ground truth, else the first random_genotypes arm."""
+    if raw is None:
+        if spec.fidelity is not None:
+            return spec.fidelity.genotypes
+        return next((a.name for a in spec.arms if a.kind == "random_genotypes"), "")
+    arm = spec.arm(str(raw))
+    if arm.kind != "random_genotypes":
+        raise ConfigError(f"{source}: control must name a random_genotypes arm, '{arm.name}' is a {arm.kind} arm")
+    return arm.name
 
 
 def _block(value: Any, what: str, source: str) -> dict[str, Any]:
@@ -265,12 +301,13 @@ def _check_common_search(search: dict[str, Any], source: str) -> None:
                           "search: block")
 
 
-def _parse_arm(raw: Any, i: int, search: dict[str, Any], protocol: dict[str, Any], source: str) -> Arm:
+def _parse_arm(raw: Any, i: int, search: dict[str, Any], protocol: dict[str, Any], study_seeds: tuple[int, ...],
+               source: str) -> Arm:
     where = f"{source}: arms[{i}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: an arm is a mapping (name: ..., strategy: ... | random_genotypes: N | "
                           "genotype: ... | network: ...)")
-    allowed = {"name", "strategy", "search", "train", "random_genotypes", "space", "genotype", "network"}
+    allowed = {"name", "strategy", "search", "train", "random_genotypes", "space", "genotype", "network", "seeds"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}'{did_you_mean(unknown[0], sorted(allowed))}")
@@ -286,6 +323,8 @@ def _parse_arm(raw: Any, i: int, search: dict[str, Any], protocol: dict[str, Any
         raise ConfigError(f"{where}: search: belongs to strategy arms")
     if kind != "random_genotypes" and "space" in raw:
         raise ConfigError(f"{where}: space: belongs to random_genotypes arms (a strategy arm sets it in search:)")
+    if kind != "random_genotypes" and "seeds" in raw:
+        raise ConfigError(f"{where}: seeds: belongs to random_genotypes arms (other arms run every study seed)")
     if kind == "strategy":
         from bitnas.search import strategies  # noqa: F401 - registers every strategy
         from bitnas.search.config import SearchConfig
@@ -303,7 +342,12 @@ def _parse_arm(raw: Any, i: int, search: dict[str, Any], protocol: dict[str, Any
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 10_000:
             raise ConfigError(f"{where}: random_genotypes must be a count in 1..10000, got {brief(count)}")
         space = SPACES.canonical(str(raw.get("space") or "cpnas"))
-        return Arm(name, "random_genotypes", count=count, space=space, train=train)
+        seeds = raw.get("seeds") or []
+        if (not isinstance(seeds, list) or any(isinstance(s, bool) or s not in study_seeds for s in seeds)
+                or len(set(seeds)) != len(seeds)):
+            raise ConfigError(f"{where}: seeds must be a list of distinct study seeds {list(study_seeds)}, "
+                              f"got {str(seeds)[:80]}")
+        return Arm(name, "random_genotypes", count=count, space=space, train=train, seeds=tuple(seeds))
     if kind == "genotype":
         from bitnas.space.genotypes import load_genotype
 
@@ -317,7 +361,7 @@ def _parse_arm(raw: Any, i: int, search: dict[str, Any], protocol: dict[str, Any
 def _parse_fidelity(raw: Any, spec: StudySpec, source: str) -> Fidelity:
     where = f"{source}: fidelity"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: a mapping (genotypes: ARM, estimators: [ARM, ...])")
+        raise ConfigError(f"{where}: a mapping (genotypes: ARM, estimators: [ARM, ...], zero_cost: [NAME, ...])")
     allowed = {f.name for f in fields(Fidelity)}
     unknown = sorted(set(raw) - allowed)
     if unknown:
@@ -328,8 +372,9 @@ def _parse_fidelity(raw: Any, spec: StudySpec, source: str) -> Fidelity:
     if gt.count < 3:
         raise ConfigError(f"{where}: rank fidelity needs at least 3 genotypes, '{gt.name}' draws {gt.count}")
     ests = raw.get("estimators") or []
-    if not isinstance(ests, list) or not ests:
-        raise ConfigError(f"{where}: estimators must be a non-empty list of strategy arms")
+    zero_cost = _parse_zero_cost(raw, where)
+    if not isinstance(ests, list) or not (ests or zero_cost):
+        raise ConfigError(f"{where}: estimators must be a list of strategy arms, and it or zero_cost non-empty")
     for e in ests:
         if spec.arm(str(e)).kind != "strategy":
             raise ConfigError(f"{where}: estimator '{e}' is not a strategy arm")
@@ -340,7 +385,22 @@ def _parse_fidelity(raw: Any, spec: StudySpec, source: str) -> Fidelity:
     boot = raw.get("bootstrap", 1000)
     if not isinstance(boot, int) or isinstance(boot, bool) or not 0 <= boot <= 100_000:
         raise ConfigError(f"{where}: bootstrap must be a count in 0..100000, got {brief(boot)}")
-    return Fidelity(genotypes=gt.name, estimators=tuple(str(e) for e in ests), seeds=tuple(seeds), bootstrap=boot)
+    batches = raw.get("zero_cost_batches", 0)
+    if not isinstance(batches, int) or isinstance(batches, bool) or not 0 <= batches <= 1000:
+        raise ConfigError(f"{where}: zero_cost_batches must be a count in 0..1000 (0 = as few as the estimators "
+                          f"need), got {brief(batches)}")
+    return Fidelity(genotypes=gt.name, estimators=tuple(str(e) for e in ests), seeds=tuple(seeds), bootstrap=boot,
+                    zero_cost=zero_cost, zero_cost_batches=batches)
+
+
+def _parse_zero_cost(raw: dict[str, Any], where: str) -> tuple[str, ...]:
+    """The zero-cost estimator names of a fidelity block (registered names, none twice)."""
+    from bitnas.study.estimators.zero_cost import check_names
+
+    names = raw.get("zero_cost") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}: zero_cost must be a list of zero-cost estimator names, got {names!r}")
+    return check_names(names, f"{where}: zero_cost")
 
 
 def _check_estimator_spaces(spec: StudySpec, gt: Arm, estimators: list[str], where: str) -> None:

@@ -5,6 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from bitnas.common.launch import add_nproc_arg, maybe_launch
 from bitnas.config import add_config_args, config_from_args, positive_int
 from bitnas.errors import BitnasError
 from bitnas.train.config import TrainConfig
@@ -15,6 +16,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bitnas.train.trainer import train
 
     cfg = config_from_args(TrainConfig, args)
+    launched = maybe_launch(args)
+    if launched is not None:
+        return launched
     result = train(cfg)
     line = f"train: done in {result['seconds']:.0f}s → {result['out']}"
     if result.get("parent_test_top1") is not None:
@@ -47,8 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train", help="train a genotype's network from scratch (1-bit child, fp32 parent, CP / KD / two-stage)",
         description="Train the fixed network of a genotype. Settings: a recipe (--config), the flags below, then "
                     "KEY=VALUE for any other key (e.g. method=cp kd_weight=1 two_stage=true). Writes config.yaml, "
-                    "metrics.jsonl, last.pt and best.pt to --out. Multi-process: torchrun --nproc_per_node=N -m bitnas train ...")
+                    "metrics.jsonl, last.pt and best.pt to --out. Multi-process: --nproc N (or torchrun "
+                    "--nproc_per_node=N -m bitnas train ...)")
     add_config_args(p, TrainConfig)
+    add_nproc_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a training checkpoint on a dataset's test split",

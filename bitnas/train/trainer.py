@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from bitnas.binary import binarized_layers
 from bitnas.common import faults, signals
 from bitnas.common.distributed import (
-    DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier, broadcast_object, cleanup, init_distributed,
-    on_main_rank, unwrap, wrap_model,
+    DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier, broadcast_buffers, broadcast_object, cleanup,
+    init_distributed, on_main_rank, unwrap, wrap_model,
 )
 from bitnas.common.finite import check_step, grad_norm
 from bitnas.common.layout import CHANNELS_LAST_CHOICES
@@ -78,6 +78,10 @@ class TrainData:
     def image_size(self) -> int:
         return self.train.input_shape[1]
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.train.input_shape
+
 
 def load_train_data(cfg: TrainConfig, world_size: int = 1,
                     load: Callable[..., ImageDataset] = load_dataset) -> TrainData:
@@ -91,20 +95,26 @@ def load_train_data(cfg: TrainConfig, world_size: int = 1,
     if train.input_shape != test.input_shape or train.num_classes != test.num_classes:
         raise DataError(f"{cfg.data}: train and test splits differ in shape or classes "
                         f"({train.input_shape}/{train.num_classes} vs {test.input_shape}/{test.num_classes})")
-    if cfg.train_subset:
-        train = take_subset(train, cfg.train_subset, cfg.seed)
     if cfg.test_subset:
         test = take_subset(test, cfg.test_subset, cfg.seed)
-    val = None
-    if cfg.val_fraction > 0:
-        tr_idx, val_idx = train_val_split(train.labels, cfg.val_fraction, cfg.seed, stratified=True)
-        if len(val_idx) == 0 or len(tr_idx) == 0:
-            raise DataError(f"val_fraction {cfg.val_fraction}: leaves an empty train or validation split "
-                            f"of the {len(train)} training images")
-        train, val = train.subset(tr_idx), train.subset(val_idx)
+    train, val = split_training_images(cfg, train)
     what = f"train_subset {cfg.train_subset}" if cfg.train_subset else f"data {cfg.data}"
     check_training_split(train, cfg.batch_size, world_size, what)
     return TrainData(train=train, val=val, test=test)
+
+
+def split_training_images(cfg: TrainConfig, train: ImageDataset) -> tuple[ImageDataset, ImageDataset | None]:
+    """(train, validation) of the training images: the class-balanced `train_subset` if set, then
+    the stratified, seeded `val_fraction` held out (None when 0)."""
+    if cfg.train_subset:
+        train = take_subset(train, cfg.train_subset, cfg.seed)
+    if cfg.val_fraction <= 0:
+        return train, None
+    tr_idx, val_idx = train_val_split(train.labels, cfg.val_fraction, cfg.seed, stratified=True)
+    if len(val_idx) == 0 or len(tr_idx) == 0:
+        raise DataError(f"val_fraction {cfg.val_fraction}: leaves an empty train or validation split "
+                        f"of the {len(train)} training images")
+    return train.subset(tr_idx), train.subset(val_idx)
 
 
 def eval_loader(ds: ImageDataset, batch_size: int, info: DistInfo) -> BatchLoader | None:
@@ -119,12 +129,13 @@ def eval_loader(ds: ImageDataset, batch_size: int, info: DistInfo) -> BatchLoade
 
 # ---------------------------------------------------------------------------- network
 
-def build_kwargs(cfg: TrainConfig, data: TrainData, precision: str) -> dict[str, Any]:
-    """build_network kwargs of the run (stored in checkpoints through `arch_spec`)."""
+def build_kwargs(cfg: TrainConfig, data: TrainData | ImageDataset, precision: str) -> dict[str, Any]:
+    """build_network kwargs of the run (stored in checkpoints through `arch_spec`); `data`: the
+    run's splits, or just its training images."""
     kw: dict[str, Any] = dict(
         style=cfg.style, precision=precision, structure=cfg.structure or "cpnas",
         init_channels=cfg.init_channels, layers=cfg.layers, num_classes=data.num_classes,
-        in_channels=data.in_channels, auxiliary=cfg.auxiliary, weight_quantizer=cfg.weight_quantizer,
+        in_channels=data.input_shape[0], auxiliary=cfg.auxiliary, weight_quantizer=cfg.weight_quantizer,
         weight_scale=cfg.weight_scale, pad_value=cfg.pad_value, binary_preprocess=cfg.binary_preprocess,
     )
     if cfg.activation:
@@ -228,6 +239,7 @@ class Trainer:
                                      "epoch": None}
         self.stage = 0
         self.partial: dict[str, Any] | None = None  # sums of an epoch stopped at a step (resumable)
+        self.images_this_run = 0  # images of the last epoch trained by this run (all ranks), for images/s
         self._begin_stage(self.stage_of(0))
 
     # -------------------------------------------------------------- setup helpers
@@ -396,6 +408,7 @@ class Trainer:
         first_lr = float(part["lr"])
         sums: dict[str, float] = dict(part["sums"])
         n_seen, n_correct, loss_sum = int(part["n_seen"]), int(part["n_correct"]), float(part["loss_sum"])
+        seen_before = n_seen  # images of this epoch trained before a resume (not timed by this process)
         self.net.train()
         if self.parent is not None:
             self.parent.eval()
@@ -444,11 +457,13 @@ class Trainer:
         if bar is not None:
             bar.close()
         keys = sorted(sums)
-        packed = torch.tensor([n_seen, n_correct, loss_sum] + [sums[k] for k in keys], dtype=torch.float64)
+        packed = torch.tensor([n_seen, n_correct, loss_sum, n_seen - seen_before] + [sums[k] for k in keys],
+                              dtype=torch.float64)
         packed = all_reduce_sum(packed, self.info)
         n = max(1.0, float(packed[0]))
+        self.images_this_run = int(packed[3])
         out = {"lr": first_lr, "train_loss": float(packed[2]) / n, "train_top1": 100.0 * float(packed[1]) / n}
-        out.update({f"train_{k}": float(packed[3 + i]) / n for i, k in enumerate(keys)})
+        out.update({f"train_{k}": float(packed[4 + i]) / n for i, k in enumerate(keys)})
         return out
 
     def evaluate(self, loader: BatchLoader | None, prefix: str) -> dict[str, float]:
@@ -476,8 +491,8 @@ class Trainer:
                 if self.cfg.test_eval == "every":
                     record.update(self.evaluate(self.test_loader, "test"))
             record["train_seconds"] = round(train_seconds, 3)
-            record["images_per_second"] = round(len(self.train_loader) * self.cfg.batch_size * self.info.world_size
-                                                / max(train_seconds, 1e-9), 2)
+            # the images this process trained in the time it measured (after a mid-epoch resume: the rest)
+            record["images_per_second"] = round(self.images_this_run / max(train_seconds, 1e-9), 2)
             record["seconds"] = round(time.time() - t0, 3)
             self.metrics.append(record)
             self.run.log_metrics(record)
@@ -574,6 +589,7 @@ def evaluate_model(model: nn.Module, loader: BatchLoader | None, info: DistInfo,
 
     `loader` is this rank's share (None when the rank has no samples of the split)."""
     model = unwrap(model)
+    broadcast_buffers(model, info)  # each rank's share is judged with the statistics rank 0 saves
     was_training = model.training
     model.eval()
     loss_sum, c1, c5, n = 0.0, 0, 0, 0

@@ -124,6 +124,7 @@ print("BAD", bad)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", ["AVX2", "SSE41"])
 def test_conv_sweep_under_isa(isa):
     """Every conv shape family the spaces build (kernel 1/3/5, stride 1/2, dilation 1/2, dense and

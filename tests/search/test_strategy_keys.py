@@ -22,7 +22,7 @@ def test_issue_example_is_refused_with_the_keys_cpnas_reads(tmp_path: Path, caps
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name", ["cpnas", "darts", "pcdarts", "ubnas", "random"])
+@pytest.mark.parametrize("name", ["cpnas", "darts", "pcdarts", "ubnas", "random", "zero_cost"])
 def test_every_key_is_read_by_some_strategy_and_defaults_pass(name: str) -> None:
     cls = STRATEGIES.get(name)
     check_strategy_keys(SearchConfig(strategy=name), cls)
@@ -34,6 +34,7 @@ def test_every_key_is_read_by_some_strategy_and_defaults_pass(name: str) -> None
     ("cpnas", "epochs", 3, True), ("cpnas", "rounds", 2, False), ("darts", "rounds", 2, True),
     ("darts", "unrolled", True, False), ("random", "arch_lr", 1e-3, True), ("random", "random_samples", 3, False),
     ("pcdarts", "beta_p", 1.0, True), ("ubnas", "early_stop_patience", 5, False), ("cpnas", "style", "imagenet", True),
+    ("zero_cost", "epochs", 3, True), ("zero_cost", "zero_cost_samples", 5, False), ("random", "zero_cost_samples", 5, True),
 ])
 def test_strategy_key_table(name: str, key: str, value, refused: bool) -> None:
     cfg = SearchConfig(strategy=name, **{key: value})

@@ -18,6 +18,8 @@ from bitnas.study.runner import run_study
 from bitnas.study.spec import parse_spec
 from bitnas.utils import read_jsonl
 
+pytestmark = pytest.mark.slow  # minutes: `make test-quick` leaves it out
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = {
     "name": "tiny", "data": "fashion-mnist-embedded", "seeds": [0], "workers": 2,

@@ -46,6 +46,19 @@ def test_trials_in_canonical_order_with_dependencies() -> None:
     assert "cp/s0/search" in [t.id for t in one_seed.trials()]  # the full study still searches every seed
 
 
+def test_random_genotypes_with_seeds_train_every_draw_under_each_seed() -> None:
+    data = _with(arms=[{"name": "noise", "random_genotypes": 2, "seeds": [1, 0]},
+                       {"name": "long", "random_genotypes": 2, "train": {"epochs": 3}}])
+    data.pop("fidelity")
+    spec = parse_spec(data)
+    trials = spec.trials()
+    assert [(t.id, t.seed, t.index) for t in trials] == [
+        ("noise/g00/s1/train", 1, 0), ("noise/g00/s0/train", 0, 0), ("noise/g01/s1/train", 1, 1),
+        ("noise/g01/s0/train", 0, 1), ("long/g00/train", 0, 0), ("long/g01/train", 1, 1)]
+    assert parse_spec(spec.to_dict()).arm("noise").seeds == (1, 0)  # survives study.yaml
+    assert "seeds" not in spec.to_dict()["arms"][1]
+
+
 def test_random_genotypes_are_a_pure_function_of_space_and_index() -> None:
     arm = parse_spec(_with()).arm("rg")
     a = [random_genotype_for(arm, i) for i in range(3)]
@@ -69,6 +82,9 @@ def test_random_genotypes_are_a_pure_function_of_space_and_index() -> None:
     ({"arms": [{"name": "x", "genotype": "DARTS_V9"}]}, "DARTS_V9"),
     ({"arms": [{"name": "x", "network": "resnet"}]}, "unknown hand-designed network 'resnet'"),
     ({"arms": [{"name": "x", "random_genotypes": 0}]}, "random_genotypes must be a count"),
+    ({"arms": [{"name": "x", "random_genotypes": 2, "seeds": [0, 5]}]}, r"distinct study seeds \[0, 1\]"),
+    ({"arms": [{"name": "x", "random_genotypes": 2, "seeds": [1, 1]}]}, "distinct study seeds"),
+    ({"arms": [{"name": "x", "genotype": "DARTS_V2", "seeds": [0]}]}, "seeds: belongs to random_genotypes arms"),
     ({"arms": [{"name": "x/y", "genotype": "DARTS_V2"}]}, "names a folder"),
     ({"arms": [{"name": "a", "genotype": "DARTS_V2"}, {"name": "a", "network": "bireal"}]}, "used twice"),
     ({"arms": [{"name": "a", "genotype": "DARTS_V2", "network": "bireal"}]}, "exactly one of"),

@@ -28,7 +28,7 @@ def check_trials(spec: StudySpec, fidelity_only: bool = False) -> None:
     load = functools.lru_cache(maxsize=None)(load_dataset)  # each dataset is read once for every check
     seen: set[tuple[str, str]] = set()
     for t in spec.trials(fidelity_only):
-        if t.kind == "score" or (t.arm, t.kind) in seen:
+        if t.kind in ("score", "zero_cost") or (t.arm, t.kind) in seen:
             continue
         seen.add((t.arm, t.kind))
         arm = spec.arm(t.arm)

@@ -6,6 +6,7 @@ import importlib
 import json
 import re
 import sys
+import typing
 from typing import Callable
 
 from bitnas.common.launch import report_line
@@ -183,8 +184,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_plot)
 
 
+class UsageError(BitnasError):
+    """A command line argparse refuses (unknown option, bad value, missing argument)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is a UsageError: `main` prints it as the one
+    `bitnas: error: …` line of every other refusal, not argparse's usage block. Subcommand parsers
+    are made of this class too (argparse builds them with the parent's class)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        where = f"{command}: " if command else ""
+        raise UsageError(f"{where}{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bitnas", description="Neural architecture search for binary (1-bit) networks.")
+    parser = Parser(prog="bitnas", description="Neural architecture search for binary (1-bit) networks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--traceback", action="store_true", help="show Python tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -200,7 +216,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     if extra and hasattr(args, "overrides") and all(_KV.match(t) for t in extra):
         args.overrides = list(args.overrides or []) + extra
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command = getattr(args, "command", None)
+        raise UsageError(f"{command + ': ' if command else ''}unrecognized arguments: {' '.join(extra)[:200]} "
+                         f"(see `bitnas{' ' + command if command else ''} --help`)")
     return args
 
 
@@ -208,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     from bitnas.run import setup_logging
 
     parser = build_parser()
-    args = parse_args(parser, argv)
+    try:
+        args = parse_args(parser, argv)
+    except UsageError as e:
+        print(f"bitnas: error: {e}", file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

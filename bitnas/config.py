@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from bitnas.errors import ConfigError
+from bitnas.common.safe_yaml import load_yaml, read_yaml
+from bitnas.errors import ConfigError, brief
 from bitnas.registry import did_you_mean
 
 C = TypeVar("C")
@@ -80,7 +81,7 @@ def refuse_failed(cfg: Any, checks: list[tuple[bool, str, str]]) -> None:
     `key` may join several keys with '/'."""
     for ok, key, msg in checks:
         if not ok:
-            value = "/".join(repr(getattr(cfg, k)) for k in key.split("/"))
+            value = "/".join(brief(getattr(cfg, k)) for k in key.split("/"))
             raise ConfigError(f"{key}: {msg}, got {value:.80}")
 
 
@@ -119,14 +120,14 @@ def _coerce(cls: type, f: dataclasses.Field, value: Any, source: str) -> Any:
                 raise ValueError
             out = float(value)
             if not math.isfinite(out):
-                raise ConfigError(f"{source}: '{f.name}' must be a finite number, got {value!r}")
+                raise ConfigError(f"{source}: '{f.name}' must be a finite number, got {brief(value)}")
         elif tp is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
             out = str(value)
         elif origin in (list, tuple):
             if isinstance(value, str):
-                value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+                value = load_yaml(value, source) if value.strip().startswith("[") else [v for v in value.split(",") if v]
             if not isinstance(value, (list, tuple)):
                 value = [value]
             inner = args[0] if args else str
@@ -136,10 +137,11 @@ def _coerce(cls: type, f: dataclasses.Field, value: Any, source: str) -> Any:
         else:
             out = value
     except (ValueError, TypeError, OverflowError):
-        raise ConfigError(f"{source}: '{f.name}' expects {getattr(tp, '__name__', tp)}, got {value!r:.80}") from None
+        raise ConfigError(f"{source}: '{f.name}' expects {getattr(tp, '__name__', tp)}, got {brief(value, 80)}") from None
     choices = f.metadata.get("choices")
     if choices and out not in choices:
-        raise ConfigError(f"{source}: '{f.name}' must be one of {', '.join(choices)}, got {out!r}{did_you_mean(str(out), list(choices))}")
+        raise ConfigError(f"{source}: '{f.name}' must be one of {', '.join(choices)}, got {brief(out)}"
+                          f"{did_you_mean(str(out)[:100], list(choices))}")
     return out
 
 
@@ -170,7 +172,7 @@ def update_config(cfg: C, values: dict[str, Any], source: str) -> C:
     return dataclasses.replace(cfg, **changes)
 
 
-def find_recipe(name: str) -> Path:
+def find_recipe(name: str, what: str = "--config") -> Path:
     """A recipe file path, or the name of one shipped in bitnas/recipes (with or without .yaml)."""
     p = Path(name)
     if p.is_file():
@@ -178,16 +180,15 @@ def find_recipe(name: str) -> Path:
     shipped = RECIPES_DIR / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
     if shipped.is_file():
         return shipped
+    if p.exists():
+        raise ConfigError(f"{what} {name}: not a file")
     known = sorted(r.stem for r in RECIPES_DIR.glob("*.yaml"))
-    raise ConfigError(f"--config {name}: no such file or recipe{did_you_mean(p.stem, known)}; recipes: {', '.join(known)}")
+    raise ConfigError(f"{what} {name}: no such file or recipe{did_you_mean(p.stem, known)}; recipes: {', '.join(known)}")
 
 
 def load_recipe(name: str) -> tuple[dict[str, Any], Path]:
     path = find_recipe(name)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml(path, "recipe") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of key: value")
     data.pop("description", None)
@@ -248,7 +249,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             parser.add_argument(name, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(),
                                 help=f"{help_} (default: {default!r})")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="set any config key, e.g. epochs=3 (see the recipe files for all keys)")
 
 

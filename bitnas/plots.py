@@ -167,15 +167,12 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
     """A run's config.yaml as a mapping ({} when absent or not a mapping)."""
-    import yaml
+    from bitnas.common.safe_yaml import read_yaml
 
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.exists():
         return {}
-    try:
-        docs = yaml.safe_load(cfg_file.read_text(errors="replace")) or {}
-    except yaml.YAMLError as e:
-        raise BitnasError(f"{cfg_file}: not valid YAML ({str(e).splitlines()[0]})") from None
+    docs = read_yaml(cfg_file) or {}
     return docs if isinstance(docs, dict) else {}
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from bitnas.common.safe_yaml import read_yaml
 from bitnas.config import to_yaml
 from bitnas.errors import BitnasError, ConfigError
 from bitnas.utils import append_jsonl, atomic_write_json, atomic_write_text, os_reason, remove_orphan_temps
@@ -40,8 +41,8 @@ def run_kind(path: str | Path) -> str | None:
     cfg = p / "config.yaml"
     if cfg.is_file():
         try:
-            data = yaml.safe_load(cfg.read_text(errors="replace"))
-        except (OSError, yaml.YAMLError):  # an unreadable config only makes the kind unknown
+            data = read_yaml(cfg)
+        except ConfigError:  # an unreadable config only makes the kind unknown
             data = None
         if isinstance(data, dict) and data.get("command") in ("search", "train", "demo"):
             return str(data["command"])
@@ -59,7 +60,7 @@ def check_out(path: str | Path, command: str, resume: bool, force: bool) -> None
     where = f"--out {path}"
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{where}: exists and is not a directory")
-    _check_creatable(p, where)
+    check_creatable(p, where)
     kind = run_kind(p)
     if kind is None:
         return
@@ -72,7 +73,7 @@ def check_out(path: str | Path, command: str, resume: bool, force: bool) -> None
                           + "--force to replace it, or another --out")
 
 
-def _check_creatable(p: Path, where: str) -> None:
+def check_creatable(p: Path, where: str) -> None:
     """A directory can be made at (or exists writable at) `p`: probed with a temp directory in the
     nearest existing ancestor, removed at once."""
     base = p

@@ -142,8 +142,14 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file ([] if absent). A torn last line (a process killed while
-    appending) is dropped; a bad line before it is an error naming the file and line."""
+    """The records of a JSON-lines file ([] if absent), by the rule of `jsonl_records`."""
+    return [rec for _, rec in jsonl_records(path)]
+
+
+def jsonl_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of a JSON-lines file ([] if absent): the one rule for every JSON-lines
+    file bitnas reads back. A torn last line (a process killed while appending) is dropped with a
+    warning; any other line that is not a JSON object is an error naming the file and line."""
     path = Path(path)
     if not path.exists():
         return []
@@ -159,14 +165,15 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             if n == len(lines):
                 log.warning("%s: ignoring its torn last line %d (a run killed while writing it)", path, n)
                 break
-            raise BitnasError(f"{path}: line {n} is not a JSON record ({e.msg})") from None
+            reason = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+            raise BitnasError(f"{path}: line {n} is not a JSON record ({reason})") from None
         if not isinstance(rec, dict):
             raise BitnasError(f"{path}: line {n} is not a JSON object")
-        out.append(rec)
+        out.append((n, rec))
     return out
 
 

@@ -13,6 +13,9 @@ import io
 import json
 import math
 import os
+import struct
+import sys
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +25,8 @@ import torch
 from PIL import Image
 
 from bitnas.cli import main
+from bitnas.deploy import container
+from bitnas.deploy.export import export_checkpoint
 from bitnas.nets import arch_spec, build_network
 from bitnas.space.genotypes import GENOTYPES
 from bitnas.utils import load_checkpoint, save_checkpoint
@@ -136,6 +141,124 @@ def genotype_file(d: Path, content: bytes, name: str = "g.json") -> str:
     return name
 
 
+TINY_STUDY = {"name": "t", "data": "fashion-mnist-embedded", "seeds": [0],
+              "protocol": {"init_channels": 2, "layers": 1, "epochs": 1, "train_subset": 40, "batch_size": 8,
+                           "test_subset": 20},
+              "arms": [{"name": "v2", "genotype": "DARTS_V2"}]}
+STUDY = ["study", "s.yaml", "--out", "st"]
+GOOD_RECORD = {"id": "v2/s0/train", "arm": "v2", "kind": "train", "seed": 0, "val_top1": 10.0, "test_top1": 10.0,
+               "test_top5": 50.0, "ops": 1000, "params_1bit": 10, "params_32bit": 10, "bops": 10, "flops": 10,
+               "search_seconds": 0.0, "search_images": 0}
+
+
+def study_file(d: Path, text: str | None = None, **changes: object) -> list[str]:
+    """s.yaml: TINY_STUDY with top-level `changes` (None removes a key), or `text` verbatim; the argv
+    of `bitnas study s.yaml --out st`."""
+    spec = {k: v for k, v in {**TINY_STUDY, **changes}.items() if v is not None}
+    (d / "s.yaml").write_text(text if text is not None else json.dumps(spec))
+    return list(STUDY)
+
+
+def earlier_study(d: Path, trials: str | None = None, study_yaml: bytes | None = None) -> list[str]:
+    """A study folder st/ of TINY_STUDY as a finished run left it, with `trials` as its trials.jsonl
+    and `study_yaml` (default: the spec as the study wrote it) as its study.yaml."""
+    import yaml
+
+    from bitnas.study.spec import parse_spec
+
+    argv = study_file(d)
+    (d / "st").mkdir()
+    (d / "st" / "study.yaml").write_bytes(
+        study_yaml if study_yaml is not None else yaml.safe_dump(parse_spec(dict(TINY_STUDY)).to_dict()).encode())
+    if trials is not None:
+        (d / "st" / "trials.jsonl").write_text(trials)
+    return argv
+
+
+def billion_laughs() -> str:
+    """Nine levels of ten aliases each: 10**9 values once expanded, a few hundred bytes on disk."""
+    lines = ["description:", "  l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    return "\n".join(lines + ["seeds: *l8", "name: t", "arms: [{genotype: DARTS_V2}]"]) + "\n"
+
+
+_HIDDEN: list[str] = []
+
+
+def without_module(name: str, argv: list[str]) -> list[str]:
+    """argv, run as if module `name` were not installed."""
+    _HIDDEN.append(name)
+    return argv
+
+
+def png_header(d: Path, name: str, width: int, height: int) -> Path:
+    """A PNG whose header declares width×height 8-bit gray pixels (its data is a few bytes: the
+    file is tiny, the image it claims is not)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path = d / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def tiny_export(d: Path, edit: Callable[[dict], None] | None = None, raw: Callable[[str], str] | None = None,
+                name: str = "m.bitnas", image_size: int | None = 28) -> str:
+    """A real export of tiny_checkpoint (28×28 gray inputs, normalisation known); `edit` changes its
+    header dict and `raw` its header text; the file is re-sealed, so its SHA-256 is valid."""
+    ck = tiny_checkpoint(d, "exp.pt", top={"image_size": image_size,
+                                           "data": {"mean": [0.5], "std": [0.25], "name": "fashion-mnist"}})
+    export_checkpoint(ck, d / name)
+    ck.unlink()
+    if edit or raw:
+        header, sections = container.read(d / name)
+        if edit:
+            edit(header)
+        data = container.encode(header, sections)
+        prefix = struct.Struct("<8sIQQ")
+        magic, version, hlen, plen = prefix.unpack_from(data)
+        text = data[prefix.size:prefix.size + hlen].decode()
+        if raw:
+            text = raw(text)
+        body = prefix.pack(magic, version, len(text.encode()), plen) + text.encode() + \
+            data[prefix.size + hlen:-container.DIGEST_BYTES]
+        (d / name).write_bytes(body + hashlib.sha256(body).digest())
+    return name
+
+
+def gray_png(d: Path, name: str, side: int) -> str:
+    d.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((side, side), 128, np.uint8)).save(d / name)
+    return name
+
+
+def truncated_png(d: Path) -> Path:
+    """A 28×28 noise PNG cut in the middle of its pixel data."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(d / "t.png")
+    data = (d / "t.png").read_bytes()
+    (d / "t.png").write_bytes(data[:len(data) // 2])
+    return d / "t.png"
+
+
+def idx_folder(d: Path, side: int) -> str:
+    """idx:DIR of a few side×side gray images in 10 classes (both splits)."""
+    from tests.conftest import IMAGES_MAGIC, LABELS_MAGIC, write_idx
+
+    root = d / "idx"
+    root.mkdir()
+    for prefix in ("train", "t10k"):
+        write_idx(root / f"{prefix}-images-idx3-ubyte", np.zeros((20, side, side), np.uint8), IMAGES_MAGIC)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", np.arange(20, dtype=np.uint8) % 10, LABELS_MAGIC)
+    return f"idx:{root}"
+
+
+def with_big_image(root: Path) -> Path:
+    png_header(root, "train/a/huge.png", 60000, 60000)
+    return root
+
+
 WRONG_TYPE_EDGE = json.dumps({"normal": "sep_conv_3x3", "normal_concat": [2], "reduce": [], "reduce_concat": [2]})
 
 # (id, inputs → argv, a piece of the expected message)
@@ -225,6 +348,146 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("train epochs 0", lambda d: opt(T, "--epochs", "0"), "epochs: must be at least 1"),
     ("unrolled with adam", lambda d: opt(S, "--strategy", "darts") + ["--unrolled", "w_optimizer=adam"],
      "needs w_optimizer: sgd"),
+    # issue 15: bitnas study
+    ("study YAML nested 10000 deep", lambda d: study_file(d, "protocol: " + "[" * 10000 + "]" * 10000 + "\n"),
+     "nests deeper than 64 levels"),
+    ("study YAML billion laughs", lambda d: study_file(d, billion_laughs()), "expands to more than 100,000 values"),
+    ("study YAML alias to itself", lambda d: study_file(d, "name: t\nseeds: &s [*s]\n"), "refers to itself"),
+    ("study protocol a list", lambda d: study_file(d, protocol=[1, 2]), "protocol must be a mapping"),
+    ("study protocol.KEY over a list", lambda d: study_file(d, protocol=[1]) + ["protocol.epochs=1"],
+     "protocol must be a mapping"),
+    ("study override workers=[1", lambda d: study_file(d) + ["workers=[1"], "override 'workers=[1': not valid YAML"),
+    ("study override protocol.epochs=[", lambda d: study_file(d) + ["protocol.epochs=["], "not valid YAML"),
+    ("study name with a NUL byte", lambda d: study_file(d, name="a\0b"), "name 'a\\x00b' must be"),
+    ("study name climbing out of runs/", lambda d: study_file(d, name="../../etc"), "must be letters"),
+    ("study name too long", lambda d: study_file(d, name="n" * 300), "at most 100 characters"),
+    ("study --out is a file", lambda d: with_file(d, "f", "x", opt(study_file(d), "--out", "f")),
+     "exists and is not a directory"),
+    ("study --out below a file", lambda d: with_file(d, "f", "x", opt(study_file(d), "--out", "f/st")),
+     "is not a directory"),
+    ("study --out under /proc", lambda d: opt(study_file(d), "--out", "/proc/bitnas-study"), "cannot create"),
+    ("study spec not UTF-8", lambda d: genotype_file(d, b"name: \xff\xfe", "s.yaml") and list(STUDY), "not UTF-8"),
+    ("study spec a directory", lambda d: (d / "sd").mkdir() or ["study", "sd", "--out", "st"], "study sd: not a file"),
+    ("study spec over 256 KiB", lambda d: study_file(d, "# " + "x" * (256 << 10) + "\n"), "bytes a study may hold"),
+    ("study rerun: study.yaml a list", lambda d: earlier_study(d, study_yaml=b"- 1\n- 2\n"),
+     "study.yaml: not a study"),
+    ("study rerun: study.yaml not UTF-8", lambda d: earlier_study(d, study_yaml=b"name: \xff\n"), "not UTF-8"),
+    ("study rerun: study.yaml not YAML", lambda d: earlier_study(d, study_yaml=b"name: [\n"), "not valid YAML"),
+    ("study rerun: record with an id only", lambda d: earlier_study(d, '{"id": "v2/s0/train"}\n'),
+     "trials.jsonl: line 1: record lacks 'arm'"),
+    ("study rerun: record with a text figure",
+     lambda d: earlier_study(d, json.dumps({**GOOD_RECORD, "test_top1": "abc"}) + "\n"),
+     "trials.jsonl: line 1: 'test_top1' must be a number"),
+    ("study rerun: record of another arm",
+     lambda d: earlier_study(d, json.dumps({**GOOD_RECORD, "arm": "x"}) + "\n"), "line 1: 'arm' must be 'v2'"),
+    ("study rerun: record that is a list", lambda d: earlier_study(d, "[1]\n" + json.dumps(GOOD_RECORD) + "\n"),
+     "trials.jsonl: line 1 is not a JSON object"),
+    ("study rerun: bad line before the last", lambda d: earlier_study(d, "{oops\n" + json.dumps(GOOD_RECORD) + "\n"),
+     "trials.jsonl: line 1 is not a JSON record"),
+    ("study data unknown", lambda d: study_file(d, data="fashion-mnits"), "unknown dataset 'fashion-mnits'"),
+    ("study data missing folder", lambda d: study_file(d, data=f"idx:{d / 'nope'}"), "directory does not exist"),
+    ("study protocol structure nonsense", lambda d: study_file(d, protocol={**TINY_STUDY["protocol"],
+                                                                         "structure": "nonsense"}), "'nonsense'"),
+    ("study protocol device cuda", lambda d: study_file(d, protocol={**TINY_STUDY["protocol"], "device": "cuda"}),
+     "CUDA is not available"),
+    ("study protocol absurd width", lambda d: study_file(d, protocol={**TINY_STUDY["protocol"], "init_channels": 4000,
+                                                                    "layers": 200}), "parameters (limit"),
+    ("study protocol batch larger than the subset", lambda d: study_file(d, protocol={**TINY_STUDY["protocol"],
+                                                                                     "batch_size": 64}),
+     "cannot fill one batch of 64"),
+    ("study search arm with cuda", lambda d: study_file(d, arms=[{"name": "cp", "strategy": "cpnas",
+                                                                  "search": {"device": "cuda"}}]),
+     "CUDA is not available"),
+    ("study search subset too small", lambda d: study_file(d, search={"train_subset": 4},
+                                                           arms=[{"name": "cp", "strategy": "cpnas"}]),
+     "cannot fill one batch"),
+    ("study executor ray without Ray", lambda d: without_module("ray", study_file(d, executor="ray")),
+     "Ray is not installed"),
+    ("study ray_address unreachable", lambda d: study_file(d, executor="ray", ray_address="127.0.0.1:9"),
+     "cannot reach a Ray cluster at 127.0.0.1:9"),
+    ("study ray_address a list", lambda d: study_file(d, executor="ray", ray_address=[1]),
+     "ray_address must be HOST:PORT text, got [1]"),
+    ("infer a FIFO", lambda d: os.mkfifo(d / "f.png") or ["infer", tiny_export(d), "f.png"],
+     "f.png: not a regular file or folder"),
+    ("study seeds a huge text", lambda d: study_file(d, seeds="s" * 5000), "seeds must be"),
+    ("study rerun: record nested 100k deep",
+     lambda d: earlier_study(d, "[" * 100_000 + "]" * 100_000 + "\n" + json.dumps(GOOD_RECORD) + "\n"),
+     "trials.jsonl: line 1 is not a JSON record (nested too deeply)"),
+    ("study rerun: record with an infinite figure",
+     lambda d: earlier_study(d, json.dumps(GOOD_RECORD).replace('"ops": 1000', '"ops": 1e999') + "\n"),
+     "line 1: 'ops' must be a number ≥ 0, got inf"),
+    ("study rerun: record with top-1 above 100",
+     lambda d: earlier_study(d, json.dumps({**GOOD_RECORD, "test_top1": 1e308}) + "\n"),
+     "line 1: 'test_top1' must be a number in 0..100, got 1e+308"),
+    ("study name override ../x", lambda d: study_file(d) + ["name=../x"], "name '../x' must be letters"),
+    ("study --fidelity without a fidelity block", lambda d: study_file(d) + ["--fidelity"],
+     "--fidelity needs a fidelity: block"),
+    ("study imagefolder with a 60000x60000 PNG", lambda d: study_file(d, data=f"imagefolder:{with_big_image(image_folder(d))}"),
+     "trial v2/s0/train would fail: "),
+    ("train recipe billion laughs", lambda d: with_file(d, "r.yaml", billion_laughs().replace("seeds:", "lr:"),
+                                                        T + ["--config", "r.yaml"]), "r.yaml: expands to more than"),
+    # issue 15: bitnas infer, eval --engine, .bitnas files
+    ("infer 60000x60000 PNG", lambda d: ["infer", tiny_export(d), str(png_header(d, "big.png", 60000, 60000))],
+     "big.png: the image declares 3,600,000,000 pixels"),
+    ("train imagefolder with a 60000x60000 PNG",
+     lambda d: opt(T, "--data", f"imagefolder:{with_big_image(image_folder(d))}"), "huge.png: the image declares 3,600,000,000 pixels"),
+    ("eval imagefolder with a 60000x60000 PNG",
+     lambda d: ["eval", tiny_export(d), "--data", f"imagefolder:{with_big_image(image_folder(d))}"],
+     "huge.png: the image declares 3,600,000,000 pixels"),
+    ("infer export without image size on a 3000x3000 image",
+     lambda d: ["infer", tiny_export(d, image_size=None), gray_png(d, "big.png", 3000)],
+     "holds no input image size"),
+    ("eval 28x28 export on 32x32 data", lambda d: ["eval", tiny_export(d), "--data", idx_folder(d, 32)],
+     "trained on 28×28 images"),
+    ("eval 28x28 checkpoint on 32x32 data",
+     lambda d: ["eval", str(tiny_checkpoint(d, top={"image_size": 28})), "--data", idx_folder(d, 32)],
+     "trained on 28×28 images"),
+    ("export without input.in_channels",
+     lambda d: ["infer", tiny_export(d, lambda h: h["input"].pop("in_channels")), gray_png(d, "i.png", 28)],
+     "input.in_channels"),
+    ("export claiming 3 input channels",
+     lambda d: ["infer", tiny_export(d, lambda h: h["input"].update(in_channels=3)), gray_png(d, "i.png", 28)],
+     "input.in_channels is 3 but the network takes 1"),
+    ("export with a text channel count",
+     lambda d: ["eval", tiny_export(d, lambda h: h["input"].update(in_channels="1")), "--data",
+                "fashion-mnist-embedded"], "input.in_channels"),
+    ("export header nested 100k levels",
+     lambda d: ["infer", tiny_export(d, lambda h: h["input"].update(classes="@@"),
+                                     raw=lambda t: t.replace('"@@"', "[" * 100_000 + "]" * 100_000)),
+                gray_png(d, "i.png", 28)], "header nests deeper than"),
+    ("export header with NaN", lambda d: ["infer", tiny_export(d, lambda h: h["input"].update(mean="@@"),
+                                                               raw=lambda t: t.replace('"@@"', "[NaN]")),
+                                          gray_png(d, "i.png", 28)], "not JSON"),
+    ("export header input a list",
+     lambda d: ["eval", tiny_export(d, lambda h: h.update(input=[1])), "--data", "fashion-mnist-embedded",
+                "--engine", "bitpack"], "no input description"),
+    ("export header classes of the wrong count",
+     lambda d: ["infer", tiny_export(d, lambda h: h["input"].update(classes=["a"])), gray_png(d, "i.png", 28)],
+     "input.classes names 1 classes, the network has 10"),
+    ("export claiming 1x1 inputs",
+     lambda d: ["infer", tiny_export(d, lambda h: h["arch"]["network"].update(layers=1) or h["input"].update(image_size=1)),
+                gray_png(d, "i.png", 28)], "1×1 inputs are too small"),
+    ("infer a truncated PNG", lambda d: ["infer", tiny_export(d), str(truncated_png(d))], "t.png: unreadable image"),
+    ("infer an empty PNG", lambda d: ["infer", tiny_export(d), empty_file(d, "e.png")], "e.png: unreadable image"),
+    ("infer a folder with one huge PNG", lambda d: (gray_png(d / "imgs", "a.png", 28), png_header(d, "imgs/b.png", 60000, 60000))
+     and ["infer", tiny_export(d), "imgs"], "b.png: the image declares 3,600,000,000 pixels"),
+    # issue 15: argparse errors of the newer commands
+    ("eval without --data", lambda d: ["eval", "m.bitnas"], "eval: the following arguments are required: --data"),
+    ("infer without images", lambda d: ["infer", "m.bitnas"], "infer: the following arguments are required: IMAGE|DIR"),
+    ("train --force=yes", lambda d: T + ["--force=yes"], "ignored explicit argument 'yes'"),
+    ("infer --topk 0", lambda d: ["infer", "m.bitnas", "x.png", "--topk", "0"], "infer: argument --topk"),
+    ("infer --threads 0", lambda d: ["infer", "m.bitnas", "x.png", "--threads", "0"], "infer: argument --threads"),
+    ("infer --engine nonsense", lambda d: ["infer", "m.bitnas", "x.png", "--engine", "nonsense"],
+     "infer: argument --engine: invalid choice: 'nonsense'"),
+    ("eval --engine nonsense", lambda d: ["eval", "m.bitnas", "--data", "x", "--engine", "nonsense"],
+     "eval: argument --engine"),
+    ("eval --batch-size abc", lambda d: ["eval", "m.bitnas", "--data", "x", "--batch-size", "abc"],
+     "eval: argument --batch-size: invalid int value"),
+    ("export without a checkpoint", lambda d: ["export"], "export: the following arguments are required"),
+    ("study without a spec", lambda d: ["study"], "study: the following arguments are required: STUDY"),
+    ("summary --style nonsense", lambda d: ["summary", "--style", "nonsense"], "summary: argument --style"),
+    ("unknown command", lambda d: ["serch"], "argument COMMAND: invalid choice: 'serch'"),
+    ("unknown option", lambda d: ["infer", "m.bitnas", "x.png", "--bogus"], "infer: unrecognized arguments: --bogus (see `bitnas infer --help`)"),
 ]
 
 
@@ -252,8 +515,11 @@ def test_the_table_is_large_enough() -> None:
 
 @pytest.mark.parametrize("make_argv,needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_in_one_line_leaving_nothing(workdir: Path, capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch,
                                                           make_argv: Callable[[Path], list[str]], needle: str) -> None:
     argv = make_argv(workdir)
+    while _HIDDEN:
+        monkeypatch.setitem(sys.modules, _HIDDEN.pop(), None)
     before = snapshot(workdir)
     rc = main(argv)
     out, err = capsys.readouterr()
@@ -314,3 +580,29 @@ def test_a_loss_that_turns_non_finite_stops_the_run_in_one_line(workdir: Path, c
     for f in (workdir / "out").rglob("*.json*"):
         text = f.read_text()
         assert "NaN" not in text and "Infinity" not in text, f
+
+
+def test_a_ray_address_that_never_answers_is_refused_within_the_timeout(tmp_path: Path) -> None:
+    """A port that accepts connections but never speaks Ray: ray.init alone retries for minutes; the
+    study waits $BITNAS_RAY_TIMEOUT seconds, prints one line and leaves no folder (own process:
+    the abandoned connection attempt must not outlive the test)."""
+    import socket
+    import subprocess
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        study_file(tmp_path, executor="ray", ray_address=f"127.0.0.1:{silent.getsockname()[1]}")
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, "-m", "bitnas", *STUDY], cwd=tmp_path, capture_output=True, text=True,
+                           env={**os.environ, "BITNAS_RAY_TIMEOUT": "3"}, timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        silent.close()
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-3000:]
+    assert lines[0].startswith("bitnas: error: ray_address: no Ray cluster answered at 127.0.0.1:") and "within 3 s" \
+        in lines[0], lines
+    assert not (tmp_path / "st").exists() and took < 90

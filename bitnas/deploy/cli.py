@@ -11,6 +11,11 @@ from bitnas.config import positive_int
 from bitnas.errors import BitnasError
 
 PSEUDO_FS = ("/proc", "/sys", "/dev")
+# An export without an input size (not made from a `bitnas train` checkpoint) runs each image at its
+# own size: bounded, as a network's activations grow with the input's area.
+MAX_UNSIZED_SIDE = 256
+# Pixels decoded per forward pass (64 images of 224×224): large inputs run in smaller batches.
+MAX_BATCH_PIXELS = 64 * 224 * 224
 
 
 def check_export_target(out: Path, checkpoint: Path) -> None:
@@ -68,6 +73,8 @@ def _image_list(target: Path) -> list[Path]:
         if not files:
             raise BitnasError(f"{target}: no images ({'/'.join(IMAGE_EXTENSIONS)}) in this folder")
         return files
+    if target.exists():
+        raise BitnasError(f"{target}: not a regular file or folder")
     raise BitnasError(f"{target}: no such image file or folder")
 
 
@@ -93,18 +100,24 @@ def classify(model_path: str, images: list[Path], *, engine: str = "auto", threa
     if inp.get("image_size"):
         hw = (inp["image_size"], inp["image_size"])
     else:
-        from PIL import Image
+        from bitnas.data.images import read_header
+        from bitnas.nets.limits import check_input_size
 
-        try:
-            with Image.open(images[0]) as im:
-                hw = (im.size[1], im.size[0])
-        except OSError as e:
-            raise BitnasError(f"{images[0]}: unreadable image ({e})") from None
+        w, h = read_header(images[0])[1]
+        if max(w, h) > MAX_UNSIZED_SIDE:
+            raise BitnasError(f"{model_path}: holds no input image size, so images run at their own size, at most "
+                              f"{MAX_UNSIZED_SIDE}×{MAX_UNSIZED_SIDE}; {images[0]} is {w}×{h} (downscale it, or "
+                              "export a `bitnas train` checkpoint)")
+        hw = (h, w)
+        net = exp["arch"]["network"]
+        check_input_size(net.get("style", "cifar"), net.get("layers", 20), min(hw), str(images[0]),
+                         blocks=net.get("blocks", ""))
     mean = torch.tensor(inp["mean"], dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(inp["std"], dtype=torch.float32).view(1, -1, 1, 1)
     names = inp.get("classes")
     k = max(1, min(topk, int(exp["arch"]["network"].get("num_classes", 10))))
     preds = []
+    batch_size = max(1, min(batch_size, MAX_BATCH_PIXELS // (hw[0] * hw[1])))
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         raw = torch.from_numpy(_decode([(p, 0) for p in chunk], mode, hw)).float()

@@ -34,6 +34,7 @@ CONTAINER_VERSION = 1
 _PREFIX = struct.Struct("<8sIQQ")
 DIGEST_BYTES = 32
 MAX_HEADER_BYTES = 16 << 20
+MAX_HEADER_DEPTH = 32  # an export's header nests about 5 levels
 MAX_FILE_BYTES = int(os.environ.get("BITNAS_MAX_EXPORT_BYTES", 1 << 30))
 DTYPES = {"u1": np.dtype("<u1"), "f4": np.dtype("<f4"), "f8": np.dtype("<f8"), "i8": np.dtype("<i8")}
 
@@ -94,6 +95,25 @@ def read(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return decode(data, str(p))
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (iterative: a deep value cannot exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > MAX_HEADER_DEPTH:
+            break
+        if isinstance(v, dict):
+            stack += [(x, d + 1) for x in v.values()]
+        elif isinstance(v, list):
+            stack += [(x, d + 1) for x in v]
+    return deepest
+
+
 def decode(data: bytes, source: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if len(data) < _PREFIX.size + DIGEST_BYTES or data[:len(MAGIC)] != MAGIC:
         raise BitnasError(f"{source}: not a bitnas export (no export header)")
@@ -111,9 +131,14 @@ def decode(data: bytes, source: str) -> tuple[dict[str, Any], dict[str, np.ndarr
     if hashlib.sha256(body).digest() != data[-DIGEST_BYTES:]:
         raise BitnasError(f"{source}: SHA-256 mismatch, the file is corrupted (re-export it)")
     try:
-        header = json.loads(bytes(body[_PREFIX.size:_PREFIX.size + hlen]).decode("utf-8"))
+        header = json.loads(bytes(body[_PREFIX.size:_PREFIX.size + hlen]).decode("utf-8"),
+                            parse_constant=_not_json)
+    except RecursionError:
+        raise BitnasError(f"{source}: header nests deeper than {MAX_HEADER_DEPTH} levels") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise BitnasError(f"{source}: unreadable header ({e})") from None
+    if _depth(header) > MAX_HEADER_DEPTH:
+        raise BitnasError(f"{source}: header nests deeper than {MAX_HEADER_DEPTH} levels")
     if not isinstance(header, dict) or not isinstance(header.get("sections"), dict):
         raise BitnasError(f"{source}: header is not an export description")
     payload = body[_PREFIX.size + hlen:]

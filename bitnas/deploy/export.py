@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from bitnas.binary import BinaryConv2d, binarized_layers
 from bitnas.deploy import container
 from bitnas.deploy.fold import fold, following_bn
-from bitnas.errors import BitnasError
+from bitnas.errors import BitnasError, brief
 from bitnas.nets import network_from_checkpoint, network_from_spec
-from bitnas.nets.limits import OP_KEYS, check_build_kwargs, check_image_side
+from bitnas.nets.limits import OP_KEYS, check_build_kwargs, check_input_size
 from bitnas.space.genotypes import Genotype
 from bitnas.utils import load_checkpoint
 
@@ -230,8 +230,13 @@ def validate_export(exp: dict[str, Any], source: str = "export") -> None:
     if not isinstance(inp, dict):
         raise _fail(source, "no input description")
     if inp.get("image_size") is not None:
-        check_image_side(inp["image_size"], f"{source}: input.image_size")
+        check_input_size(net.get("style", "cifar"), net.get("layers", 20), inp["image_size"],
+                         f"{source}: input.image_size", blocks=net.get("blocks", ""))
     c_in = net.get("in_channels", 3)
+    if not _is_int(inp.get("in_channels")):
+        raise _fail(source, f"input.in_channels must be an integer, got {brief(inp.get('in_channels'))}")
+    if inp["in_channels"] != c_in:
+        raise _fail(source, f"input.in_channels is {inp['in_channels']} but the network takes {c_in}")
     for key in ("mean", "std"):
         v = inp.get(key)
         if v is not None and (not isinstance(v, list) or len(v) != c_in
@@ -242,6 +247,8 @@ def validate_export(exp: dict[str, Any], source: str = "export") -> None:
     classes = inp.get("classes")
     if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
         raise _fail(source, "input.classes must be a list of names")
+    if classes is not None and len(classes) != net.get("num_classes", 10):
+        raise _fail(source, f"input.classes names {len(classes)} classes, the network has {net.get('num_classes', 10)}")
     for sec, dt in (("bits", np.uint8), ("alpha", np.float32), ("fp32", np.float32), ("fold", np.float64)):
         if not isinstance(exp.get(sec), np.ndarray) or exp[sec].dtype != dt:
             raise _fail(source, f"missing or mistyped data section {sec!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -28,10 +28,12 @@ from bitnas.utils import load_checkpoint, rng_state, save_checkpoint, seed_every
 log = logging.getLogger("bitnas")
 
 
-def load_search_data(cfg: SearchConfig, world_size: int) -> tuple[ImageDataset, ImageDataset]:
+def load_search_data(cfg: SearchConfig, world_size: int,
+                     load: Callable[..., ImageDataset] = load_dataset) -> tuple[ImageDataset, ImageDataset]:
     """(train, val): the training images (optionally a class-balanced subset) split in two; refused
-    when the train part cannot fill a batch or misses a class."""
-    full = load_dataset(cfg.data, "train")
+    when the train part cannot fill a batch or misses a class. `load` reads the dataset (a study's
+    checks pass a cached one)."""
+    full = load(cfg.data, "train")
     ds = take_subset(full, cfg.train_subset, cfg.seed) if cfg.train_subset else full
     train_idx, val_idx = train_val_split(ds.labels, cfg.val_fraction, cfg.seed)
     if len(val_idx) == 0:

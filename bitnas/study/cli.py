@@ -27,6 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fidelity", action="store_true",
                    help="run only what the fidelity: block needs (ground-truth trainings, the estimators' "
                         "searches and their scoring)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="e.g. workers=2 executor=ray protocol.epochs=1 search.train_subset=500")
     p.set_defaults(func=cmd_study)

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from bitnas.errors import ConfigError
+from bitnas.errors import ConfigError, brief
+from bitnas.utils import os_reason
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+RAY_DEFAULT_PORT = 6379
+# Seconds to wait for a Ray cluster at ray_address to answer (TCP, then ray.init) before the study
+# is refused; ray.init alone retries an address that does not speak Ray for minutes.
+RAY_CONNECT_TIMEOUT = float(os.environ.get("BITNAS_RAY_TIMEOUT", 30))
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,73 @@ class LocalExecutor:
         pass
 
 
+def ray_module() -> object:
+    """The `ray` package, or a one-line ConfigError when it is not installed."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("executor ray: Ray is not installed; pip install 'bitnas[ray]'") from None
+    return ray
+
+
+def check_ray_address(address: str, timeout: float | None = None) -> None:
+    """Refuse a `ray_address` (HOST[:PORT] or ray://HOST[:PORT]) nothing answers on within `timeout`
+    seconds: `ray.init` would otherwise wait for it without end. "" and "auto" are left to Ray."""
+    if address in ("", "auto", "local"):
+        return
+    timeout = RAY_CONNECT_TIMEOUT if timeout is None else timeout
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep:
+        host, port = hostport, str(RAY_DEFAULT_PORT)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"ray_address {brief(address)}: expected HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, TimeoutError) else os_reason(e)
+        raise ConfigError(f"ray_address: cannot reach a Ray cluster at {address[:100]} ({why}, waited at most "
+                          f"{timeout:g} s; $BITNAS_RAY_TIMEOUT sets the wait)") from None
+
+
+_RAY_PROBE = ("import sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, logging_level='ERROR', "
+              "log_to_driver=False); ray.shutdown()")
+
+
+def probe_ray(address: str, timeout: float | None = None) -> None:
+    """Connect to the Ray cluster at `address` from a child process, killed after `timeout` seconds:
+    ray.init retries an address that does not answer as Ray for minutes, and an attempt abandoned
+    inside this process would outlive the refusal."""
+    timeout = RAY_CONNECT_TIMEOUT if timeout is None else timeout
+    p = subprocess.Popen([sys.executable, "-c", _RAY_PROBE, address], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise ConfigError(f"ray_address: no Ray cluster answered at {address[:100]} within {timeout:g} s "
+                          "($BITNAS_RAY_TIMEOUT sets the wait)") from None
+    if p.returncode != 0:
+        lines = [ln.strip() for ln in err.splitlines() if ln.strip()] or [f"exit code {p.returncode}"]
+        raise ConfigError(f"executor ray: cannot connect to {address[:100]} ({lines[-1][:200]})")
+
+
+def connect_ray(ray: Any, address: str, slots: int) -> None:
+    """ray.init: a local instance of `slots` CPUs, or the cluster at `address` once `probe_ray`
+    found it answering; a failure is one ConfigError line."""
+    if address:
+        check_ray_address(address)
+        probe_ray(address)
+    kw: dict[str, Any] = {"address": address} if address else {"num_cpus": slots}
+    try:
+        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kw)
+    except Exception as e:  # noqa: BLE001 - Ray's own errors, reported as one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"executor ray: cannot {'connect to ' + address[:100] if address else 'start Ray'} "
+                          f"({first})") from None
+
+
 class RayExecutor:
     """Trials as Ray tasks of one CPU each. The study directory must be on a filesystem every node
     shares (the tasks read and write the trial folders there)."""
@@ -124,14 +198,10 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, slots: int, address: str = "") -> None:
-        try:
-            import ray
-        except ImportError:
-            raise ConfigError("executor ray: Ray is not installed; pip install 'bitnas[ray]'") from None
+        ray: Any = ray_module()
         self.ray = ray
         if not ray.is_initialized():
-            kw = {"address": address} if address else {"num_cpus": slots}
-            ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kw)
+            connect_ray(ray, address, slots)
         self.slots = slots or int(ray.cluster_resources().get("CPU", 1))
         self.task = ray.remote(num_cpus=1, max_retries=0)(run_job)
         self.running: dict[str, object] = {}

@@ -21,9 +21,12 @@ from typing import Any
 
 import yaml
 
+from bitnas.common.safe_yaml import read_yaml
 from bitnas.common.signals import StopRequest, graceful_stop
 from bitnas.errors import BitnasError, ConfigError
-from bitnas.study.executors import Job, make_executor
+from bitnas.run import check_creatable
+from bitnas.study.checks import check_trials, read_records
+from bitnas.study.executors import Job, make_executor, ray_module
 from bitnas.study.records import TrialFiles, build_record, random_genotype_for
 from bitnas.study.spec import StudySpec, Trial
 from bitnas.utils import atomic_write_text, progress_enabled
@@ -35,30 +38,13 @@ log = logging.getLogger("bitnas")
 RERUN_FREE_KEYS = ("workers", "executor", "ray_address", "description", "name", "arms", "fidelity", "control")
 
 
-def read_records(path: Path) -> dict[str, dict[str, Any]]:
-    """Finished trials by id; a torn last line (a crash mid-write of an older version) is dropped."""
-    out: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return out
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s: line %d is not a complete record; that trial runs again", path, n + 1)
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("id"), str):
-            out[rec["id"]] = rec
-    return out
-
-
 class StudyRunner:
     """Runs the trials of `spec` in `out`; `fidelity_only` runs just the rank-fidelity trials."""
 
     def __init__(self, spec: StudySpec, out: str | Path, fidelity_only: bool = False) -> None:
         self.spec = spec
         self.out = Path(out)
+        self.fidelity_only = fidelity_only
         self.files = TrialFiles(self.out)
         self.trials = spec.trials(fidelity_only)
         self.by_id = {t.id: t for t in self.trials}
@@ -67,18 +53,31 @@ class StudyRunner:
         self.failed: dict[str, str] = {}
 
     # -- set-up ----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Everything checked before the study folder is touched: --out, the folder's own spec and
+        records (a rerun), the executor, and every check a trial would make before its first step."""
+        where = f"--out {self.out}"
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"{where}: exists and is not a directory")
+        check_creatable(self.out, where)
+        self._check_rerun()
+        self.records = read_records(self.out / "trials.jsonl", self.spec)
+        if self.spec.executor == "ray":
+            ray_module()
+        check_trials(self.spec, self.fidelity_only)
+
     def _check_rerun(self) -> None:
         """A study folder belongs to one spec: refuse a changed one (results would mix)."""
         saved = self.out / "study.yaml"
         mine = self.spec.to_dict()
         if saved.is_file():
-            try:
-                old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError:
-                old = {}
+            old = read_yaml(saved) or {}
+            if not isinstance(old, dict):
+                raise ConfigError(f"{saved}: not a study's study.yaml (a mapping of key: value); use another --out")
             changed = sorted(k for k in set(old) | set(mine)
                              if k not in RERUN_FREE_KEYS and old.get(k) != mine.get(k))
-            before = {a.get("name"): a for a in old.get("arms") or [] if isinstance(a, dict)}
+            arms = old.get("arms")
+            before = {a.get("name"): a for a in arms if isinstance(a, dict)} if isinstance(arms, list) else {}
             changed += [f"arm {a['name']}" for a in mine["arms"] if a["name"] in before and before[a["name"]] != a]
             if changed:
                 raise ConfigError(f"{self.out}: holds a study with other settings ({', '.join(changed)} differ); "
@@ -96,15 +95,17 @@ class StudyRunner:
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self._check_rerun()
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "study.yaml", yaml.safe_dump(self.spec.to_dict(), sort_keys=False))
-        known = {t.id for t in self.order}
-        self.records = {k: v for k, v in read_records(self.out / "trials.jsonl").items() if k in known}
+        self.check()
+        executor = make_executor(self.spec.executor, self._slots(), self.spec.ray_address)  # before the folder
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "study.yaml", yaml.safe_dump(self.spec.to_dict(), sort_keys=False))
+        except BaseException:
+            executor.close()
+            raise
         todo = [t for t in self.trials if t.id not in self.records]
         log.info("study %s: %d trials, %d already finished, %d to run → %s", self.spec.name, len(self.trials),
                  len(self.trials) - len(todo), len(todo), self.out)
-        executor = make_executor(self.spec.executor, self._slots(), self.spec.ray_address)
         bar = self._bar(len(todo))
         from bitnas.study.report import write_report
 

@@ -26,10 +26,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bitnas.common.safe_yaml import load_yaml, read_yaml
 from bitnas.config import find_recipe, update_config
-from bitnas.errors import ConfigError
+from bitnas.errors import ConfigError, brief
 from bitnas.registry import did_you_mean
 
 TOP_KEYS = ("command", "description", "name", "data", "seeds", "workers", "executor", "ray_address", "search",
@@ -38,9 +37,8 @@ EXECUTORS = ("local", "ray")
 # Set per trial by the study; a protocol or search block may not set them.
 TRIAL_KEYS = frozenset({"out", "seed", "data", "resume", "genotype", "network", "strategy", "threads", "progress"})
 ARM_KINDS = ("strategy", "random_genotypes", "genotype", "network")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 ZERO_COST_TRIAL = "_zero_cost"  # trial folder of the zero-cost scorings: no arm name can start with '_'
-
 
 
 @dataclass(frozen=True)
@@ -189,26 +187,25 @@ def _arm_dict(a: Arm) -> dict[str, Any]:
 def load_spec(source: str, overrides: list[str] | None = None) -> StudySpec:
     """Read a study YAML file (or a shipped `study_*` recipe), apply KEY=VALUE overrides
     (top-level keys, or `protocol.KEY` / `search.KEY`), and check everything."""
-    path = find_recipe(source)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not a valid YAML study ({str(e).splitlines()[0]})") from None
+    path = find_recipe(source, "study")
+    data = read_yaml(path, "study") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a study must be a mapping of key: value")
     if data.get("command", "study") != "study":
-        raise ConfigError(f"{path}: a recipe for `bitnas {data.get('command')}`, not a study")
+        raise ConfigError(f"{path}: a recipe for `bitnas {brief(data.get('command'))}`, not a study")
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"override '{item}': expected key=value")
         head, _, sub = key.strip().partition(".")
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value, f"override '{item[:80]}'") if value.strip() else ""
         if sub:
             if head not in ("protocol", "search"):
                 raise ConfigError(f"override '{item}': only protocol.KEY and search.KEY take a dotted key")
-            data.setdefault(head, {})
-            data[head] = {**(data[head] or {}), sub: parsed}
+            block = data.get(head) or {}
+            if not isinstance(block, dict):
+                raise ConfigError(f"{path}: {head} must be a mapping of key: value")
+            data[head] = {**block, sub: parsed}
         else:
             data[head] = parsed
     return parse_spec(data, str(path))
@@ -219,17 +216,21 @@ def parse_spec(data: dict[str, Any], source: str = "study") -> StudySpec:
     if unknown:
         raise ConfigError(f"{source}: unknown key '{unknown[0]}'{did_you_mean(unknown[0], list(TOP_KEYS))}")
     name = str(data.get("name") or Path(source).stem)
+    check_name(name, f"{source}: name")
     seeds = data.get("seeds", [0])
     if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                             and 0 <= s < 2 ** 31 for s in seeds)
             or len(set(seeds)) != len(seeds)):
-        raise ConfigError(f"{source}: seeds must be a non-empty list of distinct integers in [0, 2^31), got {seeds!r}")
+        raise ConfigError(f"{source}: seeds must be a non-empty list of distinct integers in [0, 2^31), "
+                          f"got {brief(seeds)}")
     workers = data.get("workers", 0)
     if not isinstance(workers, int) or isinstance(workers, bool) or not 0 <= workers <= 1024:
-        raise ConfigError(f"{source}: workers must be an integer in 0..1024 (0 = the cores), got {workers!r}")
+        raise ConfigError(f"{source}: workers must be an integer in 0..1024 (0 = the cores), got {brief(workers)}")
     executor = str(data.get("executor", "local"))
     if executor not in EXECUTORS:
-        raise ConfigError(f"{source}: executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+        raise ConfigError(f"{source}: executor must be one of {', '.join(EXECUTORS)}, got {brief(executor)}")
+    if not isinstance(data.get("ray_address", ""), (str, type(None))):
+        raise ConfigError(f"{source}: ray_address must be HOST:PORT text, got {brief(data['ray_address'])}")
     dataset = str(data.get("data", "fashion-mnist"))
     search = _block(data.get("search"), "search", source)
     protocol = _block(data.get("protocol"), "protocol", source)
@@ -250,6 +251,13 @@ def parse_spec(data: dict[str, Any], source: str = "study") -> StudySpec:
         spec.fidelity = _parse_fidelity(data["fidelity"], spec, source)
     spec.control = _parse_control(data.get("control"), spec, source)
     return spec
+
+
+def check_name(name: str, where: str) -> None:
+    """A study or arm name names a folder: letters, digits and _.+-, at most 100 characters."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{where} {brief(name)} must be letters, digits and _.+-, at most 100 characters "
+                          "(it names a folder)")
 
 
 def _parse_control(raw: Any, spec: StudySpec, source: str) -> str:
@@ -308,8 +316,7 @@ def _parse_arm(raw: Any, i: int, search: dict[str, Any], protocol: dict[str, Any
         raise ConfigError(f"{where}: give exactly one of {', '.join(ARM_KINDS)}")
     kind = kinds[0]
     name = str(raw.get("name") or raw[kind])
-    if not _NAME.match(name):
-        raise ConfigError(f"{where}: name {name!r} must be letters, digits and _.+- (it names a folder)")
+    check_name(name, f"{where}: name")
     train = _block(raw.get("train"), f"arms[{i}].train", source)
     _check_protocol(protocol, train, f"{where}")
     if kind != "strategy" and "search" in raw:
@@ -333,7 +340,7 @@ def _parse_arm(raw: Any, i: int, search: dict[str, Any], protocol: dict[str, Any
 
         count = raw["random_genotypes"]
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 10_000:
-            raise ConfigError(f"{where}: random_genotypes must be a count in 1..10000, got {count!r}")
+            raise ConfigError(f"{where}: random_genotypes must be a count in 1..10000, got {brief(count)}")
         space = SPACES.canonical(str(raw.get("space") or "cpnas"))
         seeds = raw.get("seeds") or []
         if (not isinstance(seeds, list) or any(isinstance(s, bool) or s not in study_seeds for s in seeds)
@@ -374,14 +381,14 @@ def _parse_fidelity(raw: Any, spec: StudySpec, source: str) -> Fidelity:
     _check_estimator_spaces(spec, gt, [str(e) for e in ests], where)
     seeds = raw.get("seeds") or []
     if not isinstance(seeds, list) or any(s not in spec.seeds for s in seeds):
-        raise ConfigError(f"{where}: seeds must be a list of the study's seeds {list(spec.seeds)}, got {seeds!r}")
+        raise ConfigError(f"{where}: seeds must be a list of the study's seeds {list(spec.seeds)}, got {brief(seeds)}")
     boot = raw.get("bootstrap", 1000)
     if not isinstance(boot, int) or isinstance(boot, bool) or not 0 <= boot <= 100_000:
-        raise ConfigError(f"{where}: bootstrap must be a count in 0..100000, got {boot!r}")
+        raise ConfigError(f"{where}: bootstrap must be a count in 0..100000, got {brief(boot)}")
     batches = raw.get("zero_cost_batches", 0)
     if not isinstance(batches, int) or isinstance(batches, bool) or not 0 <= batches <= 1000:
         raise ConfigError(f"{where}: zero_cost_batches must be a count in 0..1000 (0 = as few as the estimators "
-                          f"need), got {batches!r}")
+                          f"need), got {brief(batches)}")
     return Fidelity(genotypes=gt.name, estimators=tuple(str(e) for e in ests), seeds=tuple(seeds), bootstrap=boot,
                     zero_cost=zero_cost, zero_cost_batches=batches)
 

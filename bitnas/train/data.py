@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -100,14 +101,16 @@ class TrainData:
                             workers=workers, bad_images=self.stream.bad_images, device=info.device)
 
 
-def load_train_data(cfg: TrainConfig, world_size: int = 1) -> TrainData:
+def load_train_data(cfg: TrainConfig, world_size: int = 1,
+                    load: Callable[..., ImageDataset] = load_dataset) -> TrainData:
     """Train (optionally a class-balanced subset, minus a stratified validation split) and test;
-    refused when the training images cannot fill one batch per process or miss a class."""
+    refused when the training images cannot fill one batch per process or miss a class. `load`
+    reads an in-memory split (a study's checks pass a cached one)."""
     files = _stream_files(cfg)
     if files is not None:
         data = _streamed(cfg, *files)
     else:
-        data = _in_memory(cfg)
+        data = _in_memory(cfg, load)
     data.train, data.val = hold_out_validation(cfg, data.train)
     what = f"train_subset {cfg.train_subset}" if cfg.train_subset else f"data {cfg.data}"
     check_training_split(data.train, cfg.batch_size, world_size, what)
@@ -134,15 +137,15 @@ def split_training_images(cfg: TrainConfig, train: ImageDataset) -> tuple[ImageD
     return hold_out_validation(cfg, train)
 
 
-def _in_memory(cfg: TrainConfig) -> TrainData:
+def _in_memory(cfg: TrainConfig, load: Callable[..., ImageDataset] = load_dataset) -> TrainData:
     set_only = [k for k in STREAM_ONLY if getattr(cfg, k)]
     if set_only:
         raise ConfigError(f"{set_only[0]}: applies to streamed image folders only (data imagefolder:DIR with "
                           f"stream auto or on; this run reads {cfg.data} into memory)")
     size = cfg.image_size or None
     kw = {"image_size": size} if size else {}
-    train = load_dataset(cfg.data, "train", **kw)
-    test = load_dataset(cfg.data, "test", **kw)
+    train = load(cfg.data, "train", **kw)
+    test = load(cfg.data, "test", **kw)
     if train.input_shape != test.input_shape or train.num_classes != test.num_classes:
         raise DataError(f"{cfg.data}: train and test splits differ in shape or classes "
                         f"({train.input_shape}/{train.num_classes} vs {test.input_shape}/{test.num_classes})")

@@ -721,7 +721,7 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
                           f"(it holds {stored})")
     if precision is not None and precision != net.get("precision"):
         raise ConfigError(f"{path}: this checkpoint holds a {net.get('precision')} network, not --precision {precision}")
-    size = ck.get("image_size") or 0
+    size = (ck["input"].get("image_size") if exported else ck.get("image_size")) or 0
     if size:
         check_image_side(size, f"{path}: image_size")
     info = DistInfo(device=resolve_device(device))

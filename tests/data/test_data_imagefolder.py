@@ -116,3 +116,34 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
         load_dataset(f"imagefolder:{tmp_path}", "test")
     with pytest.raises(DataError, match=r"image_size: must be a positive int"):
         load_dataset(f"imagefolder:{tmp_path}", "train", image_size=0)
+
+
+def test_sixteen_bit_gray_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    """A 16-bit PNG holds 0..65535: it becomes 8 bits as v·255/65535 (convert("L") would clip 99.6 %
+    of this ramp to 255), and an image folder of such files is gray."""
+    ramp = np.linspace(0, 65535, 6 * 8).astype(np.uint16).reshape(6, 8)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            p = tmp_path / split / c / "x.png"
+            p.parent.mkdir(parents=True)
+            Image.fromarray(ramp).save(p)
+    assert Image.open(tmp_path / "train/a/x.png").mode.startswith("I")
+    ds = load_dataset(f"imagefolder:{tmp_path}", "train")
+    want = ((ramp.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    assert ds.images.shape == (2, 1, 6, 8)
+    assert np.array_equal(ds.images[0, 0].numpy(), want) and want.max() == 255 and len(np.unique(want)) > 40
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path: Path) -> None:
+    """PIL's bomb check (a DecompressionBombError above 2×89M pixels, a warning above 89M) and bitnas'
+    own bound give the same one-line DataError; nothing is decoded."""
+    from bitnas.data.images import MAX_IMAGE_PIXELS, read_header
+
+    from tests.test_bad_inputs import png_header
+
+    for w, h in ((60000, 60000), (10000, 9000), (9500, 9500)):
+        path = png_header(tmp_path, f"{w}.png", w, h)
+        with pytest.raises(DataError, match=f"declares {w * h:,} pixels"):
+            read_header(path)
+    assert read_header(png_header(tmp_path, "ok.png", 9000, 9000))[1] == (9000, 9000)
+    assert 9000 * 9000 < MAX_IMAGE_PIXELS < 9500 * 9500

@@ -303,3 +303,48 @@ def test_forcing_an_isa_row_the_cpu_lacks_stops_in_one_line(exported, tmp_path, 
     monkeypatch.setenv(engine.ENV_ISA, "sse9")
     refused(["infer", str(exported["model"]), str(pic)], capsys, "'sse9' is not one of auto, reference, scalar, avx2, avx512",
             exported["model"].parent)
+
+
+def test_eval_of_an_export_resizes_image_folders_to_its_input_size(exported, tmp_path, capsys) -> None:
+    """An export knows its 28×28 input: `bitnas eval` resizes 32×32 imagefolder data to it (the same
+    numbers as data saved at 28×28), as it does for a training checkpoint."""
+    results = {}
+    for side in (28, 32):
+        root = tmp_path / f"f{side}"
+        for split in ("train", "test"):
+            for c in range(10):
+                (root / split / f"c{c}").mkdir(parents=True)
+                img = Image.fromarray(np.full((28, 28), 20 * c, np.uint8)).resize((side, side), Image.Resampling.NEAREST)
+                img.save(root / split / f"c{c}" / "x.png")
+        assert main(["eval", str(exported["model"]), "--data", f"imagefolder:{root}", "--json"]) == 0
+        results[side] = json.loads(capsys.readouterr().out)
+    assert results[28]["num_images"] == results[32]["num_images"] == 10
+    assert results[28]["top1"] == results[32]["top1"] and abs(results[28]["loss"] - results[32]["loss"]) < 1e-4
+
+
+def test_infer_with_an_export_without_input_size_runs_small_images_at_their_size(exported, tmp_path, capsys) -> None:
+    """No stored input size: images of at most 256×256 run at their own size; the size used is reported."""
+    bare = _craft(exported["model"], tmp_path / "nosize.bitnas", lambda h, s: h["input"].update(image_size=None))
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(tmp_path / "a.png")
+    assert main(["infer", str(bare), str(tmp_path / "a.png"), "--json", "--engine", "torch"]) == 0
+    assert json.loads(capsys.readouterr().out)["image_size"] == [40, 40]
+
+
+def test_infer_batches_are_bounded_by_pixels(exported, tmp_path, capsys, monkeypatch) -> None:
+    """An export claiming 448×448 inputs decodes 64·224² / 448² = 16 images per forward pass, not 64."""
+    from bitnas.data.formats import imagefolder
+
+    big = _craft(exported["model"], tmp_path / "big.bitnas", lambda h, s: h["input"].update(image_size=448))
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((28, 28), 10 * i, np.uint8)).save(pics / f"{i:02d}.png")
+    sizes, real = [], imagefolder._decode
+
+    def spy(items, mode, hw):
+        sizes.append(len(items))
+        return real(items, mode, hw)
+
+    monkeypatch.setattr(imagefolder, "_decode", spy)
+    assert main(["infer", str(big), str(pics), "--json", "--engine", "torch"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 20 and sizes == [16, 4]

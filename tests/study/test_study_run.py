@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from bitnas.study.records import WALL_CLOCK
-from bitnas.study.runner import read_records, run_study
+from bitnas.study.runner import run_study
 from bitnas.study.spec import parse_spec
+from bitnas.utils import read_jsonl
 
 pytestmark = pytest.mark.slow  # minutes: `make test-quick` leaves it out
 
@@ -95,6 +96,10 @@ def test_fidelity_run_keeps_the_other_trials_records(tmp_path: Path, reference: 
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-2000:]
     assert (out / "trials.jsonl").read_text() == before and len(before.splitlines()) == 7
+
+
+def read_records(path: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in read_jsonl(path)}
 
 
 def _wait_mid_trial(out: Path, p: subprocess.Popen, timeout: float = 300) -> None:

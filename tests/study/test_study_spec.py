@@ -115,7 +115,10 @@ def test_load_with_overrides(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a study"):
         load_spec(str(p))
     p.write_bytes(b"\xff\xfe: [")
-    with pytest.raises(ConfigError, match="not a valid YAML study"):
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_spec(str(p))
+    p.write_text("name: [")
+    with pytest.raises(ConfigError, match="not valid YAML"):
         load_spec(str(p))
 
 

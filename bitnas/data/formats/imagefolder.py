@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from bitnas.data.imagedata import ImageDataset, ImageSize, normalize_size
+from bitnas.data.images import GRAY_MODES, load_image, read_header
 from bitnas.data.stats import channel_stats
 from bitnas.errors import DataError
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-_GRAY_MODES = {"1", "L", "LA"}
 STATS_SAMPLE = 1024  # training images decoded to estimate the streamed statistics and colour mode
 
 
@@ -57,29 +57,12 @@ def _list_images(d: Path, classes: list[str], where: str, subset: bool = False) 
     return items
 
 
-def _open_header(path: Path) -> tuple[str, tuple[int, int]]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.mode, im.size
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
-
-
 def decode_image(path: Path | str, mode: str) -> "Image":
-    """The image at `path` fully decoded and converted to `mode` ('L' or 'RGB'; grayscale, palette,
-    CMYK, … are converted); DataError naming the file when it cannot be read.
+    """The image at `path` fully decoded and converted to `mode` ('L' or 'RGB'), with the bounds and
+    the 16-bit scaling of `bitnas.data.images`; DataError naming the file when it cannot be read.
 
     The one place image files are decoded (training in memory, streaming workers, `bitnas infer`)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im if im.mode == mode else im.convert(mode)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
+    return load_image(path, mode)
 
 
 def to_chw(im: "Image") -> np.ndarray:
@@ -147,8 +130,8 @@ def load_imagefolder(path: str | None, split: str, image_size: ImageSize | None 
     train_dir, src = _split_dirs(path, split)
     classes = _classes(train_dir)
     train_items = _list_images(train_dir, classes, str(train_dir))
-    headers = [_open_header(p) for p, _ in train_items]
-    mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
+    headers = [read_header(p) for p, _ in train_items]
+    mode = "L" if all(m in GRAY_MODES for m, _ in headers) else "RGB"
     if image_size is None:
         w, h = headers[0][1]
         hw = (h, w)
@@ -252,7 +235,7 @@ def load_imagefolder_files(path: str | None, split: str, image_size: ImageSize |
     items = _list_images(src, classes, str(train_dir), subset=subset)
     if image_size is None:
         first = items[0][0] if split == "train" else _list_images(train_dir, classes, str(train_dir), subset)[0][0]
-        w, h = _open_header(first)[1]
+        w, h = read_header(first)[1]
         hw = (h, w)
     else:
         hw = normalize_size(image_size)
@@ -273,14 +256,14 @@ def describe_files(files: ImageFiles, skip_bad: bool, sample: int = STATS_SAMPLE
     for i in picks:
         p = files.path(int(i))
         try:
-            modes.append(_open_header(Path(p))[0])
+            modes.append(read_header(Path(p))[0])
             paths.append(p)
         except DataError:
             if not skip_bad:
                 raise
     if not paths:
         raise DataError(f"{files.source}: none of the {len(picks)} sampled images is readable")
-    mode = "L" if all(m in _GRAY_MODES for m in modes) else "RGB"
+    mode = "L" if all(m in GRAY_MODES for m in modes) else "RGB"
     arrays = []
     for p in paths:
         try:

@@ -735,6 +735,10 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
     if c != net.get("in_channels") or test.num_classes != net.get("num_classes"):
         raise DataError(f"{data}: {c} channel(s) and {test.num_classes} classes, but the network in {path} takes "
                         f"{net.get('in_channels')} channel(s) and has {net.get('num_classes')} classes")
+    if size and tuple(test.input_shape[1:]) != (size, size):
+        h, w = test.input_shape[1:]
+        raise DataError(f"{data}: {h}×{w} images, but the network in {path} was trained on {size}×{size} images; "
+                        "evaluate it on data of that size (imagefolder data is resized to it)")
     if engine == "bitpack" and info.device.type != "cpu":
         raise ConfigError(f"--engine bitpack runs on the CPU, not --device {device}")
     model = (network_from_export(ck, str(path)) if exported else network_from_checkpoint(ck, str(path))).to(info.device)

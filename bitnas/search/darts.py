@@ -51,7 +51,7 @@ class DifferentiableSearch(SearchStrategy):
     reads = WEIGHT_KEYS | {
         "epochs", "precision", "arch_lr", "arch_beta1", "arch_beta2", "arch_weight_decay", "unrolled", "arch_fd_scale",
         "k_normal", "k_reduce", "edge_norm", "warmup_epochs", "early_stop", "early_stop_skips",
-        "early_stop_patience", "early_stop_min_epochs", "max_param_free_ops", "alpha_temperature",
+        "early_stop_patience", "early_stop_min_epochs", "early_stop_tolerance", "max_param_free_ops", "alpha_temperature",
         "alpha_temperature_end", "alpha_temperature_schedule"}
     default_k = (1, 1)
     default_edge_norm = False
@@ -85,7 +85,7 @@ class DifferentiableSearch(SearchStrategy):
         self.model.temperature = self.temperature.at(0)
         criterion = self.default_early_stop if cfg.early_stop == "auto" else cfg.early_stop
         self.stopper = EarlyStopping(criterion, cfg.early_stop_skips, cfg.early_stop_patience,
-                                     cfg.early_stop_min_epochs)
+                                     cfg.early_stop_min_epochs, tolerance=cfg.early_stop_tolerance)
         self.epoch = 0
         self.step = 0
         self.stop_epoch = -1
@@ -168,11 +168,12 @@ class DifferentiableSearch(SearchStrategy):
         if val_acc > self.best_acc:
             self.best_acc, self.best_epoch, self.best = val_acc, self.epoch, g
         rec["best_epoch"] = self.best_epoch
-        if update_arch and self.stopper.enabled:
+        if update_arch:
             n, r = model.edge_strengths()
             ops, steps, zero = model.ops, model.steps, model.space.zero_op
             ranks = {"normal": ranking(n, ops, steps, zero), "reduce": ranking(r, ops, steps, zero)}
             reason = self.stopper.update(ranks, g)
+            rec["genotype_changes"] = self.stopper.changes
             if reason:
                 self.stop_reason, self.stop_epoch = f"early_stop:{reason}", self.epoch
                 rec.update(stop_reason=self.stop_reason, stop_epoch=self.epoch, stop_detail=self.stopper.detail)

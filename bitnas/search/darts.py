@@ -51,8 +51,8 @@ class DifferentiableSearch(SearchStrategy):
     reads = WEIGHT_KEYS | {
         "epochs", "precision", "arch_lr", "arch_beta1", "arch_beta2", "arch_weight_decay", "unrolled", "arch_fd_scale",
         "k_normal", "k_reduce", "edge_norm", "warmup_epochs", "early_stop", "early_stop_skips",
-        "early_stop_patience", "early_stop_min_epochs", "early_stop_tolerance", "max_param_free_ops", "alpha_temperature",
-        "alpha_temperature_end", "alpha_temperature_schedule"}
+        "early_stop_patience", "early_stop_min_epochs", "early_stop_tolerance", "max_param_free_ops",
+        "alpha_temperature", "alpha_temperature_end", "alpha_temperature_schedule"}
     default_k = (1, 1)
     default_edge_norm = False
     default_warmup_fraction = 0.0
@@ -80,8 +80,9 @@ class DifferentiableSearch(SearchStrategy):
         self.train_loader = ctx.loader("train", shuffle=True)
         self.val_stream = InfiniteLoader(ctx.loader("val", shuffle=True, seed_offset=1))
         self.eval_loader = ctx.loader("val", shuffle=False)
-        self.temperature = TemperatureSchedule(cfg.alpha_temperature, cfg.alpha_temperature_end or cfg.alpha_temperature,
-                                               cfg.alpha_temperature_schedule, cfg.epochs * len(self.train_loader))
+        t0, t1 = cfg.alpha_temperature, cfg.alpha_temperature_end or cfg.alpha_temperature
+        self.temperature = TemperatureSchedule(t0, t1, cfg.alpha_temperature_schedule,
+                                               cfg.epochs * len(self.train_loader))
         self.model.temperature = self.temperature.at(0)
         criterion = self.default_early_stop if cfg.early_stop == "auto" else cfg.early_stop
         self.stopper = EarlyStopping(criterion, cfg.early_stop_skips, cfg.early_stop_patience,

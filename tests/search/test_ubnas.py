@@ -147,7 +147,8 @@ def test_tolerance_counts_edges_against_every_genotype_of_the_window() -> None:
     g1 = geno(BASE[:-1] + (("conv_5x5", 4),))                        # 1 edge from g0
     g2 = geno(BASE[:-2] + (("conv_5x5", 1), ("conv_5x5", 4)))        # 1 edge from g1, 2 from g0
     assert genotype_distance(g0.to_dict(), g2.to_dict()) == 2
-    assert run(EarlyStopping("genotype", patience=2, tolerance=1), [(rank(0), g) for g in (g0, g1, g2)]) == [""] * 3
-    assert run(EarlyStopping("genotype", patience=2, tolerance=2), [(rank(0), g) for g in (g0, g1, g2)])[-1] == "genotype"
+    hist = [(rank(0), g) for g in (g0, g1, g2)]
+    assert run(EarlyStopping("genotype", patience=2, tolerance=1), hist) == [""] * 3
+    assert run(EarlyStopping("genotype", patience=2, tolerance=2), hist)[-1] == "genotype"
     s = EarlyStopping("genotype", patience=1, tolerance=1)
     assert run(s, [(rank(0), g0), (rank(0), g1)]) == ["", "genotype"] and "beyond 1 edge" in s.detail and s.changes == 1

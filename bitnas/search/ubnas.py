@@ -33,7 +33,8 @@
   edges. Replayed, patience 1 with tolerance 3 fires after the 4th α epoch of seed 0 (45 % of
   the search time saved; that genotype is 6 of 16 edges from the final one) and after the 5th of
   seed 1 (22 % saved, 4 edges off); patience 2 fires before the last epoch only with tolerance
-  ≥ 4 (seed 0) / ≥ 3 (seed 1), patience 3 with no tolerance ≤ 4. Whether such a stop costs
+  ≥ 4 (seed 0) / ≥ 3 (seed 1), patience 3 with no tolerance ≤ 4. Run for real on seed 0, the
+  search stopped after epoch 8 of 12 (10,000 of 16,000 images). Whether such a stop costs
   accuracy is a study question (arms `ubnas_stop` / `ubnas_nostop`); the default stays until it is answered.
 """
 from __future__ import annotations

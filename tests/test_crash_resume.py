@@ -42,6 +42,8 @@ TRAIN = ["train", "--genotype", "DARTS_V2", "--data", "fashion-mnist-embedded", 
 PCDARTS = ["search", "--strategy", "pcdarts", "--data", "fashion-mnist-embedded", "--train-subset", "64",
            "--batch-size", "16", "--init-channels", "4", "--layers", "1", "--epochs", "2", "warmup_epochs=0",
            "progress=off", "threads=1"]
+# The collapse remedies on: the cap and an annealed α temperature (T depends on the step counter).
+PCDARTS_REMEDIES = PCDARTS + ["max_param_free_ops=1", "alpha_temperature=2.0", "alpha_temperature_end=0.25"]
 # CP-NAS over a 4-op space (registered by LAUNCH): 4 + 3 + 2 samples and 3 removals; 2 steps per sample
 # so a stop can fall inside a sample.
 CPNAS = ["search", "--strategy", "cpnas", "--space", "cpnas_test4", "--data", "fashion-mnist-embedded",
@@ -102,6 +104,8 @@ CASES: dict[str, tuple[list[str], dict, int, Callable[[dict], None], Callable[[P
               lambda ck: ck["partial"] is not None and ck["epoch"] == 0 and ck["global_step"] == 2, compare_train),
     "pcdarts": (PCDARTS, {"at": "search.step", "index": 3, "do": "signal", "signal": "SIGTERM"}, 143,
                 lambda ck: ck["strategy"]["partial"] is not None and ck["records"] == 1, compare_search),
+    "pcdarts_remedies": (PCDARTS_REMEDIES, {"at": "search.step", "index": 3, "do": "signal", "signal": "SIGTERM"}, 143,
+                         lambda ck: ck["strategy"]["partial"] is not None and ck["records"] == 1, compare_search),
     "cpnas": (CPNAS, {"at": "search.step", "index": 3, "do": "signal", "signal": "SIGTERM"}, 143,
               lambda ck: ck["strategy"]["partial"]["done"] == 1 and ck["records"] == 1, compare_search),
 }
@@ -186,7 +190,7 @@ def test_signal_then_random_sigkill_then_resume_is_bitwise_identical(tmp_path: P
     assert p.wait(timeout=600) == 0, f"{where} killed {delay:.2f} s in: {log.read_text()[-3000:]}"
     compare(ref, run)
     assert strip(read_jsonl(ref / "metrics.jsonl")) == strip(read_jsonl(run / "metrics.jsonl")), where
-    if name == "pcdarts":  # α after every step, including the steps redone after each interruption
+    if name.startswith("pcdarts"):  # α after every step, including the steps redone after each interruption
         assert faults.read_trace(tmp_path / "ref.trace" / "trace_rank0.jsonl") == \
             faults.read_trace(tmp_path / "run.trace" / "trace_rank0.jsonl"), where
     assert not list(run.rglob("*.tmp")), where

@@ -35,6 +35,16 @@ class SearchConfig(BaseConfig):
     early_stop_skips: int = opt(2, "stop when a normal cell holds at least this many skip connections (DARTS+)")
     early_stop_patience: int = opt(3, "stop when the α ranking / genotype has not changed for this many epochs")
     early_stop_min_epochs: int = opt(0, "never stop before this many epochs (after warm-up)")
+    early_stop_tolerance: int = opt(0, "genotype criterion: edges (of both cells) by which the genotype may differ from "
+                                    "each of the last `early_stop_patience` epochs' and still count as unchanged")
+    # collapse remedies of the differentiable strategies (collapse.py; defaults = no remedy)
+    max_param_free_ops: int = opt(-1, "cap on parameter-free ops (skip, pooling) per derived cell: the weakest-margin "
+                                  "ones take their edge's strongest parametric op (P-DARTS/DARTS+; -1 = no cap)")
+    alpha_temperature: float = opt(1.0, "temperature T0 of the op softmax, softmax(α/T), at the first step (BATS)")
+    alpha_temperature_end: float = opt(0.0, "temperature T1 at the last step of the search (0 = T0: constant)")
+    alpha_temperature_schedule: str = opt("exponential", "T from T0 to T1 over the search's steps: exponential "
+                                          "T0·(T1/T0)^p or linear T0 + (T1 − T0)·p, p = step / (steps − 1)",
+                                          choices=("exponential", "linear"))
     # random search
     random_samples: int = opt(8, "random: genotypes drawn and scored with the shared weights")
     # zero-cost search
@@ -92,6 +102,10 @@ class SearchConfig(BaseConfig):
             (self.early_stop_skips >= 1, "early_stop_skips", "must be at least 1"),
             (self.early_stop_patience >= 1, "early_stop_patience", "must be at least 1"),
             (self.early_stop_min_epochs >= 0, "early_stop_min_epochs", "must be >= 0"),
+            (self.early_stop_tolerance >= 0, "early_stop_tolerance", "must be >= 0 (0 = identical genotypes)"),
+            (self.max_param_free_ops >= -1, "max_param_free_ops", "must be >= 0, or -1 for no cap"),
+            (self.alpha_temperature > 0, "alpha_temperature", "must be positive"),
+            (self.alpha_temperature_end >= 0, "alpha_temperature_end", "must be positive, or 0 for a constant T0"),
             (self.threads >= 0, "threads", "must be >= 0 (0 = auto)"),
         ]
         refuse_failed(self, checks)

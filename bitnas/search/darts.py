@@ -5,6 +5,11 @@ persistent validation stream (skipped during warm-up), then one SGD step of the 
 lr, momentum, weight decay, gradient clipping). After the epoch: evaluation on the whole
 validation split, the derived genotype, best-epoch tracking and (if enabled) early stopping.
 
+Collapse remedies (`collapse.py`, all off by default): `max_param_free_ops` caps the
+parameter-free ops of every derived cell; `alpha_temperature`/`alpha_temperature_end`/
+`alpha_temperature_schedule` set the temperature of the op softmax at every step (recorded per
+epoch as `alpha_temperature`: the value the epoch's α, genotype and validation used).
+
 Multi-process: every gradient is averaged over ranks before it is applied (`ctx.sync_grads`),
 so α and the weights stay bitwise identical on all ranks; BatchNorm statistics are broadcast
 from rank 0 at the end of each epoch.
@@ -22,6 +27,7 @@ from bitnas.common import faults
 from bitnas.data import InfiniteLoader
 from bitnas.errors import ConfigError
 from bitnas.search.architect import Architect
+from bitnas.search.collapse import TemperatureSchedule
 from bitnas.search.config import SearchConfig
 from bitnas.search.early_stopping import EarlyStopping, ranking
 from bitnas.search.steps import Meter, evaluate, make_weight_optimizer, progress, weight_step
@@ -45,7 +51,8 @@ class DifferentiableSearch(SearchStrategy):
     reads = WEIGHT_KEYS | {
         "epochs", "precision", "arch_lr", "arch_beta1", "arch_beta2", "arch_weight_decay", "unrolled", "arch_fd_scale",
         "k_normal", "k_reduce", "edge_norm", "warmup_epochs", "early_stop", "early_stop_skips",
-        "early_stop_patience", "early_stop_min_epochs"}
+        "early_stop_patience", "early_stop_min_epochs", "early_stop_tolerance", "max_param_free_ops",
+        "alpha_temperature", "alpha_temperature_end", "alpha_temperature_schedule"}
     default_k = (1, 1)
     default_edge_norm = False
     default_warmup_fraction = 0.0
@@ -62,6 +69,7 @@ class DifferentiableSearch(SearchStrategy):
                        else cfg.warmup_epochs)
         self.arch_lr = cfg.arch_lr or self.default_arch_lr
         self.model = self.build_supernet(cfg.precision, self.k_normal, self.k_reduce, self.edge_norm)
+        self.model.max_param_free = cfg.max_param_free_ops
         self.w_params = self.model.weight_parameters()
         self.w_optimizer = make_weight_optimizer(cfg, self.w_params)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, T_max=max(1, cfg.epochs),
@@ -72,9 +80,13 @@ class DifferentiableSearch(SearchStrategy):
         self.train_loader = ctx.loader("train", shuffle=True)
         self.val_stream = InfiniteLoader(ctx.loader("val", shuffle=True, seed_offset=1))
         self.eval_loader = ctx.loader("val", shuffle=False)
+        t0, t1 = cfg.alpha_temperature, cfg.alpha_temperature_end or cfg.alpha_temperature
+        self.temperature = TemperatureSchedule(t0, t1, cfg.alpha_temperature_schedule,
+                                               cfg.epochs * len(self.train_loader))
+        self.model.temperature = self.temperature.at(0)
         criterion = self.default_early_stop if cfg.early_stop == "auto" else cfg.early_stop
         self.stopper = EarlyStopping(criterion, cfg.early_stop_skips, cfg.early_stop_patience,
-                                     cfg.early_stop_min_epochs)
+                                     cfg.early_stop_min_epochs, tolerance=cfg.early_stop_tolerance)
         self.epoch = 0
         self.step = 0
         self.stop_epoch = -1
@@ -83,9 +95,10 @@ class DifferentiableSearch(SearchStrategy):
         self.best: Genotype | None = None
         self.partial: dict[str, Meter] | None = None
         log.info("%s: K normal %d / reduce %d, edge normalisation %s, warm-up %d of %d epochs, arch lr %g, "
-                 "%s order, precision %s, early stopping %s", self.name, self.k_normal, self.k_reduce,
-                 "on" if self.edge_norm else "off", self.warmup, cfg.epochs, self.arch_lr,
-                 "second" if cfg.unrolled else "first", cfg.precision, criterion)
+                 "%s order, precision %s, early stopping %s, α temperature %s, parameter-free ops per cell %s",
+                 self.name, self.k_normal, self.k_reduce, "on" if self.edge_norm else "off", self.warmup, cfg.epochs,
+                 self.arch_lr, "second" if cfg.unrolled else "first", cfg.precision, criterion,
+                 self._temperature_text(), "≤ %d" % cfg.max_param_free_ops if cfg.max_param_free_ops >= 0 else "any")
 
     @classmethod
     def check_config(cls, cfg: SearchConfig) -> None:
@@ -96,6 +109,10 @@ class DifferentiableSearch(SearchStrategy):
             raise ConfigError(f"warmup_epochs: {cfg.warmup_epochs} of {cfg.epochs} epochs would leave α never updated")
         if cfg.unrolled and cfg.w_optimizer != "sgd":
             raise ConfigError("unrolled (second-order) search needs w_optimizer: sgd")
+
+    def _temperature_text(self) -> str:
+        t = self.temperature
+        return f"{t.start:g}" if t.constant else f"{t.start:g} → {t.end:g} ({t.kind}, {t.steps} steps)"
 
     def _partial_ratio(self, k: int, what: str) -> int:
         fitted = fit_partial_ratio(k, self.cfg.init_channels)
@@ -122,6 +139,7 @@ class DifferentiableSearch(SearchStrategy):
                            len(self.train_loader) - self.train_loader.position)
         for x, y in batches:
             x, y = x.to(ctx.device), y.to(ctx.device)
+            model.temperature = self.temperature.at(self.step)
             if update_arch:
                 xv, yv = next(self.val_stream)
                 xv, yv = xv.to(ctx.device), yv.to(ctx.device)
@@ -133,6 +151,7 @@ class DifferentiableSearch(SearchStrategy):
             train_m.add(loss, logits, y)
             self.end_weight_step(y.shape[0], self.train_loader)
         self.partial = None
+        model.temperature = self.temperature.at(self.step - 1)
         self.scheduler.step()
         ctx.broadcast_buffers(model)
         train_loss, train_acc = train_m.result(ctx)
@@ -140,7 +159,7 @@ class DifferentiableSearch(SearchStrategy):
         self.images += len(self.eval_loader.indices()) * ctx.world_size
         g = model.genotype()
         rec: dict[str, Any] = {
-            "epoch": self.epoch, "lr": lr, "arch_updates": update_arch,
+            "epoch": self.epoch, "lr": lr, "arch_updates": update_arch, "alpha_temperature": model.temperature,
             "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
         }
         if update_arch:
@@ -150,11 +169,12 @@ class DifferentiableSearch(SearchStrategy):
         if val_acc > self.best_acc:
             self.best_acc, self.best_epoch, self.best = val_acc, self.epoch, g
         rec["best_epoch"] = self.best_epoch
-        if update_arch and self.stopper.enabled:
+        if update_arch:
             n, r = model.edge_strengths()
             ops, steps, zero = model.ops, model.steps, model.space.zero_op
             ranks = {"normal": ranking(n, ops, steps, zero), "reduce": ranking(r, ops, steps, zero)}
             reason = self.stopper.update(ranks, g)
+            rec["genotype_changes"] = self.stopper.changes
             if reason:
                 self.stop_reason, self.stop_epoch = f"early_stop:{reason}", self.epoch
                 rec.update(stop_reason=self.stop_reason, stop_epoch=self.epoch, stop_detail=self.stopper.detail)
@@ -188,7 +208,10 @@ class DifferentiableSearch(SearchStrategy):
                 "alphas": {k: nested(v) for k, v in self.model.arch_weights().items()},
                 "settings": {"k_normal": self.k_normal, "k_reduce": self.k_reduce, "edge_norm": self.edge_norm,
                              "warmup_epochs": self.warmup, "arch_lr": self.arch_lr, "unrolled": self.cfg.unrolled,
-                             "precision": self.cfg.precision, "early_stop": self.stopper.criterion}}
+                             "precision": self.cfg.precision, "early_stop": self.stopper.criterion,
+                             "max_param_free_ops": self.cfg.max_param_free_ops,
+                             "alpha_temperature": [self.temperature.start, self.temperature.end],
+                             "alpha_temperature_schedule": self.temperature.kind}}
 
     def models(self) -> dict[str, torch.nn.Module]:
         return {"supernet": self.model}
@@ -212,6 +235,7 @@ class DifferentiableSearch(SearchStrategy):
         self.best = Genotype.from_dict(state["best"]) if state["best"] else None
         partial = state.get("partial")
         self.partial = {k: Meter.from_state(m) for k, m in partial.items()} if partial else None
+        self.model.temperature = self.temperature.at(self.step - 1)
 
 
 class DartsSearch(DifferentiableSearch):

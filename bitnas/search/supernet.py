@@ -6,6 +6,8 @@
 - Edge normalisation: β per incoming edge, softmaxed over a node's edges, scales each edge.
 - Single-path mode (`paths`): each edge runs one chosen op (−1 leaves the edge out) — CP-NAS
   samples and random search.
+- Collapse remedies (`collapse.py`): `temperature` T of the op softmax, softmax(α / T), and
+  `max_param_free` capping the parameter-free ops of each derived cell (defaults: 1, no cap).
 α and β are registered parameters, so they move with `.to(device)` and live in checkpoints.
 
 Hot path: a cell computes each node in one pass — every op output of every incoming edge is
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 from bitnas.common.edges import rank_edges
 from bitnas.common.layout import is_channels_last, relayout, use_channels_last
 from bitnas.errors import ConfigError
+from bitnas.search.collapse import KeptEdge, cap_param_free
 from bitnas.space.batchnorm import BatchNorm2d
 from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Genotype
@@ -256,6 +259,12 @@ class SuperNetwork(nn.Module):
         self.betas_reduce = nn.Parameter(1e-3 * torch.randn(e))
         self.last_features: Tensor | None = None
         self.channels_last: bool | None = None
+        self.temperature = 1.0
+        self.max_param_free = -1
+
+    def op_weights(self, alphas: Tensor) -> Tensor:
+        """softmax(α / T) over each edge's ops (T = 1: exactly the DARTS softmax)."""
+        return F.softmax(alphas if self.temperature == 1.0 else alphas / self.temperature, dim=-1)
 
     def use_channels_last(self, x: Tensor) -> bool:
         """Channels-last activations: `channels_last` if set, else on for CPU (oneDNN convs on few
@@ -279,8 +288,8 @@ class SuperNetwork(nn.Module):
         s0 = s1 = self.stem(x)
         if self.use_channels_last(x):
             s0 = s1 = relayout(s0, torch.channels_last, torch.contiguous_format)
-        wn = F.softmax(self.alphas_normal, dim=-1)
-        wr = F.softmax(self.alphas_reduce, dim=-1)
+        wn = self.op_weights(self.alphas_normal)
+        wr = self.op_weights(self.alphas_reduce)
         en = normalized_edge_weights(self.betas_normal, self.steps) if self.edge_norm and paths is None else None
         er = normalized_edge_weights(self.betas_reduce, self.steps) if self.edge_norm and paths is None else None
         for cell in self.cells:
@@ -297,7 +306,8 @@ class SuperNetwork(nn.Module):
 
     def arch_weights(self) -> dict[str, Tensor]:
         """Softmaxed α (and normalised β) — what the run directory records each epoch."""
-        out = {"normal": F.softmax(self.alphas_normal, -1).detach(), "reduce": F.softmax(self.alphas_reduce, -1).detach()}
+        out = {"normal": self.op_weights(self.alphas_normal).detach(),
+               "reduce": self.op_weights(self.alphas_reduce).detach()}
         if self.edge_norm:
             out["beta_normal"] = normalized_edge_weights(self.betas_normal, self.steps).detach()
             out["beta_reduce"] = normalized_edge_weights(self.betas_reduce, self.steps).detach()
@@ -314,24 +324,29 @@ class SuperNetwork(nn.Module):
 
     def genotype(self) -> Genotype:
         n, r = self.edge_strengths()
-        return derive_genotype(n, r, self.ops, self.steps, self.multiplier, self.space.zero_op)
+        return derive_genotype(n, r, self.ops, self.steps, self.multiplier, self.space.zero_op, self.max_param_free)
 
 
-def _derive_cell(scores: Tensor, ops: Sequence[str], steps: int, zero_op: str | None) -> list[tuple[str, int]]:
-    """Per node keep the 2 incoming edges with the strongest non-zero op (DARTS rule)."""
-    gene: list[tuple[str, int]] = []
-    for node in rank_edges(scores, ops, steps, zero_op):
+def _derive_cell(scores: Tensor, ops: Sequence[str], steps: int, zero_op: str | None,
+                 max_param_free: int = -1) -> list[tuple[str, int]]:
+    """Per node keep the 2 incoming edges with the strongest non-zero op (DARTS rule), then cap the
+    parameter-free ops of the cell (`cap_param_free`; −1 = no cap)."""
+    kept: list[KeptEdge] = []
+    start = 0
+    for i, node in enumerate(rank_edges(scores, ops, steps, zero_op)):
         for e in sorted(node[:2], key=lambda e: e.input):
-            gene.append((ops[e.op], e.input))
-    return gene
+            kept.append((start + e.input, e.op, e.input))
+        start += 2 + i
+    return [(ops[op], inp) for _, op, inp in cap_param_free(kept, scores, ops, max_param_free)]
 
 
 def derive_genotype(normal: Tensor, reduce: Tensor, ops: Sequence[str], steps: int = 4, multiplier: int = 4,
-                    zero_op: str | None = "none") -> Genotype:
-    """Genotype from per-edge op scores (E×O); -inf marks ops no longer available."""
+                    zero_op: str | None = "none", max_param_free: int = -1) -> Genotype:
+    """Genotype from per-edge op scores (E×O); -inf marks ops no longer available. `max_param_free`
+    ≥ 0 caps the parameter-free ops per cell (`collapse.cap_param_free`)."""
     concat = tuple(range(2 + steps - multiplier, steps + 2))
-    return Genotype(normal=tuple(_derive_cell(normal, ops, steps, zero_op)), normal_concat=concat,
-                    reduce=tuple(_derive_cell(reduce, ops, steps, zero_op)), reduce_concat=concat)
+    return Genotype(normal=tuple(_derive_cell(normal, ops, steps, zero_op, max_param_free)), normal_concat=concat,
+                    reduce=tuple(_derive_cell(reduce, ops, steps, zero_op, max_param_free)), reduce_concat=concat)
 
 
 def genotype_paths(g: Genotype, ops: Sequence[str]) -> dict[str, list[int]]:

@@ -11,14 +11,31 @@
   not changed for `early_stop_patience` = 3 epochs). Measured on Fashion-MNIST (1000 images, C=8,
   5 cells, 12 epochs of which 4 warm-up, seeds 0 and 1, early_stop=none, criteria replayed on the
   recorded α): right after warm-up α is still near uniform, so the derived normal cell holds ≥ 2
-  skip connections by chance (a uniform draw over 7 ops gives that about a third of the time).
-  The DARTS+ `skip` rule (and so `any`) fired at the first α epoch of seed 1 and kept a genotype
-  sharing 25 % of its edges with the final one, 11 points lower in validation accuracy; skips
-  then vanished in both seeds. The genotype kept changing every epoch (1–7 of its 16 edges), so
-  `stable`/`genotype` never fired early for any patience 1–4: they cannot stop a search that
-  has not settled. `genotype` is the rule whose firing guarantees the result has not moved for P
-  epochs; P = 3 is conservative, as the short runs cannot separate patiences. Use `skip`/`any`
-  with `early_stop_min_epochs` to guard against late skip collapse.
+  skip connections by chance; the DARTS+ `skip` rule (and so `any`) fired at the first α epoch
+  of seed 1 and kept a genotype sharing 25 % of its edges with the final one, 11 points lower in
+  validation accuracy. Use `skip`/`any` with `early_stop_min_epochs` against late skip collapse.
+
+  Why `genotype` never fired in the study (issue 17; Bi-Real structure, ApproxSign, C=8, 5 cells,
+  12 epochs, early_stop=none, every epoch's genotype and α in metrics.jsonl): no defect — the
+  criterion cannot trigger at this scale. Adam moves each α by about its lr (6e-4) per step,
+  whatever the gradient's size, and a search here makes 8–16 α steps per epoch, 64–128 in all:
+  the mean spread of an edge's α over its 7 ops grew by 0.007 (1000 images) / 0.015 (2000 images)
+  per epoch to 0.06 / 0.11 at the end, the median gap between an edge's two strongest ops stayed
+  at 0.003 / 0.01 — an edge's largest and smallest op weight end 6 % / 12 % apart, and the genotype is
+  decided by near-ties that gradient noise flips. The edges changed per α epoch fell
+  14, 6, 4, 3, 2, 4, 1, 0 (1000 images, seed 0) and 15, 6, 5, 5, 2, 3, 0, 1 (2000 images, seed 1):
+  the genotype settles only in the last epochs, so 3 unchanged epochs in a row (4 identical
+  genotypes) never occur within 8 α epochs. With 2000 images the normal cell held 0–1
+  convolutions from the first α epoch on: the cells drift to pooling at once while the edges
+  keep reshuffling among pooling choices, which an early stop cannot repair (see the collapse
+  remedies). `early_stop_tolerance` makes the criterion usable here: the genotype counts as
+  unchanged when it differs from each of the last P epochs' genotypes in at most that many
+  edges. Replayed, patience 1 with tolerance 3 fires after the 4th α epoch of seed 0 (45 % of
+  the search time saved; that genotype is 6 of 16 edges from the final one) and after the 5th of
+  seed 1 (22 % saved, 4 edges off); patience 2 fires before the last epoch only with tolerance
+  ≥ 4 (seed 0) / ≥ 3 (seed 1), patience 3 with no tolerance ≤ 4. Run for real on seed 0, the
+  search stopped after epoch 8 of 12 (10,000 of 16,000 images). Whether such a stop costs
+  accuracy is a study question (arms `ubnas_stop` / `ubnas_nostop`); the default stays until it is answered.
 """
 from __future__ import annotations
 

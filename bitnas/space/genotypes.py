@@ -22,6 +22,11 @@ MAX_EDGES = 128  # 64 intermediate nodes: far beyond any cell, small enough to r
 MAX_TEXT_BYTES = 1 << 20
 
 
+def is_parametric(op: str) -> bool:
+    """True for an op with weights (a convolution); skip, pooling and zero are parameter-free."""
+    return "conv" in op
+
+
 @dataclass(frozen=True)
 class Genotype:
     """normal/reduce: (op, input) pairs, two per intermediate node; concat: nodes concatenated."""
@@ -68,7 +73,7 @@ class Genotype:
     def parametric_ops(self) -> dict[str, int]:
         """Edges per cell whose op has weights (a convolution): 0 in a normal cell is the collapse
         of DARTS-style searches to skip connections and pooling (METHODS §7)."""
-        return {cell: sum("conv" in op for op, _ in getattr(self, cell)) for cell in ("normal", "reduce")}
+        return {cell: sum(is_parametric(op) for op, _ in getattr(self, cell)) for cell in ("normal", "reduce")}
 
     def to_dict(self) -> dict[str, Any]:
         return {

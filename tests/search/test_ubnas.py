@@ -9,9 +9,9 @@ import torch
 
 from bitnas.search import ubnas  # noqa: F401 - registers the strategy
 from bitnas.search.config import SearchConfig
-from bitnas.search.early_stopping import EarlyStopping, count_skips, ranking
+from bitnas.search.early_stopping import EarlyStopping, count_skips, genotype_distance, ranking
 from bitnas.search.runner import run_search
-from bitnas.search.supernet import SuperNetwork
+from bitnas.search.supernet import SuperNetwork, derive_genotype
 from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Genotype
 from bitnas.space.spaces import get_space
@@ -108,3 +108,47 @@ def test_real_search_stops_early_and_records_why(tmp_path: Path) -> None:
     recs = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert len(recs) == 2 and recs[-1]["stop_reason"] == "early_stop:genotype" and recs[-1]["stop_epoch"] == 1
     assert "stop_reason" not in recs[0]
+
+
+def alpha_trajectory(settles: bool, epochs: int = 10, seed: int = 0) -> list[tuple[dict, Genotype]]:
+    """(ranking, genotype) per epoch derived from constructed α. Settling: a fixed direction grows
+    by a constant step per epoch (as Adam moves α) under fresh noise of constant size, so near-ties
+    resolve and the genotype changes less and less. Not settling: fresh noise only, no direction."""
+    ops = get_space("ubnas").ops
+    g = torch.Generator().manual_seed(seed)
+    direction = {c: torch.randn(14, len(ops), generator=g) for c in ("normal", "reduce")}
+    out = []
+    for t in range(epochs):
+        a = {c: (0.03 * (t + 1) * direction[c] if settles else 0) + 0.01 * torch.randn(14, len(ops), generator=g)
+             for c in ("normal", "reduce")}
+        s = {c: torch.softmax(a[c], -1) for c in a}
+        out.append(({c: ranking(s[c], ops, 4, "none") for c in s}, derive_genotype(s["normal"], s["reduce"], ops)))
+    return out
+
+
+@pytest.mark.parametrize("tolerance", [0, 2])
+def test_genotype_criterion_fires_on_a_settling_alpha_trajectory_only(tolerance: int) -> None:
+    settling, drifting = alpha_trajectory(True, 12), alpha_trajectory(False, 12)
+    s = EarlyStopping("genotype", patience=3, tolerance=tolerance)
+    fired = run(s, settling)
+    assert "genotype" in fired
+    first = fired.index("genotype")
+    window = [g.to_dict() for _, g in settling[first - 3:first + 1]]
+    assert all(genotype_distance(window[-1], w) <= tolerance for w in window[:-1])
+    changes = [genotype_distance(a.to_dict(), b.to_dict()) for (_, a), (_, b) in zip(settling, settling[1:])]
+    assert changes[0] > changes[-1]  # the constructed trajectory does settle
+    d = EarlyStopping("genotype", patience=3, tolerance=tolerance)
+    assert run(d, drifting) == [""] * 12
+    assert d.changes is not None and d.changes > tolerance
+
+
+def test_tolerance_counts_edges_against_every_genotype_of_the_window() -> None:
+    g0 = geno()
+    g1 = geno(BASE[:-1] + (("conv_5x5", 4),))                        # 1 edge from g0
+    g2 = geno(BASE[:-2] + (("conv_5x5", 1), ("conv_5x5", 4)))        # 1 edge from g1, 2 from g0
+    assert genotype_distance(g0.to_dict(), g2.to_dict()) == 2
+    hist = [(rank(0), g) for g in (g0, g1, g2)]
+    assert run(EarlyStopping("genotype", patience=2, tolerance=1), hist) == [""] * 3
+    assert run(EarlyStopping("genotype", patience=2, tolerance=2), hist)[-1] == "genotype"
+    s = EarlyStopping("genotype", patience=1, tolerance=1)
+    assert run(s, [(rank(0), g0), (rank(0), g1)]) == ["", "genotype"] and "beyond 1 edge" in s.detail and s.changes == 1

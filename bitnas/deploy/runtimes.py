@@ -15,6 +15,7 @@ the Q/DQ'd binary convs still run on its int8 kernels.
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import math
 from pathlib import Path
@@ -161,7 +162,7 @@ def read_openvino(path: str | Path) -> tuple[Any, dict[str, Any]]:
     if p.suffix.lower() == ".onnx":
         data, meta = read_onnx(p)
         try:
-            return ov.Core().read_model(data), meta
+            return ov.convert_model(io.BytesIO(data)), meta
         except Exception as e:
             raise BitnasError(f"{p}: OpenVINO cannot read this ONNX model ({_first_line(e)})") from None
     xml = _read_bytes(p)

@@ -13,7 +13,9 @@ Contenders, batch 1 and 64, 3×32×32 inputs (the `bireal` network of `benchmark
   CPUs, as a deployer would get).
 
 All contenders of one batch size are timed interleaved in one process (the order alternates
-between rounds, one warm-up); figures are wall-clock medians, "cpu" the thread-CPU-time medians.
+between rounds, one warm-up); figures are wall-clock medians and "cpu" the medians of the
+process's CPU time (the runtimes compute on their own worker threads; with one compute thread
+this leaves out the time other jobs of a shared machine take the core).
 The goal of issue 20: the exported network on its faster runtime within 1.2× of that runtime's
 int8 twin, and faster than the bitpack engine.
 
@@ -67,9 +69,9 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
     times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     for r in range(rounds):
         for n in (names if r % 2 == 0 else names[::-1]):
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0 = time.perf_counter(), time.process_time()
             fns[n]()
-            times[n].append((time.perf_counter() - t0, time.thread_time() - c0))
+            times[n].append((time.perf_counter() - t0, time.process_time() - c0))
     return times
 
 

@@ -6,7 +6,8 @@ Networks as in `tests/deploy/test_engine_network.py` (random binary weights, BN 
 real images, a ridge-regression classifier on their own features, C = 4, 3 cells). Per network
 and runtime: images whose float64 evaluation takes a sign within float32 rounding of zero
 (counted, left out), the largest relative logit error on the rest, top-1 agreement with the
-float64 evaluation and with the float32 float path, and accuracy.
+float64 evaluation and with the float32 float path (where they differ: whether the float64 logits' top two lie within the 1e-4
+tolerance — a tie any two float32 implementations may break differently), and accuracy.
 
     .venv/bin/python scripts/onnx_acceptance.py [--json]
 """
@@ -59,11 +60,16 @@ def batched(fn, x: torch.Tensor, size: int = 500) -> torch.Tensor:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="both paddings for every structure (default: one network "
+                                                      "per structure, paddings alternating, and Bi-Real)")
     a = p.parse_args()
     torch.set_num_threads(1)
     data = images()
     x, y = data["x"], data["y"]
-    cases = [(s, pv) for s in STRUCTURES.names() for pv in (0.0, 1.0)] + [("net:bireal", 0.0), ("net:reactnet", 0.0)]
+    names = STRUCTURES.names()
+    cases = [(s, 1.0 if i % 2 else 0.0) for i, s in enumerate(names)] + [("net:bireal", 0.0)]
+    if a.all:
+        cases = [(s, pv) for s in names for pv in (0.0, 1.0)] + [("net:bireal", 0.0), ("net:reactnet", 0.0)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for structure, pv in cases:
@@ -82,6 +88,10 @@ def main() -> int:
                 ok = ~ambiguous
                 err = relative_error(got, want)
                 float_exact = relative_error(f, want) < 1e-4
+                top2 = want.topk(2, 1).values
+                tie = (top2[:, 0] - top2[:, 1]) / want.abs().amax(1) < 1e-4  # top two within the tolerance
+                differs = (got.argmax(1) != f.argmax(1)) & ok & float_exact
+                differs64 = (got.argmax(1) != want.argmax(1)) & ok
                 rows.append({"structure": structure, "pad_value": pv, "engine": engine,
                              "ambiguous": int(ambiguous.sum()), "max_rel_err": float(err[ok].max()),
                              "top1_eq_float64": bool(torch.equal(got.argmax(1)[ok], want.argmax(1)[ok])),
@@ -89,16 +99,20 @@ def main() -> int:
                              "float_path_off_float64": int((~float_exact).sum()),
                              "top1_eq_float_path_where_exact": bool(torch.equal(got.argmax(1)[float_exact],
                                                                                 f.argmax(1)[float_exact])),
+                             "top1_differs_float64_not_tie": int((differs64 & ~tie).sum()),
+                             "top1_differs": int(differs.sum()), "top1_differs_not_tie": int((differs & ~tie).sum()),
                              "accuracy": float((got.argmax(1) == y).float().mean())})
                 r = rows[-1]
                 if not a.json:
                     print(f"{structure:<13} pad {pv:.0f} {engine:<11} ambiguous {r['ambiguous']:4d}/2000  "
-                          f"max rel err {r['max_rel_err']:.1e}  top-1 = float64 {r['top1_eq_float64']}  "
+                          f"max rel err {r['max_rel_err']:.1e}  top-1 = float64 {r['top1_eq_float64']} "
+                          f"(non-tie differences {r['top1_differs_float64_not_tie']})  "
                           f"= float path {r['top1_eq_float_path']} (float path off float64 on "
-                          f"{r['float_path_off_float64']}; equal elsewhere {r['top1_eq_float_path_where_exact']})  "
+                          f"{r['float_path_off_float64']}; differs elsewhere on {r['top1_differs']}, of which "
+                          f"{r['top1_differs_not_tie']} not a top-2 tie within 1e-4)  "
                           f"acc {100 * r['accuracy']:.1f}%", flush=True)
-    passed = all(r["max_rel_err"] < 1e-4 and r["top1_eq_float64"] and r["top1_eq_float_path_where_exact"]
-                 and r["ambiguous"] < 500 for r in rows)
+    passed = all(r["max_rel_err"] < 1e-4 and r["top1_differs_not_tie"] == 0
+                 and r["top1_differs_float64_not_tie"] == 0 and r["ambiguous"] < 500 for r in rows)
     if a.json:
         print(json.dumps({"rows": rows, "passed": passed}))
     else:

@@ -37,6 +37,7 @@ OPSET = 17  # ONNX Runtime and OpenVINO both read it; QuantizeLinear per tensor,
 FORMS = ("qdq", "float")
 INPUT, OUTPUT = "input", "logits"
 META_PREFIX = "bitnas."
+BCONV = "bconv:"  # node and output name prefix of a binary conv (the OpenVINO BinaryConvolution pass finds them)
 _INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -80,7 +81,7 @@ class OnnxBuilder:
         return self.const(np.asarray(v, np.float64).reshape(1, -1, 1, 1), hint=hint)
 
     def op(self, kind: str, inputs: list[str], name: str | None = None, **attrs: Any) -> str:
-        out = self.fresh(kind.lower())
+        out = name or self.fresh(kind.lower())
         self.nodes.append(self.helper.make_node(kind, inputs, [out], name=name or out, **attrs))
         return out
 
@@ -114,7 +115,7 @@ class OnnxBuilder:
         else:
             weight = self.const(w.astype(np.float32), hint=f"{name}.weight")
         self.binary_convs += 1
-        return self.op("Conv", [signs, weight], name=f"bconv:{name}", kernel_shape=list(w.shape[2:]),
+        return self.op("Conv", [signs, weight], name=f"{BCONV}{name}", kernel_shape=list(w.shape[2:]),
                        strides=[int(s) for s in row["stride"]], pads=pads,
                        dilations=[int(d) for d in row["dilation"]], group=int(row["groups"]))
 

@@ -116,7 +116,8 @@ def classify(model_path: str, images: list[Path], *, engine: str = "auto", threa
     if kind in ("onnx", "openvino") or engine in RUNTIMES:
         model = load_export(model_path, engine if engine in RUNTIMES else "auto", threads=threads)
         inp, used = model.meta["input"] or {}, model.engine
-        exp = {"input": inp, "arch": model.meta.get("arch") or {"network": {}}}
+        net = (model.meta.get("arch") or {}).get("network")
+        exp = {"input": inp, "arch": {"network": net if isinstance(net, dict) else {}}}
         if not inp:
             raise BitnasError(f"{model_path}: holds no bitnas metadata (input normalisation); export it with "
                               "`bitnas export CHECKPOINT --format onnx|openvino`")

@@ -98,6 +98,13 @@ def parse_meta(props: dict[str, str], source: str) -> dict[str, Any]:
             raise BitnasError(f"{source}: metadata {META}{key} is not JSON") from None
         if not isinstance(meta[key], dict):
             raise BitnasError(f"{source}: metadata {META}{key} must be a JSON object")
+    net = (meta["arch"] or {}).get("network")
+    if meta["arch"] is not None and not isinstance(net, dict):
+        raise BitnasError(f"{source}: metadata {META}arch has no network description")
+    for key in ("num_classes", "in_channels"):
+        v = (net or {}).get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1_000_000):
+            raise BitnasError(f"{source}: metadata arch.network.{key} must be a positive integer")
     inp = meta["input"]
     if inp is not None:
         c = inp.get("in_channels")

@@ -761,7 +761,8 @@ def _evaluate_runtime_file(path: str, data: str, batch_size: int, engine: str, t
     if file_kind(path) == "bitnas" or file_kind(path) is None:
         raise ConfigError(f"{path}: --engine {engine} runs `bitnas export --format onnx|openvino` files (.onnx, .xml)")
     model = load_export(path, engine if engine != "torch" else "auto", threads=threads)
-    net = (model.meta.get("arch") or {}).get("network") or {}
+    net = (model.meta.get("arch") or {}).get("network")
+    net = net if isinstance(net, dict) else {}
     size = (model.meta.get("input") or {}).get("image_size") or 0
     kw = {"image_size": size} if size and data.split(":", 1)[0].strip() in ("imagefolder", "image-folder") else {}
     test = load_dataset(data, "test", **kw)

@@ -229,6 +229,8 @@ ONNX_CASES = {
     "metadata not JSON": (lambda p: _onnx_edit(p.parent / "src.onnx", p, _meta("bitnas.input", "{oops")), "is not JSON"),
     "negative std": (lambda p: _onnx_edit(p.parent / "src.onnx", p, _meta("bitnas.input", json.dumps(
         {"in_channels": 1, "mean": [0.2], "std": [-1.0]}))), "input.std must be positive"),
+    "string class count": (lambda p: _onnx_edit(p.parent / "src.onnx", p, _meta("bitnas.arch", json.dumps(
+        {"network": {"num_classes": "ten"}}))), "arch.network.num_classes must be a positive integer"),
     "broken graph": (lambda p: _onnx_edit(p.parent / "src.onnx", p, lambda m: m.graph.node[3].input.__setitem__(
         0, "nowhere")), "invalid ONNX model"),
 }

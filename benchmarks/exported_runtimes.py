@@ -6,6 +6,8 @@ Contenders, batch 1 and 64, 3×32×32 inputs (the `bireal` network of `benchmark
 - ort_qdq / ort_float: our exact ONNX export (Q/DQ int8 form; ±1 float-weight form) on ONNX Runtime;
 - ov_int8 / ov_float: our OpenVINO IR converted from those ONNX forms, compiled with f32 inference
   precision (what keeps the float parts exact; see `bitnas/deploy/runtimes.py`);
+- ov_binary: the IR with OpenVINO's BinaryConvolution (u1 weights) for the binary convs, compiled
+  for the batch size (static shapes; the row of the other batch size is a no-op);
 - ort_twin_int8 / ov_twin_int8: the fp32 twin (ReLU where the child signs; `torch.onnx.export(...,
   dynamo=False)`) quantised by `onnxruntime.quantization.quantize_static` (QDQ, per-channel int8
   weights, int8 activations, calibrated on 8 random batches), on each runtime with its defaults
@@ -125,12 +127,14 @@ def exports(tmp: Path) -> dict[str, Path]:
     save_checkpoint(ck, {"arch": arch_spec(None, precision="binary", **NETWORK), "model": child.state_dict(),
                          "image_size": 32})
     out = {"bitnas": tmp / "bireal.bitnas", "qdq": tmp / "bireal_qdq.onnx", "float": tmp / "bireal_float.onnx",
-           "ir_int8": tmp / "bireal_int8.xml", "ir_float": tmp / "bireal_float.xml"}
+           "ir_int8": tmp / "bireal_int8.xml", "ir_float": tmp / "bireal_float.xml",
+           "ir_binary": tmp / "bireal_binary.xml"}
     export_checkpoint(ck, out["bitnas"])
     export_checkpoint(ck, out["qdq"], "onnx", "qdq")
     export_checkpoint(ck, out["float"], "onnx", "float")
     export_checkpoint(ck, out["ir_int8"], "openvino", "int8")
     export_checkpoint(ck, out["ir_float"], "openvino", "float")
+    export_checkpoint(ck, out["ir_binary"], "openvino", "binary")
     return out
 
 
@@ -149,6 +153,13 @@ def runners(paths: dict[str, Path], twin: Path) -> dict[str, Callable[[np.ndarra
         req = ov.Core().compile_model(model, "CPU", config).create_infer_request()
         return lambda x: req.infer({0: x})
 
+    def ov_static(path: Path, batch: int) -> Callable[[np.ndarray], object]:
+        """BinaryConvolution runs on static shapes only: one compiled model per batch size."""
+        model = ov.Core().read_model(str(path))
+        model.reshape([batch, 3, 32, 32])
+        req = ov.Core().compile_model(model, "CPU", openvino_config(1)).create_infer_request()
+        return lambda x: req.infer({0: x}) if x.shape[0] == batch else None
+
     net = load_export(paths["bitnas"], "bitpack")
     ov_default = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
     return {
@@ -156,6 +167,7 @@ def runners(paths: dict[str, Path], twin: Path) -> dict[str, Callable[[np.ndarra
         "ort_qdq": ort_session(paths["qdq"]), "ort_float": ort_session(paths["float"]),
         "ort_twin_int8": ort_session(twin),
         "ov_int8": ov_model(paths["ir_int8"], openvino_config(1)), "ov_float": ov_model(paths["ir_float"], openvino_config(1)),
+        "ov_binary_b1": ov_static(paths["ir_binary"], 1), "ov_binary_b64": ov_static(paths["ir_binary"], 64),
         "ov_twin_int8": ov_model(twin, ov_default),
     }
 
@@ -179,7 +191,8 @@ def main() -> int:
         for batch, rounds in zip((1, 64), a.rounds):
             x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1)).numpy()
             with torch.inference_mode():
-                t = interleaved({k: (lambda f=f: f(x)) for k, f in run.items()}, rounds)
+                live = {k: f for k, f in run.items() if not (k.startswith("ov_binary_b") and k != f"ov_binary_b{batch}")}
+            t = interleaved({k.replace(f"_b{batch}", ""): (lambda f=f: f(x)) for k, f in live.items()}, rounds)
             wall = {k: 1e3 * statistics.median(v[0] for v in ts) for k, ts in t.items()}
             cpu = {k: 1e3 * statistics.median(v[1] for v in ts) for k, ts in t.items()}
             rows.append({"batch": batch, "rounds": rounds, "ms": wall, "cpu_ms": cpu})

@@ -188,7 +188,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str = "bitna
         size = len(data)
     else:
         meta = onnx_export.metadata(exp, form)
-        size = openvino_export.write_ir(out, openvino_export.ir_model(data, meta))
+        ir = openvino_export.ir_model(data, meta)
+        if form == "binary":
+            openvino_export.binary_convolutions(ir)
+        size = openvino_export.write_ir(out, ir)
     sizes = export_sizes(exp, Path(out))
     return {**sizes, "format": fmt, "form": form, "file_bytes": size}
 

@@ -217,16 +217,34 @@ def openvino_config(threads: int = 1) -> dict[str, Any]:
 
 
 def openvino_network(path: str | Path, threads: int = 1) -> RuntimeNetwork:
+    """An IR or ONNX file compiled by OpenVINO. Its CPU plugin runs `BinaryConvolution` on static
+    shapes only, so a model holding one is compiled once per input shape (cached)."""
     ov = require("openvino", "openvino", "--engine openvino")
     model, meta = read_openvino(path)
-    try:
-        compiled = ov.Core().compile_model(model, "CPU", openvino_config(threads))
-    except Exception as e:
-        raise BitnasError(f"{path}: OpenVINO cannot compile this model ({_first_line(e)})") from None
-    request = compiled.create_infer_request()
+    core = ov.Core()
+    per_shape = any(op.get_type_name() == "BinaryConvolution" for op in model.get_ops())
+    requests: dict[tuple[int, ...], Any] = {}
+
+    def request(shape: tuple[int, ...]) -> tuple[Any, Any]:
+        key = shape if per_shape else ()
+        if key not in requests:
+            m = model
+            if per_shape:
+                m = model.clone()
+                m.reshape(list(shape))
+            try:
+                compiled = core.compile_model(m, "CPU", openvino_config(threads))
+            except Exception as e:
+                raise BitnasError(f"{path}: OpenVINO cannot compile this model ({_first_line(e)})") from None
+            requests[key] = (compiled.create_infer_request(), compiled.output(0))
+        return requests[key]
+
+    if not per_shape:
+        request(())
 
     def run(x: np.ndarray) -> np.ndarray:
-        return request.infer({0: x})[compiled.output(0)]
+        req, out = request(tuple(x.shape))
+        return req.infer({0: x})[out]
 
     return RuntimeNetwork(run, meta, "openvino", str(path))
 

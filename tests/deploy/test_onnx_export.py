@@ -292,3 +292,30 @@ def test_a_missing_runtime_is_named_in_one_line(module: str, argv: list[str], ex
     before = files(exported["dir"])
     refused(args, capsys, f"pip install 'bitnas[{extra}]'", tmp_path)
     assert files(exported["dir"]) == before
+
+
+@pytest.mark.skipif(not (HAVE["onnx"] and HAVE["openvino"]), reason="openvino not installed (pip install 'bitnas[openvino]')")
+@pytest.mark.parametrize("pad_value", [0.0, 1.0])
+def test_openvino_binary_convolution_form_is_exact(pad_value: float, data, tmp_path) -> None:
+    """Bi-Real at widths 16..64: every binary conv a BinaryConvolution with u1 weights."""
+    from bitnas.deploy import openvino_export
+
+    torch.manual_seed(0)
+    kw = dict(blocks="bireal", precision="binary", structure="bireal", init_channels=4, layers=3, num_classes=10,
+              in_channels=1, pad_value=pad_value)
+    net = build_network(None, **kw)
+    net.train()
+    with torch.no_grad():
+        net(data["x_train"][:128])
+    exp = export_network(net.eval(), arch_spec(None, **kw))
+    exp["input"]["image_size"] = 28
+    floats = network_from_export(exp)
+    ir = openvino_export.ir_model(onnx_model(exp, floats).SerializeToString(), {"bitnas.input": json.dumps(exp["input"])})
+    assert openvino_export.binary_convolutions(ir) == len(exp["binary"])
+    openvino_export.write_ir(tmp_path / "b.xml", ir)
+    assert b"BinaryConvolution" in (tmp_path / "b.xml").read_bytes()
+    x = data["x"][:N_IMAGES]
+    want, ambiguous = float64_reference(floats, x)
+    got = load_export(tmp_path / "b.xml", "openvino")(x)[0]
+    assert ambiguous.float().mean() < 0.25
+    assert relative_error(got, want)[~ambiguous].max() < 1e-4

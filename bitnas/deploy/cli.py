@@ -199,7 +199,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "are exact (needs bitnas[onnx]); openvino: an OpenVINO IR .xml + .bin (needs bitnas[openvino])")
     p.add_argument("--form", default=None,
                    help="onnx: qdq (default; ±1 int8 Q/DQ inputs and weights, float count) or float (±1 float "
-                        "weights); openvino: int8 (default, from the qdq graph) or float")
+                        "weights); openvino: int8 (default, from the qdq graph), binary (OpenVINO BinaryConvolution, u1 "
+                        "weights) or float")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("infer", help="classify image files with an exported network (1-bit kernels)",

@@ -18,7 +18,25 @@ MAX_UNSIZED_SIDE = 256
 MAX_BATCH_PIXELS = 64 * 224 * 224
 
 
-def check_export_target(out: Path, checkpoint: Path) -> None:
+def _replaceable(out: Path, fmt: str) -> bool:
+    """True when the existing `out` is an earlier export of format `fmt` (so it may be replaced)."""
+    from bitnas.deploy.export import is_export_file
+
+    if fmt == "bitnas":
+        return is_export_file(out)
+    try:
+        if fmt == "onnx":
+            from bitnas.deploy.runtimes import read_onnx
+
+            return read_onnx(out)[1].get("form") is not None
+        with open(out, "rb") as f:
+            text = f.read(64 << 20)
+        return b"<net" in text[:4096] and b"<bitnas>" in text
+    except (BitnasError, OSError):
+        return False
+
+
+def check_export_target(out: Path, checkpoint: Path, fmt: str = "bitnas") -> None:
     """Refuse an --out that would destroy something or cannot be written, before any work."""
     real = Path(os.path.realpath(out))
     for fs in PSEUDO_FS:
@@ -28,13 +46,16 @@ def check_export_target(out: Path, checkpoint: Path) -> None:
         raise BitnasError(f"--out {out}: is the checkpoint being exported; writing there would destroy it")
     if out.is_dir():
         raise BitnasError(f"--out {out}: is a directory; give a file name such as {out / 'model.bitnas'}")
-    if out.exists() or out.is_symlink():
-        from bitnas.deploy.export import is_export_file
-
-        if not out.is_file():
-            raise BitnasError(f"--out {out}: exists and is not a regular file")
-        if not is_export_file(out):
-            raise BitnasError(f"--out {out}: exists and is not a bitnas export; refusing to overwrite it")
+    if fmt == "openvino" and out.suffix.lower() != ".xml":
+        raise BitnasError(f"--out {out}: an OpenVINO IR is an .xml file (its .bin is written beside it)")
+    targets = [out, out.with_suffix(".bin")] if fmt == "openvino" else [out]
+    for target in targets:
+        if target.exists() or target.is_symlink():
+            if not target.is_file():
+                raise BitnasError(f"--out {out}: {target} exists and is not a regular file")
+            if not _replaceable(out, fmt):
+                what = {"bitnas": "a bitnas export", "onnx": "a bitnas ONNX export", "openvino": "a bitnas OpenVINO IR"}
+                raise BitnasError(f"--out {out}: {target} exists and is not {what[fmt]}; refusing to overwrite it")
     parent = real.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -50,11 +71,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     ck = Path(args.checkpoint)
     if not ck.is_file():
         raise BitnasError(f"{args.checkpoint}: checkpoint not found")
-    out = Path(args.out) if args.out else ck.with_suffix(".bitnas")
-    check_export_target(out, ck)
-    r = export_checkpoint(ck, out)
+    out = Path(args.out) if args.out else ck.with_suffix({"bitnas": ".bitnas", "onnx": ".onnx", "openvino": ".xml"}[args.format])
+    if args.format != "bitnas":
+        from bitnas.deploy.runtimes import require
+
+        require("onnx", "onnx" if args.format == "onnx" else "openvino", f"--format {args.format}")
+        if args.format == "openvino":
+            require("openvino", "openvino", "--format openvino")
+    check_export_target(out, ck, args.format)
+    r = export_checkpoint(ck, out, args.format, args.form)
     if args.json:
         print(json.dumps(r))
+    elif args.format != "bitnas":
+        print(f"wrote {r['out']}: {args.format} ({r['form']}), {r['binary_layers']} binary convs exact, "
+              f"{r['file_bytes']:,} bytes")
     else:
         ratio = r["fp32_model_bytes"] / max(r["packed_bytes"] + r["fp32_bytes"], 1)
         print(f"wrote {r['out']}: {r['binary_layers']} binarised convs, {r['binary_weights']:,} 1-bit weights in "
@@ -87,13 +117,26 @@ def classify(model_path: str, images: list[Path], *, engine: str = "auto", threa
     from bitnas.deploy import engine as kernels
     from bitnas.deploy.export import load_export, read_export
 
-    exp = read_export(model_path)
-    inp = exp["input"]
+    from bitnas.deploy.runtimes import RUNTIMES, file_kind
+
+    kind = file_kind(model_path)
+    if kind in ("onnx", "openvino") or engine in RUNTIMES:
+        model = load_export(model_path, engine if engine in RUNTIMES else "auto", threads=threads)
+        inp, used = model.meta["input"] or {}, model.engine
+        net = (model.meta.get("arch") or {}).get("network")
+        exp = {"input": inp, "arch": {"network": net if isinstance(net, dict) else {}}}
+        if not inp:
+            raise BitnasError(f"{model_path}: holds no bitnas metadata (input normalisation); export it with "
+                              "`bitnas export CHECKPOINT --format onnx|openvino`")
+    else:
+        exp = read_export(model_path)
+        inp = exp["input"]
+        used = "bitpack" if engine == "bitpack" or (engine == "auto" and kernels.available()) else "torch"
+        model = None
     if inp.get("mean") is None or inp.get("std") is None:
         raise BitnasError(f"{model_path}: holds no input normalisation (exported from a checkpoint without data "
                           "statistics); export a `bitnas train` checkpoint")
-    used = "bitpack" if engine == "bitpack" or (engine == "auto" and kernels.available()) else "torch"
-    model = load_export(model_path, used, threads=threads)
+    model = model or load_export(model_path, used, threads=threads)
     mode = "L" if inp["in_channels"] == 1 else "RGB"
     if inp["in_channels"] not in (1, 3):
         raise BitnasError(f"{model_path}: takes {inp['in_channels']} channels; image files give 1 or 3")
@@ -135,12 +178,13 @@ def classify(model_path: str, images: list[Path], *, engine: str = "auto", threa
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from bitnas.deploy.export import is_export_file
+    from bitnas.deploy.runtimes import file_kind
 
     if not Path(args.model).is_file():
         raise BitnasError(f"{args.model}: export not found")
-    if not is_export_file(args.model):
-        raise BitnasError(f"{args.model}: not a bitnas export (make one with `bitnas export CHECKPOINT`)")
+    if file_kind(args.model) is None:
+        raise BitnasError(f"{args.model}: not a bitnas export (make one with `bitnas export CHECKPOINT`), nor an "
+                          ".onnx / OpenVINO .xml file")
     r = classify(args.model, _image_list(Path(args.images)), engine=args.engine, threads=args.threads,
                  topk=args.topk, batch_size=args.batch_size)
     if args.json:
@@ -163,6 +207,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output file (default: CHECKPOINT with suffix .bitnas); an existing "
                                                "file is only replaced if it is an export")
     p.add_argument("--json", action="store_true", help="print the sizes as one JSON object")
+    p.add_argument("--format", default="bitnas", choices=("bitnas", "onnx", "openvino"),
+                   help="bitnas (default): the packed .bitnas file; onnx: a standard ONNX model whose binary convs "
+                        "are exact (needs bitnas[onnx]); openvino: an OpenVINO IR .xml + .bin (needs bitnas[openvino])")
+    p.add_argument("--form", default=None,
+                   help="onnx: qdq (default; ±1 int8 Q/DQ inputs and weights, float count) or float (±1 float "
+                        "weights); openvino: int8 (default, from the qdq graph), binary (OpenVINO BinaryConvolution, u1 "
+                        "weights) or float")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("infer", help="classify image files with an exported network (1-bit kernels)",
@@ -170,12 +221,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "run the exported network and print the top-k classes. With the C++ extension "
                                    "built, binary convolutions run on the XNOR-popcount kernels (AVX2 where the CPU "
                                    "has it; $BITNAS_ENGINE_ISA=scalar forces the portable ones).")
-    p.add_argument("model", metavar="FILE", help="a .bitnas export")
+    p.add_argument("model", metavar="FILE", help="a .bitnas export, or an .onnx / OpenVINO .xml export")
     p.add_argument("images", metavar="IMAGE|DIR", help="an image file, or a folder searched recursively")
     p.add_argument("--topk", type=positive_int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--engine", default="auto", choices=("auto", "bitpack", "torch"),
-                   help="auto: bitpack when the extension is built, else torch")
+    p.add_argument("--engine", default="auto", choices=("auto", "bitpack", "torch", "onnxruntime", "openvino"),
+                   help="auto: bitpack when the extension is built, else torch (.bitnas); onnxruntime for .onnx, "
+                        "openvino for .xml")
     p.add_argument("--threads", type=positive_int, default=1, help="kernel threads of the bitpack engine")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.set_defaults(func=cmd_infer)

@@ -152,13 +152,48 @@ def is_export_file(path: str | Path) -> bool:
     return container.is_container(path)
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
-    """Export the network of a bitnas training checkpoint to `out`; returns size figures."""
+FORMATS = ("bitnas", "onnx", "openvino")
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str = "bitnas", form: str | None = None) -> dict[str, Any]:
+    """Export the network of a bitnas training checkpoint to `out` as a `.bitnas` file, an ONNX model
+    (`form` qdq or float, `onnx_export.py`) or an OpenVINO IR (`form` int8 or float,
+    `openvino_export.py`); returns size figures."""
+    if fmt not in FORMATS:
+        raise BitnasError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     ck = load_checkpoint(checkpoint)
     model = network_from_checkpoint(ck, str(checkpoint))
     exp = export_network(model, ck["arch"], ck.get("image_size"), ck.get("data") if isinstance(ck.get("data"), dict) else None)
-    write_export(out, exp)
-    return export_sizes(exp, Path(out))
+    if fmt == "bitnas":
+        if form not in (None, "packed"):
+            raise BitnasError(f"--form {form}: a .bitnas export has one form")
+        write_export(out, exp)
+        return export_sizes(exp, Path(out))
+    from bitnas.deploy import onnx_export, openvino_export
+    from bitnas.deploy.runtimes import require
+    from bitnas.utils import atomic_write_bytes
+
+    forms = onnx_export.FORMS if fmt == "onnx" else openvino_export.FORMS
+    form = form or forms[0]
+    if form not in forms:
+        raise BitnasError(f"--form {form}: --format {fmt} has forms {', '.join(forms)}")
+    require("onnx", fmt, f"--format {fmt}")
+    if fmt == "openvino":
+        require("openvino", "openvino", "--format openvino")
+    onnx_form = form if fmt == "onnx" else openvino_export.ONNX_FORM[form]
+    proto = onnx_export.onnx_model(exp, network_from_export(exp, str(checkpoint)), onnx_form)
+    data = proto.SerializeToString()
+    if fmt == "onnx":
+        atomic_write_bytes(out, data)
+        size = len(data)
+    else:
+        meta = onnx_export.metadata(exp, form)
+        ir = openvino_export.ir_model(data, meta)
+        if form == "binary":
+            openvino_export.binary_convolutions(ir)
+        size = openvino_export.write_ir(out, ir)
+    sizes = export_sizes(exp, Path(out))
+    return {**sizes, "format": fmt, "form": form, "file_bytes": size}
 
 
 def export_sizes(exp: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -356,7 +391,7 @@ def network_from_export(exp: dict[str, Any], source: str = "export") -> nn.Modul
     return model.eval()
 
 
-ENGINES = ("torch", "bitpack", "auto")
+ENGINES = ("torch", "bitpack", "auto", "onnxruntime", "openvino")
 
 
 def load_export(path: str | Path, engine: str = "torch", *, threads: int = 1, isa: str | None = None) -> nn.Module:
@@ -365,10 +400,23 @@ def load_export(path: str | Path, engine: str = "torch", *, threads: int = 1, is
     engine="torch": the float network (frozen ±α kernels, ordinary convolutions);
     engine="bitpack": binary convs on the XNOR-popcount kernels (`bitnas.deploy.graph`), `threads`
     kernel threads, `isa` as in `bitnas.deploy.engine.resolve_isa`; "auto": bitpack when the
-    extension is built, else torch. Both return a module whose forward gives (logits, None).
+    extension is built, else torch. engine="onnxruntime" / "openvino" run an `.onnx` or OpenVINO
+    `.xml` export (`runtimes.py`; "auto" picks the runtime by suffix for those files). All return a
+    module whose forward gives (logits, None).
     """
     if engine not in ENGINES:
         raise BitnasError(f"engine '{engine}': expected one of {', '.join(ENGINES)}")
+    from bitnas.deploy import runtimes
+
+    kind = runtimes.file_kind(path)
+    if engine in runtimes.RUNTIMES or (engine == "auto" and kind in ("onnx", "openvino")):
+        if kind == "bitnas":
+            raise BitnasError(f"{path}: a .bitnas export runs on engine torch or bitpack; for {engine} export with "
+                              f"`bitnas export CHECKPOINT --format {'openvino' if engine == 'openvino' else 'onnx'}`")
+        return runtimes.load(path, engine, threads)
+    if kind in ("onnx", "openvino"):
+        raise BitnasError(f"{path}: an {'ONNX' if kind == 'onnx' else 'OpenVINO'} file runs on engine onnxruntime or "
+                          "openvino")
     exp = read_export(path)
     model = network_from_export(exp, str(path))
     from bitnas.deploy import engine as kernels

@@ -14,7 +14,6 @@ per sign transform, so a state read by several binary ops is packed once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,13 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitnas.binary import BinaryConv2d
-from bitnas.binary.quantizers import CallableQuantizer, LearnableBiasSign
 from bitnas.deploy import engine
 from bitnas.deploy.fold import bn_affine
-from bitnas.nets.blocks import BiRealUnit, ReActCell
+from bitnas.deploy.plan import (ChainPlan, ConcatPlan, IdentityPlan, Plan, PostAddPlan, ReducePlan, SequencePlan,
+                                SignTransform, Step, ZeroPlan, act_params, describe, folded, neg_bits)
 from bitnas.nets.cells import Cell
-from bitnas.space.operations import Conv7x1x7, FactorizedReduce, ReLUConvBN, Zero
-from bitnas.space.structures import ConvUnit, ResidualBlock, RPReLU, SepUnit
 
 CL = torch.channels_last
 
@@ -68,117 +65,6 @@ def new_act(n: int, c: int, h: int, w: int) -> tuple[Tensor, np.ndarray]:
     return buf.permute(0, 3, 1, 2), buf.numpy()
 
 
-@dataclass(eq=False)
-class SignTransform:
-    """The sign a binary conv takes of its input: sign(x·scale + shift) per channel."""
-
-    scale: np.ndarray | None
-    shift: np.ndarray | None
-
-
-def _sign_transform(bn_in: nn.Module, pre: nn.Module) -> SignTransform | None:
-    scale = shift = None
-    if isinstance(bn_in, nn.BatchNorm2d):
-        s, t = bn_affine(bn_in)
-        scale, shift = s, t
-    if isinstance(pre, LearnableBiasSign):
-        b = pre.bias.detach().double().reshape(-1).numpy()
-        shift = b if shift is None else shift + b
-    if scale is None and shift is None:
-        return None
-    return SignTransform(None if scale is None else scale.astype(np.float32),
-                         None if shift is None else shift.astype(np.float32))
-
-
-@dataclass(eq=False)
-class Step:
-    """One binary conv of a chain: sign transform of its input, shortcut, activation."""
-
-    layer: BinaryConv2d
-    name: str
-    sign: SignTransform | None = None
-    shortcut: str | None = None      # None, "identity" or "avgpool" (of this conv's chain input)
-    act: nn.Module | None = None      # PReLU, RPReLU or ReLU after the residual
-    pool: nn.Module | None = None
-    conv: engine.BinaryConv | None = field(default=None, repr=False)
-    float_out: bool = True
-    threshold: bool = False
-
-
-def _binary_input(layer: nn.Module, pre: nn.Module | None = None) -> bool:
-    """True when `layer` is a binary conv whose input is binarised by a sign (its own or an RSign)."""
-    if not isinstance(layer, BinaryConv2d) or not layer.is_binary:
-        return False
-    if isinstance(layer.weight_quantizer, CallableQuantizer):
-        return False
-    if layer.input_quantizer is None:
-        return isinstance(pre, LearnableBiasSign)
-    return not isinstance(layer.input_quantizer, CallableQuantizer)
-
-
-def _identity(m: nn.Module | None) -> bool:
-    return m is None or isinstance(m, nn.Identity)
-
-
-def chain_steps(m: nn.Module, name: str) -> list[Step] | None:
-    """The binary convs of `m` as a chain (each conv's output feeds only the next), or None."""
-    p = f"{name}." if name else ""
-    if isinstance(m, (ConvUnit, ReLUConvBN)) and _identity(m.pre) and _binary_input(m.conv):
-        return [Step(m.conv, p + "conv")]
-    if isinstance(m, SepUnit) and _identity(m.pre) and _binary_input(m.dw) and _binary_input(m.pw):
-        return [Step(m.dw, p + "dw"), Step(m.pw, p + "pw")]
-    if isinstance(m, Conv7x1x7) and _identity(m.pre) and _binary_input(m.conv_1) and _binary_input(m.conv_2):
-        return [Step(m.conv_1, p + "conv_1"), Step(m.conv_2, p + "conv_2")]
-    if isinstance(m, ResidualBlock) and _binary_input(m.conv, m.pre):
-        if not (isinstance(m.pre, LearnableBiasSign) or _identity(m.pre)):
-            return None
-        if m.shortcut is None:
-            shortcut = None
-        elif isinstance(m.shortcut, nn.Identity):
-            shortcut = "identity"
-        elif isinstance(m.shortcut, nn.AvgPool2d):
-            shortcut = "avgpool"
-        else:
-            return None
-        if not (_identity(m.act) or isinstance(m.act, (nn.PReLU, RPReLU, nn.ReLU))):
-            return None
-        return [Step(m.conv, p + "conv", _sign_transform(m.bn_in, m.pre), shortcut,
-                     None if _identity(m.act) else m.act, m.shortcut if shortcut == "avgpool" else None)]
-    if isinstance(m, BiRealUnit) and m.downsample is None:
-        return chain_steps(m.body, p + "body")
-    if isinstance(m, nn.Sequential) and len(m) > 0:
-        steps: list[Step] = []
-        for child_name, child in m.named_children():
-            sub = chain_steps(child, p + child_name)
-            if sub is None:
-                return None
-            steps += sub
-        return steps
-    return None
-
-
-def _neg_bits(row: dict[str, Any], bits: np.ndarray) -> np.ndarray:
-    """(C_out, C_in/g, KH, KW) booleans, true where the stored weight is −1 (stored bit 0)."""
-    off, nb = row["bits"]
-    n = int(np.prod(row["shape"]))
-    signs = np.unpackbits(np.asarray(bits[off:off + nb]), bitorder="big")[:n]
-    return (signs == 0).reshape(row["shape"])
-
-
-def _act_params(act: nn.Module | None, c: int) -> dict[str, Any]:
-    if act is None:
-        return {"act": "none"}
-    if isinstance(act, nn.ReLU):
-        return {"act": "relu"}
-    prelu = act.prelu if isinstance(act, RPReLU) else act
-    slope = prelu.weight.detach().float().reshape(-1).numpy()
-    slope = np.broadcast_to(slope, (c,)).copy()
-    if isinstance(act, RPReLU):
-        return {"act": "rprelu", "slope": slope, "shift_in": act.shift_in.detach().float().reshape(-1).numpy(),
-                "shift_out": act.shift_out.detach().float().reshape(-1).numpy()}
-    return {"act": "prelu", "slope": slope}
-
-
 class Compiler:
     """Builds units from the modules of the float network and the export's folded constants."""
 
@@ -189,15 +75,12 @@ class Compiler:
         self.compiled = 0  # binary convs placed on the kernels
 
     def fold(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        row = self.rows[name]
-        off, n = row["fold"]
-        v = np.asarray(self.exp["fold"][off:off + n], dtype=np.float64)
-        return v[:n // 2], v[n // 2:]
+        return folded(self.exp, self.rows[name])
 
     def kernel(self, layer: BinaryConv2d, name: str, padding: tuple[int, int] | None = None) -> engine.BinaryConv:
         row = self.rows[name]
         self.compiled += 1
-        return engine.BinaryConv(_neg_bits(row, self.exp["bits"]), layer.in_channels, stride=tuple(layer.stride),
+        return engine.BinaryConv(neg_bits(row, self.exp["bits"]), layer.in_channels, stride=tuple(layer.stride),
                                  padding=padding or tuple(layer.padding), dilation=tuple(layer.dilation),
                                  groups=layer.groups, pad_value=layer.pad_value if any(layer.padding) else 0.0)
 
@@ -214,36 +97,32 @@ class Compiler:
                 t = sign.shift.astype(np.float64) if sign is not None and sign.shift is not None else 0.0
                 st.conv.set_transform(threshold=engine.thresholds(s * mul, s * add + t, st.conv.k))
             else:
-                st.conv.set_transform(mul, add, **_act_params(st.act, st.conv.out_channels),
+                st.conv.set_transform(mul, add, **act_params(st.act, st.conv.out_channels),
                                       bits_scale=sign.scale if sign is not None else None,
                                       bits_shift=sign.shift if sign is not None else None)
         return Chain(steps, self.isa, self.threads)
 
     def unit(self, m: nn.Module, name: str) -> "Unit":
-        if isinstance(m, Zero):
-            return ZeroUnit(m)
-        if isinstance(m, nn.Identity):
-            return IdentityUnit()
-        steps = chain_steps(m, name)
-        if steps:
-            return self.chain(steps)
-        if (isinstance(m, FactorizedReduce) and _identity(m.pre) and _binary_input(m.conv_1)
-                and _binary_input(m.conv_2)):
-            return self.factorized_reduce(m, name)
-        if isinstance(m, BiRealUnit) and m.downsample is not None:
-            main = self.unit(m.body, f"{name}.body")
-            if isinstance(main, Chain):
-                return PostAddUnit(main, TorchUnit(m.downsample))
-        if isinstance(m, ReActCell):
-            spatial = self.unit(m.spatial, f"{name}.spatial")
-            pointwise = [self.unit(u, f"{name}.pointwise.{i}") for i, u in enumerate(m.pointwise)]
-            if all(isinstance(u, Chain) for u in pointwise):
-                return ConcatUnit(spatial, pointwise)  # type: ignore[arg-type]
-        if isinstance(m, nn.Sequential) and len(m) > 0:
-            return SequenceUnit([self.unit(c, f"{name}.{n}") for n, c in m.named_children()])
-        return TorchUnit(m)
+        return self.build(describe(m, name))
 
-    def factorized_reduce(self, m: FactorizedReduce, name: str) -> "FactorizedReduceUnit":
+    def build(self, p: Plan) -> "Unit":
+        if isinstance(p, ZeroPlan):
+            return ZeroUnit(p.module)
+        if isinstance(p, IdentityPlan):
+            return IdentityUnit()
+        if isinstance(p, ChainPlan):
+            return self.chain(p.steps)
+        if isinstance(p, ReducePlan):
+            return self.factorized_reduce(p.module, p.name)
+        if isinstance(p, PostAddPlan):
+            return PostAddUnit(self.chain(p.main.steps), TorchUnit(p.side))
+        if isinstance(p, ConcatPlan):
+            return ConcatUnit(self.build(p.first), [self.chain(c.steps) for c in p.chains])
+        if isinstance(p, SequencePlan):
+            return SequenceUnit([self.build(q) for q in p.parts])
+        return TorchUnit(p.module)
+
+    def factorized_reduce(self, m: nn.Module, name: str) -> "FactorizedReduceUnit":
         convs = []
         for conv_name, layer, pad in (("conv_1", m.conv_1, None), ("conv_2", m.conv_2, (-1, -1))):
             full = f"{name}.{conv_name}"
@@ -267,7 +146,7 @@ ZERO = object()
 
 
 class ZeroUnit(Unit):
-    def __init__(self, m: Zero) -> None:
+    def __init__(self, m: nn.Module) -> None:
         self.m = m
 
     def __call__(self, x: Act, post: Tensor | None = None) -> Any:

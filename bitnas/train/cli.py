@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a training checkpoint on a dataset's test split",
                        description="Rebuild the network stored in CHECKPOINT and report test top-1, top-5 and loss.")
     p.add_argument("checkpoint", metavar="CHECKPOINT",
-                   help="a bitnas training checkpoint (last.pt, best.pt, parent.pt) or a `bitnas export` file")
+                   help="a bitnas training checkpoint (last.pt, best.pt, parent.pt) or a `bitnas export` file "
+                        "(.bitnas, .onnx, OpenVINO .xml)")
     p.add_argument("--data", required=True, help="dataset NAME[:PATH] whose test split is evaluated")
     p.add_argument("--json", action="store_true", help="print one JSON object (top1, top5, loss, num_images, ...)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -68,7 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--genotype", default=None, help="refuse the checkpoint unless it was trained for this genotype")
     p.add_argument("--precision", default=None, choices=("binary", "fp32"),
                    help="refuse the checkpoint unless it holds a network of this precision")
-    p.add_argument("--engine", default="torch", choices=("torch", "bitpack"),
-                   help="bitpack: run an export's binary convs on the XNOR-popcount kernels (CPU)")
-    p.add_argument("--threads", type=positive_int, default=1, help="kernel threads of the bitpack engine")
+    p.add_argument("--engine", default="torch", choices=("torch", "bitpack", "onnxruntime", "openvino"),
+                   help="bitpack: run an export's binary convs on the XNOR-popcount kernels (CPU); onnxruntime / "
+                        "openvino: run an .onnx / OpenVINO .xml export (`bitnas export --format onnx|openvino`)")
+    p.add_argument("--threads", type=positive_int, default=1, help="threads of the bitpack engine or runtime")
     p.set_defaults(func=cmd_eval)

@@ -694,6 +694,30 @@ def check_network(cfg: TrainConfig, data: TrainData, genotype: Genotype | None) 
 
 # ---------------------------------------------------------------------------- eval
 
+def _evaluate_runtime_file(path: str, data: str, batch_size: int, engine: str, threads: int) -> dict[str, Any]:
+    """`evaluate_checkpoint` for an `.onnx` / OpenVINO `.xml` export on ONNX Runtime or OpenVINO."""
+    from bitnas.deploy.export import load_export
+    from bitnas.deploy.runtimes import file_kind
+
+    if file_kind(path) == "bitnas" or file_kind(path) is None:
+        raise ConfigError(f"{path}: --engine {engine} runs `bitnas export --format onnx|openvino` files (.onnx, .xml)")
+    model = load_export(path, engine if engine != "torch" else "auto", threads=threads)
+    net = (model.meta.get("arch") or {}).get("network")
+    net = net if isinstance(net, dict) else {}
+    size = (model.meta.get("input") or {}).get("image_size") or 0
+    kw = {"image_size": size} if size and data.split(":", 1)[0].strip() in ("imagefolder", "image-folder") else {}
+    test = load_dataset(data, "test", **kw)
+    c = test.input_shape[0]
+    if net and (c != net.get("in_channels") or test.num_classes != net.get("num_classes")):
+        raise DataError(f"{data}: {c} channel(s) and {test.num_classes} classes, but the network in {path} takes "
+                        f"{net.get('in_channels')} channel(s) and has {net.get('num_classes')} classes")
+    info = DistInfo(device=torch.device("cpu"))
+    m = evaluate_model(model, BatchLoader(test, batch_size, shuffle=False, seed=0), info, info.device, "test")
+    return {"top1": m["test_top1"], "top5": m["test_top5"], "loss": m["test_loss"], "num_images": m["test_images"],
+            "checkpoint": str(path), "data": data, "dataset": test.name, "precision": net.get("precision"),
+            "epoch": None, "engine": model.engine}
+
+
 def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str = "auto",
                         genotype: str | None = None, precision: str | None = None, engine: str = "torch",
                         threads: int = 1) -> dict[str, Any]:
@@ -704,10 +728,13 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
     Returns top1, top5 (in %), loss (mean cross-entropy), num_images, plus what was evaluated.
     """
     from bitnas.deploy.export import is_export_file, network_from_export, read_export
+    from bitnas.deploy.runtimes import RUNTIMES, file_kind
 
+    if engine in RUNTIMES or file_kind(path) in ("onnx", "openvino"):
+        return _evaluate_runtime_file(path, data, batch_size, engine, threads)
     exported = is_export_file(path)
     if engine not in ("torch", "bitpack"):
-        raise ConfigError(f"--engine '{engine}': expected torch or bitpack")
+        raise ConfigError(f"--engine '{engine}': expected torch, bitpack, onnxruntime or openvino")
     if engine == "bitpack" and not exported:
         raise ConfigError(f"{path}: --engine bitpack runs `bitnas export` files; export this checkpoint first")
     ck = read_export(path) if exported else load_checkpoint(path)

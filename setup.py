@@ -1,10 +1,12 @@
-"""Build of the optional C++ extension `bitnas.deploy._engine` (the 1-bit inference kernels).
+"""Build of the optional C++ extensions: `bitnas.deploy._engine` (the 1-bit inference kernels) and
+`bitnas.binary._fused` (fused element-wise passes of 1-bit training).
 
 Metadata lives in pyproject.toml. The extension is compiled with the machine's C++ compiler
 (C++17, -O3); the AVX2 unit gets -mavx2 -mfma -mpopcnt -mbmi2 on x86-64 while everything else
 stays portable, and the kernels are picked at run time from the CPU's features. If the compiler
 is missing or the build fails, bitnas still installs (the torch path works) and
-`engine="bitpack"` explains how to build the extension.
+`engine="bitpack"` explains how to build the extension; training then runs the same arithmetic
+through torch (bitwise the same results, more passes).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 CSRC = Path("bitnas") / "deploy" / "csrc"
+FUSED = Path("bitnas") / "binary" / "csrc" / "fused.cc"
 SOURCES = ["bindings.cc", "driver.cc", "reference.cc", "kernels_scalar.cc", "kernels_avx2.cc"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "x64")
 UNIX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-ffp-contract=off", "-pthread"]
@@ -66,6 +69,13 @@ def extensions() -> list:
         sources=[str(CSRC / s) for s in SOURCES],
         include_dirs=[pybind11.get_include(), str(CSRC)],
         depends=[str(CSRC / h) for h in ("engine.h", "detail.h", "driver.h")],
+        language="c++",
+        extra_compile_args=UNIX_FLAGS,
+        extra_link_args=["-pthread"],
+    ), Extension(
+        "bitnas.binary._fused",
+        sources=[str(FUSED)],
+        include_dirs=[pybind11.get_include()],
         language="c++",
         extra_compile_args=UNIX_FLAGS,
         extra_link_args=["-pthread"],

@@ -1,5 +1,5 @@
-"""Sign and surrogate gradients in one pass: the optional C++ kernels (`bitnas.binary._fused`),
-else the torch expressions they replace.
+"""Fused passes of 1-bit training: the optional C++ kernels (`bitnas.binary._fused`), else the
+torch operations they replace.
 
 The kernels compute the same IEEE float operations in the same order as the torch expressions
 (no FMA contraction), so results are bitwise identical either way; the kernels only save
@@ -7,10 +7,16 @@ passes over memory (sign: 3 → 1, ApproxSign gradient: 5 → 1, STE gradient: 3
 float32 CPU tensors that are dense in one memory layout shared by all operands (NCHW or
 channels-last); anything else (CUDA, other dtypes, mixed layouts, the extension not built, or
 $BITNAS_FUSED=0) takes the torch path.
+
+`batch_norm_backward` replays ATen's single-threaded channels-last kernel (same float sums in
+the same row order, the same fused multiply-adds where ATen's vectorised loop has them), so its
+results are bitwise ATen's; it serves one torch thread on x86 CPUs where ATen runs its AVX2 or
+AVX-512 kernels (checked at run time), and the ATen operator everywhere else.
 """
 from __future__ import annotations
 
 import os
+import platform
 from functools import lru_cache
 from types import ModuleType
 
@@ -84,3 +90,44 @@ def ste_sign_grad(x: Tensor, g: Tensor, clip: float) -> Tensor:
             return out
     # the mask made in place in x's dtype (no bool tensor, no copy)
     return x.abs().le_(clip).mul_(g)
+
+
+# ATen's vectorised channels-last batch-norm loop covers the channels in blocks of 8 with fused
+# multiply-adds; the remaining C mod 8 channels run a scalar loop without them.
+_BN_BLOCK = 8
+
+
+@lru_cache(maxsize=1)
+def _aten_vector_kernels() -> bool:
+    """True when ATen runs its AVX2/AVX-512 kernels (the arithmetic `batch_norm_backward` replays)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    except AttributeError:
+        return False
+
+
+def batch_norm_backward(grad: Tensor, x: Tensor, weight: Tensor | None, save_mean: Tensor, save_invstd: Tensor,
+                        eps: float, mask: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(grad_input, grad_weight, grad_bias) of training-mode batch norm, as
+    `aten.native_batch_norm_backward` computes them (None where `mask` is False)."""
+    ext = extension()
+    if (ext is not None and torch.get_num_threads() == 1 and x.dim() == 4 and x.shape[1] > 1
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            and _fusable(x, grad) and _aten_vector_kernels()
+            and all(t.dtype == torch.float32 and t.is_contiguous() for t in (save_mean, save_invstd))
+            and (weight is None or (weight.dtype == torch.float32 and weight.is_contiguous()))):
+        c = x.shape[1]
+        w = weight.detach() if weight is not None else torch.ones(c, dtype=x.dtype, device=x.device)
+        dx = torch.empty_like(x) if mask[0] else None
+        dw = torch.empty(c, dtype=x.dtype, device=x.device) if mask[1] else None
+        db = torch.empty(c, dtype=x.dtype, device=x.device) if mask[2] else None
+        if dx is None or _same_layout(dx, x):
+            ext.bn_backward(x.data_ptr(), grad.data_ptr(), save_mean.data_ptr(), save_invstd.data_ptr(), w.data_ptr(),
+                            0 if dx is None else dx.data_ptr(), 0 if dw is None else dw.data_ptr(),
+                            0 if db is None else db.data_ptr(), x.numel() // c, c, c - c % _BN_BLOCK)
+            return dx, dw, db
+    dx, dw, db = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, save_mean, save_invstd, True,
+                                                           eps, list(mask))
+    return (dx if mask[0] else None), (dw if mask[1] else None), (db if mask[2] else None)

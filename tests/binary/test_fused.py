@@ -90,3 +90,70 @@ def test_training_steps_bitwise_with_and_without_extension(torch_path, activatio
     (la, pa), (lb, pb) = run(), torch_path(run)
     assert torch.equal(bits(la), bits(lb))
     assert all(torch.equal(bits(u), bits(v)) for u, v in zip(pa, pb))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread (the batch-norm kernel replays ATen's single-threaded arithmetic)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _bn_case(shape, seed=0, affine=True):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(shape, generator=gen).contiguous(memory_format=torch.channels_last)
+    c = shape[1]
+    w, b = (torch.randn(c, generator=gen), torch.randn(c, generator=gen)) if affine else (None, None)
+    _, mean, invstd = torch.native_batch_norm(x, w, b, torch.zeros(c), torch.ones(c), True, 0.1, 1e-5)
+    return x, dy, w, mean, invstd
+
+
+@pytest.mark.parametrize("c", [2, 3, 5, 8, 12, 16, 20, 24, 32, 40, 48, 64, 96])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_backward_is_atens(one_thread, c, affine):
+    """Every channel count (whole blocks of 8, a scalar tail, both) and BN without affine."""
+    x, dy, w, mean, invstd = _bn_case((16, c, 7, 6), seed=c, affine=affine)
+    mask = (True, affine, affine)
+    got = fused.batch_norm_backward(dy, x, w, mean, invstd, 1e-5, mask)
+    want = torch.ops.aten.native_batch_norm_backward(dy, x, w, None, None, mean, invstd, True, 1e-5, list(mask))
+    for g_, w_, m in zip(got, want, mask):
+        assert (g_ is None) == (not m)
+        if m:
+            assert g_.stride() == w_.stride()
+            assert torch.equal(bits(g_), bits(w_))
+
+
+def test_batch_norm_backward_protocol_shapes(one_thread):
+    for shape in [(64, 8, 28, 28), (64, 16, 14, 14), (64, 32, 7, 7), (64, 24, 28, 28)]:
+        x, dy, w, mean, invstd = _bn_case(shape)
+        got = fused.batch_norm_backward(dy, x, w, mean, invstd, 1e-5, (True, True, True))
+        want = torch.ops.aten.native_batch_norm_backward(dy, x, w, None, None, mean, invstd, True, 1e-5,
+                                                         [True, True, True])
+        assert all(torch.equal(bits(a), bits(b)) for a, b in zip(got, want))
+
+
+def test_bitnas_batch_norm_matches_nn_batch_norm(one_thread):
+    """The module (ATen forward + this backward): outputs, all gradients and running statistics."""
+    from bitnas.space.batchnorm import BatchNorm2d
+
+    for momentum in (0.1, None):
+        a = BatchNorm2d(16, momentum=momentum)
+        b = torch.nn.BatchNorm2d(16, momentum=momentum)
+        with torch.no_grad():
+            a.weight.normal_(), a.bias.normal_()
+        b.load_state_dict(a.state_dict())
+        gen = torch.Generator().manual_seed(3)
+        for _ in range(3):
+            x = torch.randn(8, 16, 9, 9, generator=gen).contiguous(memory_format=torch.channels_last)
+            g = torch.randn(8, 16, 9, 9, generator=gen).contiguous(memory_format=torch.channels_last)
+            xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+            ya, yb = a(xa), b(xb)
+            ya.backward(g)
+            yb.backward(g)
+            pairs = [(ya, yb), (xa.grad, xb.grad), (a.weight.grad, b.weight.grad), (a.bias.grad, b.bias.grad),
+                     (a.running_mean, b.running_mean), (a.running_var, b.running_var)]
+            assert all(torch.equal(bits(u), bits(v)) for u, v in pairs)
+            assert a.num_batches_tracked == b.num_batches_tracked

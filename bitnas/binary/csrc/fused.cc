@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 namespace py = pybind11;
 
@@ -47,6 +48,93 @@ BITNAS_CLONES void ste_sign_grad_kernel(const float* __restrict x, const float* 
   }
 }
 
+// Batch-norm backward of a channels-last (N·H·W rows × C) float tensor in training mode, as
+// ATen's single-threaded CPU kernel computes it: per channel, float sums over the rows in order
+// of Σdy and Σ(x − mean)·dy (a fused multiply-add, as ATen's vectorised loop compiles it), then
+// dx = ((dy − Σdy/N) − (x − mean)·k)·invstd·w with k = Σ(x − mean)·dy·invstd·invstd/N (one fused
+// multiply-add for the first `fused_c` channels, ATen's vector blocks; separate operations in its
+// scalar tail), grad_weight = Σ(x − mean)·dy·invstd, grad_bias = Σdy. A channel count known at
+// compile time (CB > 0) lets each row run as whole vectors.
+template <int CB>
+BITNAS_CLONES void bn_backward_sums(const float* __restrict x, const float* __restrict dy,
+                                    const float* __restrict mean, float* __restrict sum,
+                                    float* __restrict dotp, std::int64_t rows, std::int64_t cr) {
+  const std::int64_t c = CB > 0 ? CB : cr;
+  for (std::int64_t j = 0; j < c; ++j) { sum[j] = 0.0f; dotp[j] = 0.0f; }
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * c;
+    const float* gr = dy + i * c;
+#pragma GCC ivdep
+    for (std::int64_t j = 0; j < c; ++j) {
+      sum[j] = sum[j] + gr[j];
+      dotp[j] = std::fma(xr[j] - mean[j], gr[j], dotp[j]);
+    }
+  }
+}
+
+template <int CB>
+BITNAS_CLONES void bn_backward_input(const float* __restrict x, const float* __restrict dy,
+                                     const float* __restrict mean, const float* __restrict k,
+                                     const float* __restrict gmean, const float* __restrict invstd,
+                                     const float* __restrict w, float* __restrict dx, std::int64_t rows,
+                                     std::int64_t cr, std::int64_t fused_c) {
+  const std::int64_t c = CB > 0 ? CB : cr;
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * c;
+    const float* gr = dy + i * c;
+    float* out = dx + i * c;
+    if (CB > 0 || fused_c == c) {
+      for (std::int64_t j = 0; j < c; ++j) {
+        const float t = std::fma(-(xr[j] - mean[j]), k[j], gr[j] - gmean[j]);
+        out[j] = (t * invstd[j]) * w[j];
+      }
+      continue;
+    }
+    for (std::int64_t j = 0; j < fused_c; ++j) {
+      const float t = std::fma(-(xr[j] - mean[j]), k[j], gr[j] - gmean[j]);
+      out[j] = (t * invstd[j]) * w[j];
+    }
+    for (std::int64_t j = fused_c; j < c; ++j) {
+      const float centred = (xr[j] - mean[j]) * k[j];
+      const float t = (gr[j] - gmean[j]) - centred;
+      out[j] = (t * invstd[j]) * w[j];
+    }
+  }
+}
+
+template <int CB>
+void bn_backward_c(const float* x, const float* dy, const float* mean, const float* invstd, const float* w,
+                   float* dx, float* grad_weight, float* grad_bias, std::int64_t rows, std::int64_t c,
+                   std::int64_t fused_c) {
+  std::vector<float> sum(c), dotp(c), k(c), gmean(c);
+  bn_backward_sums<CB>(x, dy, mean, sum.data(), dotp.data(), rows, c);
+  const float n = static_cast<float>(rows);
+  for (std::int64_t j = 0; j < c; ++j) {
+    k[j] = ((dotp[j] * invstd[j]) * invstd[j]) / n;
+    gmean[j] = sum[j] / n;
+    if (grad_weight) grad_weight[j] = dotp[j] * invstd[j];
+    if (grad_bias) grad_bias[j] = sum[j];
+  }
+  if (dx) bn_backward_input<CB>(x, dy, mean, k.data(), gmean.data(), invstd, w, dx, rows, c, fused_c);
+}
+
+void bn_backward(const float* x, const float* dy, const float* mean, const float* invstd, const float* w,
+                 float* dx, float* grad_weight, float* grad_bias, std::int64_t rows, std::int64_t c,
+                 std::int64_t fused_c) {
+  if (fused_c == c) {  // whole blocks of 8: the common channel counts get fixed-size rows
+    switch (c) {
+      case 8: return bn_backward_c<8>(x, dy, mean, invstd, w, dx, grad_weight, grad_bias, rows, c, fused_c);
+      case 16: return bn_backward_c<16>(x, dy, mean, invstd, w, dx, grad_weight, grad_bias, rows, c, fused_c);
+      case 24: return bn_backward_c<24>(x, dy, mean, invstd, w, dx, grad_weight, grad_bias, rows, c, fused_c);
+      case 32: return bn_backward_c<32>(x, dy, mean, invstd, w, dx, grad_weight, grad_bias, rows, c, fused_c);
+      case 48: return bn_backward_c<48>(x, dy, mean, invstd, w, dx, grad_weight, grad_bias, rows, c, fused_c);
+      case 64: return bn_backward_c<64>(x, dy, mean, invstd, w, dx, grad_weight, grad_bias, rows, c, fused_c);
+      default: break;
+    }
+  }
+  bn_backward_c<0>(x, dy, mean, invstd, w, dx, grad_weight, grad_bias, rows, c, fused_c);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_fused, m) {
@@ -63,4 +151,11 @@ PYBIND11_MODULE(_fused, m) {
     py::gil_scoped_release nogil;
     ste_sign_grad_kernel(ptr<const float>(x), ptr<const float>(g), ptr<float>(out), n, clip);
   }, "out = g * 1[|x| <= clip]");
+  m.def("bn_backward", [](std::uintptr_t x, std::uintptr_t dy, std::uintptr_t mean, std::uintptr_t invstd,
+                          std::uintptr_t w, std::uintptr_t dx, std::uintptr_t grad_weight, std::uintptr_t grad_bias,
+                          std::int64_t rows, std::int64_t c, std::int64_t fused_c) {
+    py::gil_scoped_release nogil;
+    bn_backward(ptr<const float>(x), ptr<const float>(dy), ptr<const float>(mean), ptr<const float>(invstd),
+                ptr<const float>(w), ptr<float>(dx), ptr<float>(grad_weight), ptr<float>(grad_bias), rows, c, fused_c);
+  }, "training-mode batch-norm backward of a channels-last float tensor (rows x c); 0 skips an output");
 }

@@ -9,9 +9,10 @@ channels-last); anything else (CUDA, other dtypes, mixed layouts, the extension 
 $BITNAS_FUSED=0) takes the torch path.
 
 `batch_norm_backward` replays ATen's single-threaded channels-last kernel (same float sums in
-the same row order, the same fused multiply-adds where ATen's vectorised loop has them), so its
-results are bitwise ATen's; it serves one torch thread on x86 CPUs where ATen runs its AVX2 or
-AVX-512 kernels (checked at run time), and the ATen operator everywhere else.
+the same row order, the same fused multiply-adds where ATen's vectorised loop has them), or
+ATen's generic loops for a gradient laid out otherwise, so its results are bitwise ATen's; it
+serves x86 CPUs where ATen runs its AVX2 or AVX-512 kernels (checked at run time), the
+channels-last replay one torch thread only, and the ATen operator everywhere else.
 """
 from __future__ import annotations
 
@@ -108,26 +109,50 @@ def _aten_vector_kernels() -> bool:
         return False
 
 
+def _row_stride(g: Tensor) -> int | None:
+    """The row stride of a 4-d tensor whose channels are contiguous and whose N·H·W rows are
+    equally spaced (a channel slice of a channels-last tensor), else None."""
+    n, c, h, w = g.shape
+    ld = g.stride(3)
+    if g.stride(1) != 1 or ld < c or g.stride(2) != w * ld or g.stride(0) != h * w * ld:
+        return None
+    return ld
+
+
 def batch_norm_backward(grad: Tensor, x: Tensor, weight: Tensor | None, save_mean: Tensor, save_invstd: Tensor,
                         eps: float, mask: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """(grad_input, grad_weight, grad_bias) of training-mode batch norm, as
-    `aten.native_batch_norm_backward` computes them (None where `mask` is False)."""
+    `aten.native_batch_norm_backward` computes them (None where `mask` is False).
+
+    Two replays of ATen: its channels-last kernel when `grad` is laid out like `x`, its generic
+    loops when `grad` is a channel slice of a larger channels-last gradient (the backward of a
+    concatenation hands those out; ATen's generic path is many times slower)."""
     ext = extension()
-    if (ext is not None and torch.get_num_threads() == 1 and x.dim() == 4 and x.shape[1] > 1
+    if (ext is not None and x.dim() == 4 and x.shape[1] > 1 and x.device.type == "cpu"
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-            and _fusable(x, grad) and _aten_vector_kernels()
+            and x.dtype == grad.dtype == torch.float32 and grad.device.type == "cpu" and grad.shape == x.shape
+            and _aten_vector_kernels()
             and all(t.dtype == torch.float32 and t.is_contiguous() for t in (save_mean, save_invstd))
             and (weight is None or (weight.dtype == torch.float32 and weight.is_contiguous()))):
         c = x.shape[1]
-        w = weight.detach() if weight is not None else torch.ones(c, dtype=x.dtype, device=x.device)
-        dx = torch.empty_like(x) if mask[0] else None
-        dw = torch.empty(c, dtype=x.dtype, device=x.device) if mask[1] else None
-        db = torch.empty(c, dtype=x.dtype, device=x.device) if mask[2] else None
-        if dx is None or _same_layout(dx, x):
-            ext.bn_backward(x.data_ptr(), grad.data_ptr(), save_mean.data_ptr(), save_invstd.data_ptr(), w.data_ptr(),
-                            0 if dx is None else dx.data_ptr(), 0 if dw is None else dw.data_ptr(),
-                            0 if db is None else db.data_ptr(), x.numel() // c, c, c - c % _BN_BLOCK)
-            return dx, dw, db
+        rows = x.numel() // c
+        same = _same_layout(grad, x)
+        ld = None if same else _row_stride(grad)
+        if (same and torch.get_num_threads() == 1) or ld is not None:
+            w = weight.detach() if weight is not None else torch.ones(c, dtype=x.dtype, device=x.device)
+            dx = torch.empty_like(x) if mask[0] else None
+            dw = torch.empty(c, dtype=x.dtype, device=x.device) if mask[1] else None
+            db = torch.empty(c, dtype=x.dtype, device=x.device) if mask[2] else None
+            if dx is None or _same_layout(dx, x):
+                out = [0 if t is None else t.data_ptr() for t in (dx, dw, db)]
+                if same:
+                    ext.bn_backward(x.data_ptr(), grad.data_ptr(), save_mean.data_ptr(), save_invstd.data_ptr(),
+                                    w.data_ptr(), *out, rows, c, c - c % _BN_BLOCK)
+                else:
+                    total = grad.sum(dim=(0, 2, 3))  # ATen's generic path takes this very sum
+                    ext.bn_backward_generic(x.data_ptr(), grad.data_ptr(), ld, save_mean.data_ptr(),
+                                            save_invstd.data_ptr(), w.data_ptr(), total.data_ptr(), *out, rows, c)
+                return dx, dw, db
     dx, dw, db = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, save_mean, save_invstd, True,
                                                            eps, list(mask))
     return (dx if mask[0] else None), (dw if mask[1] else None), (db if mask[2] else None)

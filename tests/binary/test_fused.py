@@ -157,3 +157,19 @@ def test_bitnas_batch_norm_matches_nn_batch_norm(one_thread):
                      (a.running_mean, b.running_mean), (a.running_var, b.running_var)]
             assert all(torch.equal(bits(u), bits(v)) for u, v in pairs)
             assert a.num_batches_tracked == b.num_batches_tracked
+
+
+@pytest.mark.parametrize("c,total,offset", [(8, 32, 0), (8, 32, 8), (16, 64, 48), (32, 128, 32), (3, 12, 3),
+                                            (12, 24, 12)])
+def test_batch_norm_backward_of_a_concat_slice_is_atens(c, total, offset):
+    """A gradient that is a channel slice of a channels-last one: ATen's generic path, replayed."""
+    x, _, w, mean, invstd = _bn_case((32, c, 7, 6), seed=c + offset)
+    big = torch.randn(32, total, 7, 6, generator=torch.Generator().manual_seed(9)).contiguous(
+        memory_format=torch.channels_last)
+    dy = big[:, offset:offset + c]
+    assert fused._row_stride(dy) == total
+    got = fused.batch_norm_backward(dy, x, w, mean, invstd, 1e-5, (True, True, True))
+    want = torch.ops.aten.native_batch_norm_backward(dy, x, w, None, None, mean, invstd, True, 1e-5, [True] * 3)
+    for a, b in zip(got, want):
+        assert a.stride() == b.stride()
+        assert torch.equal(bits(a), bits(b))

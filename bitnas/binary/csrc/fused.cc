@@ -135,6 +135,45 @@ void bn_backward(const float* x, const float* dy, const float* mean, const float
   bn_backward_c<0>(x, dy, mean, invstd, w, dx, grad_weight, grad_bias, rows, c, fused_c);
 }
 
+// The same backward when the output gradient is not laid out like the input (a channel slice of
+// a larger channels-last gradient, as the backward of a concatenation hands out): ATen then runs
+// its generic loops, which this replays — Σ(x − mean)·dy accumulated in double over the rows in
+// order (each product rounded to float first), Σdy given (ATen's own `sum`), then the float
+// expressions k = float(Σ(x − mean)·dy)·invstd·invstd/N, t = (x − mean)·k,
+// dx = ((dy − Σdy/N) − t)·invstd·w, with no fused multiply-adds. `ldg` is the row stride of dy.
+void bn_backward_generic(const float* x, const float* dy, std::int64_t ldg, const float* mean, const float* invstd,
+                         const float* w, const float* sum, float* dx, float* grad_weight, float* grad_bias,
+                         std::int64_t rows, std::int64_t c) {
+  std::vector<double> dotp(c, 0.0);
+  std::vector<float> k(c), gmean(c);
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * c;
+    const float* gr = dy + i * ldg;
+    for (std::int64_t j = 0; j < c; ++j) {
+      const float p = (xr[j] - mean[j]) * gr[j];
+      dotp[j] += static_cast<double>(p);
+    }
+  }
+  const float n = static_cast<float>(rows);
+  for (std::int64_t j = 0; j < c; ++j) {
+    k[j] = ((static_cast<float>(dotp[j]) * invstd[j]) * invstd[j]) / n;
+    gmean[j] = sum[j] / n;
+    if (grad_weight) grad_weight[j] = static_cast<float>(dotp[j] * static_cast<double>(invstd[j]));
+    if (grad_bias) grad_bias[j] = sum[j];
+  }
+  if (!dx) return;
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * c;
+    const float* gr = dy + i * ldg;
+    float* out = dx + i * c;
+    for (std::int64_t j = 0; j < c; ++j) {
+      const float t = (xr[j] - mean[j]) * k[j];
+      const float u = (gr[j] - gmean[j]) - t;
+      out[j] = (u * invstd[j]) * w[j];
+    }
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_fused, m) {
@@ -158,4 +197,13 @@ PYBIND11_MODULE(_fused, m) {
     bn_backward(ptr<const float>(x), ptr<const float>(dy), ptr<const float>(mean), ptr<const float>(invstd),
                 ptr<const float>(w), ptr<float>(dx), ptr<float>(grad_weight), ptr<float>(grad_bias), rows, c, fused_c);
   }, "training-mode batch-norm backward of a channels-last float tensor (rows x c); 0 skips an output");
+  m.def("bn_backward_generic", [](std::uintptr_t x, std::uintptr_t dy, std::int64_t ldg, std::uintptr_t mean,
+                                  std::uintptr_t invstd, std::uintptr_t w, std::uintptr_t sum, std::uintptr_t dx,
+                                  std::uintptr_t grad_weight, std::uintptr_t grad_bias, std::int64_t rows,
+                                  std::int64_t c) {
+    py::gil_scoped_release nogil;
+    bn_backward_generic(ptr<const float>(x), ptr<const float>(dy), ldg, ptr<const float>(mean),
+                        ptr<const float>(invstd), ptr<const float>(w), ptr<const float>(sum), ptr<float>(dx),
+                        ptr<float>(grad_weight), ptr<float>(grad_bias), rows, c);
+  }, "the same backward with dy rows ldg floats apart (ATen's generic path); sum = dy summed per channel");
 }

@@ -98,16 +98,15 @@ class BinaryConv2d(nn.Conv2d):
         return (x.device.type == "cpu" and self.kernel_size == (1, 1) and self.stride != (1, 1)
                 and self.padding == (0, 0) and is_channels_last(x))
 
-    def forward_subsampled(self, x: Tensor) -> Tensor:
-        """This conv on an input already subsampled by its stride (`x[:, :, h0::sh, w0::sw]`);
-        only for the convs `subsamples_first` accepts."""
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        return F.conv2d(x, self.binary_weight(), self.bias, 1, 0, 1, self.groups)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.subsamples_first(x):
-            return self.forward_subsampled(spatial_slice(x, (0, 0), self.stride))
+    def forward(self, x: Tensor, subsampled: bool = False) -> Tensor:
+        """The conv of `x`; `subsampled=True`: `x` is already subsampled by the stride
+        (`x[:, :, h0::sh, w0::sw]`, only for the convs `subsamples_first` accepts)."""
+        if subsampled or self.subsamples_first(x):
+            if not subsampled:
+                x = spatial_slice(x, (0, 0), self.stride)
+            if self.input_quantizer is not None:
+                x = self.input_quantizer(x)
+            return F.conv2d(x, self.binary_weight(), self.bias, 1, 0, 1, self.groups)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
         w = self.binary_weight()

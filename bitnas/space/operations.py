@@ -44,8 +44,8 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.pre(x)
         if self.conv_1.subsamples_first(x):  # each conv reads its own stride-2 grid of x, no 1-offset copy
-            a = self.conv_1.forward_subsampled(spatial_slice(x, (0, 0), (2, 2)))
-            b = self.conv_2.forward_subsampled(spatial_slice(x, (1, 1), (2, 2)))
+            a = self.conv_1(spatial_slice(x, (0, 0), (2, 2)), subsampled=True)
+            b = self.conv_2(spatial_slice(x, (1, 1), (2, 2)), subsampled=True)
         else:
             a = self.conv_1(x)
             b = self.conv_2(spatial_slice(x, (1, 1), (1, 1)))

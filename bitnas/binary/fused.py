@@ -109,24 +109,15 @@ def _aten_vector_kernels() -> bool:
         return False
 
 
-def _row_stride(g: Tensor) -> int | None:
-    """The row stride of a 4-d tensor whose channels are contiguous and whose N·H·W rows are
-    equally spaced (a channel slice of a channels-last tensor), else None."""
-    n, c, h, w = g.shape
-    ld = g.stride(3)
-    if g.stride(1) != 1 or ld < c or g.stride(2) != w * ld or g.stride(0) != h * w * ld:
-        return None
-    return ld
-
-
 def batch_norm_backward(grad: Tensor, x: Tensor, weight: Tensor | None, save_mean: Tensor, save_invstd: Tensor,
                         eps: float, mask: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """(grad_input, grad_weight, grad_bias) of training-mode batch norm, as
     `aten.native_batch_norm_backward` computes them (None where `mask` is False).
 
     Two replays of ATen: its channels-last kernel when `grad` is laid out like `x`, its generic
-    loops when `grad` is a channel slice of a larger channels-last gradient (the backward of a
-    concatenation hands those out; ATen's generic path is many times slower)."""
+    loops for a `grad` of other strides (a channel slice of a larger channels-last gradient, as
+    the backward of a concatenation hands out, or NCHW; ATen's generic path is many times
+    slower)."""
     ext = extension()
     if (ext is not None and x.dim() == 4 and x.shape[1] > 1 and x.device.type == "cpu"
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -137,8 +128,7 @@ def batch_norm_backward(grad: Tensor, x: Tensor, weight: Tensor | None, save_mea
         c = x.shape[1]
         rows = x.numel() // c
         same = _same_layout(grad, x)
-        ld = None if same else _row_stride(grad)
-        if (same and torch.get_num_threads() == 1) or ld is not None:
+        if not same or torch.get_num_threads() == 1:
             w = weight.detach() if weight is not None else torch.ones(c, dtype=x.dtype, device=x.device)
             dx = torch.empty_like(x) if mask[0] else None
             dw = torch.empty(c, dtype=x.dtype, device=x.device) if mask[1] else None
@@ -150,8 +140,9 @@ def batch_norm_backward(grad: Tensor, x: Tensor, weight: Tensor | None, save_mea
                                     w.data_ptr(), *out, rows, c, c - c % _BN_BLOCK)
                 else:
                     total = grad.sum(dim=(0, 2, 3))  # ATen's generic path takes this very sum
-                    ext.bn_backward_generic(x.data_ptr(), grad.data_ptr(), ld, save_mean.data_ptr(),
-                                            save_invstd.data_ptr(), w.data_ptr(), total.data_ptr(), *out, rows, c)
+                    ext.bn_backward_generic(x.data_ptr(), grad.data_ptr(), *grad.shape, *grad.stride(),
+                                            save_mean.data_ptr(), save_invstd.data_ptr(), w.data_ptr(),
+                                            total.data_ptr(), *out)
                 return dx, dw, db
     dx, dw, db = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, save_mean, save_invstd, True,
                                                            eps, list(mask))

@@ -136,21 +136,27 @@ void bn_backward(const float* x, const float* dy, const float* mean, const float
 }
 
 // The same backward when the output gradient is not laid out like the input (a channel slice of
-// a larger channels-last gradient, as the backward of a concatenation hands out): ATen then runs
-// its generic loops, which this replays — Σ(x − mean)·dy accumulated in double over the rows in
-// order (each product rounded to float first), Σdy given (ATen's own `sum`), then the float
-// expressions k = float(Σ(x − mean)·dy)·invstd·invstd/N, t = (x − mean)·k,
-// dx = ((dy − Σdy/N) − t)·invstd·w, with no fused multiply-adds. `ldg` is the row stride of dy.
-void bn_backward_generic(const float* x, const float* dy, std::int64_t ldg, const float* mean, const float* invstd,
-                         const float* w, const float* sum, float* dx, float* grad_weight, float* grad_bias,
-                         std::int64_t rows, std::int64_t c) {
+// a larger channels-last gradient, as the backward of a concatenation hands out, or an NCHW one):
+// ATen then runs its generic loops, which this replays — Σ(x − mean)·dy accumulated in double
+// over the rows in order (each product rounded to float first), Σdy given (ATen's own `sum`),
+// then the float expressions k = float(Σ(x − mean)·dy)·invstd·invstd/N, t = (x − mean)·k,
+// dx = ((dy − Σdy/N) − t)·invstd·w, with no fused multiply-adds. dy is addressed through its
+// element strides (sn, sc, sh, sw); x and dx are dense channels-last.
+void bn_backward_generic(const float* x, const float* dy, const std::int64_t* shape, const std::int64_t* st,
+                         const float* mean, const float* invstd, const float* w, const float* sum, float* dx,
+                         float* grad_weight, float* grad_bias) {
+  const std::int64_t nb = shape[0], c = shape[1], h = shape[2], wd = shape[3], rows = nb * h * wd;
   std::vector<double> dotp(c, 0.0);
   std::vector<float> k(c), gmean(c);
+  auto grad_row = [&](std::int64_t i) {
+    const std::int64_t n = i / (h * wd), r = i % (h * wd);
+    return dy + n * st[0] + (r / wd) * st[2] + (r % wd) * st[3];
+  };
   for (std::int64_t i = 0; i < rows; ++i) {
     const float* xr = x + i * c;
-    const float* gr = dy + i * ldg;
+    const float* gr = grad_row(i);
     for (std::int64_t j = 0; j < c; ++j) {
-      const float p = (xr[j] - mean[j]) * gr[j];
+      const float p = (xr[j] - mean[j]) * gr[j * st[1]];
       dotp[j] += static_cast<double>(p);
     }
   }
@@ -164,11 +170,11 @@ void bn_backward_generic(const float* x, const float* dy, std::int64_t ldg, cons
   if (!dx) return;
   for (std::int64_t i = 0; i < rows; ++i) {
     const float* xr = x + i * c;
-    const float* gr = dy + i * ldg;
+    const float* gr = grad_row(i);
     float* out = dx + i * c;
     for (std::int64_t j = 0; j < c; ++j) {
       const float t = (xr[j] - mean[j]) * k[j];
-      const float u = (gr[j] - gmean[j]) - t;
+      const float u = (gr[j * st[1]] - gmean[j]) - t;
       out[j] = (u * invstd[j]) * w[j];
     }
   }
@@ -197,13 +203,14 @@ PYBIND11_MODULE(_fused, m) {
     bn_backward(ptr<const float>(x), ptr<const float>(dy), ptr<const float>(mean), ptr<const float>(invstd),
                 ptr<const float>(w), ptr<float>(dx), ptr<float>(grad_weight), ptr<float>(grad_bias), rows, c, fused_c);
   }, "training-mode batch-norm backward of a channels-last float tensor (rows x c); 0 skips an output");
-  m.def("bn_backward_generic", [](std::uintptr_t x, std::uintptr_t dy, std::int64_t ldg, std::uintptr_t mean,
-                                  std::uintptr_t invstd, std::uintptr_t w, std::uintptr_t sum, std::uintptr_t dx,
-                                  std::uintptr_t grad_weight, std::uintptr_t grad_bias, std::int64_t rows,
-                                  std::int64_t c) {
+  m.def("bn_backward_generic", [](std::uintptr_t x, std::uintptr_t dy, std::int64_t n, std::int64_t c, std::int64_t h,
+                                  std::int64_t w_, std::int64_t sn, std::int64_t sc, std::int64_t sh, std::int64_t sw,
+                                  std::uintptr_t mean, std::uintptr_t invstd, std::uintptr_t w, std::uintptr_t sum,
+                                  std::uintptr_t dx, std::uintptr_t grad_weight, std::uintptr_t grad_bias) {
+    const std::int64_t shape[4] = {n, c, h, w_}, strides[4] = {sn, sc, sh, sw};
     py::gil_scoped_release nogil;
-    bn_backward_generic(ptr<const float>(x), ptr<const float>(dy), ldg, ptr<const float>(mean),
+    bn_backward_generic(ptr<const float>(x), ptr<const float>(dy), shape, strides, ptr<const float>(mean),
                         ptr<const float>(invstd), ptr<const float>(w), ptr<const float>(sum), ptr<float>(dx),
-                        ptr<float>(grad_weight), ptr<float>(grad_bias), rows, c);
-  }, "the same backward with dy rows ldg floats apart (ATen's generic path); sum = dy summed per channel");
+                        ptr<float>(grad_weight), ptr<float>(grad_bias));
+  }, "the same backward for dy of any strides (ATen's generic path); sum = dy summed per channel");
 }

@@ -109,6 +109,37 @@ def _aten_vector_kernels() -> bool:
         return False
 
 
+def _channels_last_float(x: Tensor) -> bool:
+    return (x.dim() == 4 and x.shape[1] > 1 and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+
+
+def _params_ok(*ts: Tensor | None) -> bool:
+    return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()) for t in ts)
+
+
+def batch_norm_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+                       running_var: Tensor | None, momentum: float, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(output, save_mean, save_invstd) of training-mode batch norm with the running statistics
+    updated in place, as `torch.native_batch_norm` computes them: the C++ replay of ATen's
+    single-threaded channels-last kernels (one torch thread, x86 AVX2/AVX-512), else that op."""
+    ext = extension()
+    if (ext is not None and torch.get_num_threads() == 1 and _channels_last_float(x) and x.numel() > x.shape[1]
+            and _aten_vector_kernels() and _params_ok(weight, bias, running_mean, running_var)):
+        c = x.shape[1]
+        y = torch.empty_like(x)
+        if _same_layout(y, x):
+            w = weight.detach() if weight is not None else torch.ones(c, dtype=x.dtype)
+            b = bias.detach() if bias is not None else torch.zeros(c, dtype=x.dtype)
+            mean, invstd = torch.empty(c, dtype=x.dtype), torch.empty(c, dtype=x.dtype)
+            ext.bn_forward(x.data_ptr(), w.data_ptr(), b.data_ptr(),
+                           0 if running_mean is None else running_mean.data_ptr(),
+                           0 if running_var is None else running_var.data_ptr(), y.data_ptr(), mean.data_ptr(),
+                           invstd.data_ptr(), x.numel() // c, c, momentum, eps)
+            return y, mean, invstd
+    return torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
+
+
 def batch_norm_backward(grad: Tensor, x: Tensor, weight: Tensor | None, save_mean: Tensor, save_invstd: Tensor,
                         eps: float, mask: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """(grad_input, grad_weight, grad_bias) of training-mode batch norm, as

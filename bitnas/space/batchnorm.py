@@ -12,17 +12,17 @@ only slow below 8 channels (one AVX2 vector; forward + backward, (32, 4, 28, 28)
 boundary is 8. Parameters, buffers and results are those of `nn.BatchNorm2d`; only the memory
 path differs.
 
-In training mode the backward pass goes through `bitnas.binary.fused.batch_norm_backward`
-(one C++ pass per sum and one for the input gradient where it applies, ATen's operator
-elsewhere): bitwise the gradients of `nn.BatchNorm2d`, several times faster on channels-last
-tensors of few channels. The forward is ATen's `native_batch_norm`, as `F.batch_norm` calls it.
+In training mode both passes go through `bitnas.binary.fused` (`batch_norm_forward`,
+`batch_norm_backward`: C++ replays of ATen's kernels where they apply, ATen's operators
+elsewhere): bitwise the outputs, running statistics and gradients of `nn.BatchNorm2d`, faster on
+channels-last tensors of few channels.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from bitnas.binary.fused import batch_norm_backward
+from bitnas.binary.fused import batch_norm_backward, batch_norm_forward
 from bitnas.common.layout import is_channels_last, relayout
 
 FEW_CHANNELS = 16
@@ -35,13 +35,13 @@ def _slow_channels_last(x: Tensor) -> bool:
 
 
 class _TrainingBatchNorm(torch.autograd.Function):
-    """Training-mode batch norm: ATen's forward (running statistics updated in place), the
-    backward of `batch_norm_backward`."""
+    """Training-mode batch norm: `batch_norm_forward` (running statistics updated in place) and
+    `batch_norm_backward`, bitwise ATen's `native_batch_norm` and its backward."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor | None, bias: Tensor | None,
                 running_mean: Tensor | None, running_var: Tensor | None, momentum: float, eps: float) -> Tensor:
-        out, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
+        out, mean, invstd = batch_norm_forward(x, weight, bias, running_mean, running_var, momentum, eps)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps  # type: ignore[attr-defined]
         return out

@@ -183,3 +183,21 @@ def test_batch_norm_backward_of_an_nchw_gradient_is_atens(c):
     for a, b in zip(got, want):
         assert a.stride() == b.stride()
         assert torch.equal(bits(a), bits(b))
+
+
+@pytest.mark.parametrize("c", [2, 3, 8, 12, 16, 20, 24, 32, 64])
+@pytest.mark.parametrize("affine,track", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("momentum", [0.1, 0.5, 1.0 / 3.0])
+def test_batch_norm_forward_is_atens(one_thread, c, affine, track, momentum):
+    gen = torch.Generator().manual_seed(c)
+    x = (torch.randn(16, c, 9, 7, generator=gen) * 2 + 0.5).contiguous(memory_format=torch.channels_last)
+    w, b = (torch.randn(c, generator=gen), torch.randn(c, generator=gen)) if affine else (None, None)
+    rm, rv = (torch.randn(c, generator=gen), torch.rand(c, generator=gen) + 0.5) if track else (None, None)
+    rm2, rv2 = (rm.clone(), rv.clone()) if track else (None, None)
+    got = fused.batch_norm_forward(x, w, b, rm, rv, momentum, 1e-5)
+    want = torch.native_batch_norm(x, w, b, rm2, rv2, True, momentum, 1e-5)
+    for a, e in zip(got, want):
+        assert a.stride() == e.stride()
+        assert torch.equal(bits(a), bits(e))
+    if track:
+        assert torch.equal(bits(rm), bits(rm2)) and torch.equal(bits(rv), bits(rv2))

@@ -180,6 +180,79 @@ void bn_backward_generic(const float* x, const float* dy, const std::int64_t* sh
   }
 }
 
+// Batch-norm statistics of a channels-last (rows × C) float tensor as ATen's single-threaded
+// channels-last kernel collects them: float sums over the rows in order, mean = float(sum / N)
+// computed in double, then the float sums of (x − mean)² (a fused multiply-add).
+template <int CB>
+BITNAS_CLONES void bn_stats(const float* __restrict x, float* __restrict mean, float* __restrict var_sum,
+                            std::int64_t rows, std::int64_t cr) {
+  const std::int64_t c = CB > 0 ? CB : cr;
+  std::vector<float> acc(c, 0.0f);
+  float* a = acc.data();
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * c;
+    for (std::int64_t j = 0; j < c; ++j) a[j] = xr[j] + a[j];
+  }
+  for (std::int64_t j = 0; j < c; ++j) {
+    mean[j] = static_cast<float>((0.0 + static_cast<double>(a[j])) / static_cast<double>(rows));
+    a[j] = 0.0f;
+  }
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * c;
+    for (std::int64_t j = 0; j < c; ++j) {
+      const float d = xr[j] - mean[j];
+      a[j] = std::fma(d, d, a[j]);
+    }
+  }
+  for (std::int64_t j = 0; j < c; ++j) var_sum[j] = static_cast<float>(0.0 + static_cast<double>(a[j]));
+}
+
+// y = x·alpha + beta per channel (one fused multiply-add for the first `fused_c` channels).
+BITNAS_CLONES void bn_apply(const float* __restrict x, const float* __restrict alpha, const float* __restrict beta,
+                            float* __restrict y, std::int64_t rows, std::int64_t c, std::int64_t fused_c) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * c;
+    float* yr = y + i * c;
+    for (std::int64_t j = 0; j < fused_c; ++j) yr[j] = std::fma(xr[j], alpha[j], beta[j]);
+    for (std::int64_t j = fused_c; j < c; ++j) {
+      const float t = xr[j] * alpha[j];
+      yr[j] = t + beta[j];
+    }
+  }
+}
+
+// Training-mode batch-norm forward of a channels-last float tensor, as ATen's single-threaded
+// kernels compute it: the statistics above; invstd = float(1 / sqrt(double(var_sum / N) + eps));
+// running_mean = m·mean + (1 − m)·running_mean (separate roundings), running_var = a fused
+// m·var_sum/(N − 1) + float((1 − m)·running_var); y = x·alpha + beta (fused) with
+// alpha = invstd·w, beta = b − mean·alpha (fused). Null running statistics are skipped.
+void bn_forward(const float* x, const float* w, const float* b, float* running_mean, float* running_var, float* y,
+                float* save_mean, float* save_invstd, std::int64_t rows, std::int64_t c, float momentum, double eps) {
+  std::vector<float> var_sum(c), alpha(c), beta(c);
+  switch (c) {
+    case 8: bn_stats<8>(x, save_mean, var_sum.data(), rows, c); break;
+    case 16: bn_stats<16>(x, save_mean, var_sum.data(), rows, c); break;
+    case 32: bn_stats<32>(x, save_mean, var_sum.data(), rows, c); break;
+    default: bn_stats<0>(x, save_mean, var_sum.data(), rows, c); break;
+  }
+  const float n = static_cast<float>(rows), n1 = static_cast<float>(rows - 1), keep = 1.0f - momentum;
+  for (std::int64_t j = 0; j < c; ++j) {
+    const float var = var_sum[j] / n;
+    save_invstd[j] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var) + eps));
+    if (running_mean) {
+      const float a = momentum * save_mean[j], r = keep * running_mean[j];
+      running_mean[j] = a + r;
+    }
+    if (running_var) {
+      const float unbiased = var_sum[j] / n1, r = keep * running_var[j];
+      running_var[j] = std::fma(momentum, unbiased, r);
+    }
+    alpha[j] = save_invstd[j] * w[j];
+    beta[j] = std::fma(-save_mean[j], alpha[j], b[j]);
+  }
+  bn_apply(x, alpha.data(), beta.data(), y, rows, c, c);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_fused, m) {
@@ -203,6 +276,29 @@ PYBIND11_MODULE(_fused, m) {
     bn_backward(ptr<const float>(x), ptr<const float>(dy), ptr<const float>(mean), ptr<const float>(invstd),
                 ptr<const float>(w), ptr<float>(dx), ptr<float>(grad_weight), ptr<float>(grad_bias), rows, c, fused_c);
   }, "training-mode batch-norm backward of a channels-last float tensor (rows x c); 0 skips an output");
+  m.def("bn_stats", [](std::uintptr_t x, std::uintptr_t mean, std::uintptr_t var_sum, std::int64_t rows,
+                       std::int64_t c) {
+    py::gil_scoped_release nogil;
+    switch (c) {
+      case 8: return bn_stats<8>(ptr<const float>(x), ptr<float>(mean), ptr<float>(var_sum), rows, c);
+      case 16: return bn_stats<16>(ptr<const float>(x), ptr<float>(mean), ptr<float>(var_sum), rows, c);
+      case 32: return bn_stats<32>(ptr<const float>(x), ptr<float>(mean), ptr<float>(var_sum), rows, c);
+      default: return bn_stats<0>(ptr<const float>(x), ptr<float>(mean), ptr<float>(var_sum), rows, c);
+    }
+  }, "per-channel mean and sum of squared deviations of a channels-last float tensor (rows x c)");
+  m.def("bn_apply", [](std::uintptr_t x, std::uintptr_t alpha, std::uintptr_t beta, std::uintptr_t y,
+                       std::int64_t rows, std::int64_t c, std::int64_t fused_c) {
+    py::gil_scoped_release nogil;
+    bn_apply(ptr<const float>(x), ptr<const float>(alpha), ptr<const float>(beta), ptr<float>(y), rows, c, fused_c);
+  }, "y = x * alpha + beta per channel of a channels-last float tensor (rows x c)");
+  m.def("bn_forward", [](std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, std::uintptr_t running_mean,
+                         std::uintptr_t running_var, std::uintptr_t y, std::uintptr_t save_mean,
+                         std::uintptr_t save_invstd, std::int64_t rows, std::int64_t c, float momentum, double eps) {
+    py::gil_scoped_release nogil;
+    bn_forward(ptr<const float>(x), ptr<const float>(w), ptr<const float>(b), ptr<float>(running_mean),
+               ptr<float>(running_var), ptr<float>(y), ptr<float>(save_mean), ptr<float>(save_invstd), rows, c,
+               momentum, eps);
+  }, "training-mode batch-norm forward of a channels-last float tensor (rows x c); 0 skips running stats");
   m.def("bn_backward_generic", [](std::uintptr_t x, std::uintptr_t dy, std::int64_t n, std::int64_t c, std::int64_t h,
                                   std::int64_t w_, std::int64_t sn, std::int64_t sc, std::int64_t sh, std::int64_t sw,
                                   std::uintptr_t mean, std::uintptr_t invstd, std::uintptr_t w, std::uintptr_t sum,

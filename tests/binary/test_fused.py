@@ -201,3 +201,24 @@ def test_batch_norm_forward_is_atens(one_thread, c, affine, track, momentum):
         assert torch.equal(bits(a), bits(e))
     if track:
         assert torch.equal(bits(rm), bits(rm2)) and torch.equal(bits(rv), bits(rv2))
+
+
+def test_batch_norm_with_residual_is_batch_norm_then_add(one_thread):
+    """`BatchNorm2d(x, residual=r)` (one C++ pass) equals `BN(x) + r` bit for bit, gradients too."""
+    from bitnas.space.batchnorm import BatchNorm2d
+
+    a, b = BatchNorm2d(16), BatchNorm2d(16)
+    with torch.no_grad():
+        a.weight.normal_(), a.bias.normal_()
+    b.load_state_dict(a.state_dict())
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 16, 9, 9, generator=gen).contiguous(memory_format=torch.channels_last)
+    r = torch.randn(8, 16, 9, 9, generator=gen).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(8, 16, 9, 9, generator=gen).contiguous(memory_format=torch.channels_last)
+    xa, xb, ra, rb = (t.clone().requires_grad_() for t in (x, x, r, r))
+    ya, yb = a(xa, residual=ra), b(xb) + rb
+    ya.backward(g)
+    yb.backward(g)
+    pairs = [(ya, yb), (xa.grad, xb.grad), (ra.grad, rb.grad), (a.weight.grad, b.weight.grad),
+             (a.running_var, b.running_var)]
+    assert all(torch.equal(bits(u), bits(v)) for u, v in pairs)

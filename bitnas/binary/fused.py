@@ -8,11 +8,12 @@ float32 CPU tensors that are dense in one memory layout shared by all operands (
 channels-last); anything else (CUDA, other dtypes, mixed layouts, the extension not built, or
 $BITNAS_FUSED=0) takes the torch path.
 
-`batch_norm_backward` replays ATen's single-threaded channels-last kernel (same float sums in
-the same row order, the same fused multiply-adds where ATen's vectorised loop has them), or
-ATen's generic loops for a gradient laid out otherwise, so its results are bitwise ATen's; it
-serves x86 CPUs where ATen runs its AVX2 or AVX-512 kernels (checked at run time), the
-channels-last replay one torch thread only, and the ATen operator everywhere else.
+`batch_norm_forward` / `batch_norm_backward` replay ATen's single-threaded channels-last
+kernels (same float sums in the same row order, the same fused multiply-adds where ATen's
+vectorised loops have them), or ATen's generic loops for a gradient laid out otherwise, so their
+results are bitwise ATen's; they serve x86 CPUs where ATen runs its AVX2 or AVX-512 kernels
+(checked at run time), the channels-last replays one torch thread only, and the ATen operators
+everywhere else.
 """
 from __future__ import annotations
 
@@ -98,10 +99,15 @@ def ste_sign_grad(x: Tensor, g: Tensor, clip: float) -> Tensor:
 _BN_BLOCK = 8
 
 
+# The torch releases whose batch-norm arithmetic the replays were checked against, bit for bit.
+_BN_CHECKED_TORCH = ("2.13.",)
+
+
 @lru_cache(maxsize=1)
 def _aten_vector_kernels() -> bool:
-    """True when ATen runs its AVX2/AVX-512 kernels (the arithmetic `batch_norm_backward` replays)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    """True when ATen runs its AVX2/AVX-512 kernels of a checked torch release (the arithmetic the
+    batch-norm replays reproduce)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.__version__.startswith(_BN_CHECKED_TORCH):
         return False
     try:
         return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # The C++ inference engine is compiled by the package build; its sources re-trigger the install.
-ENGINE := setup.py $(wildcard bitnas/deploy/csrc/*.cc bitnas/deploy/csrc/*.h)
+ENGINE := setup.py $(wildcard bitnas/deploy/csrc/*.cc bitnas/deploy/csrc/*.h bitnas/binary/csrc/*.cc)
 
 .PHONY: demo test test-quick install clean bench
 
@@ -27,4 +27,4 @@ test-quick: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache build bitnas/deploy/_engine*.so
+	rm -rf $(VENV) runs .pytest_cache build bitnas/deploy/_engine*.so bitnas/binary/_fused*.so

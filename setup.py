@@ -1,4 +1,5 @@
-"""Build of the optional C++ extension `bitnas.deploy._engine` (the 1-bit inference kernels).
+"""Build of the optional C++ extensions: `bitnas.deploy._engine` (the 1-bit inference kernels) and
+`bitnas.binary._fused` (fused element-wise passes of 1-bit training).
 
 Metadata lives in pyproject.toml. The extension is compiled with the machine's C++ compiler
 (C++17, -O3). Every ISA file is always compiled, each with its own flags on x86-64 (the AVX2
@@ -6,7 +7,8 @@ unit with -mavx2 -mfma -mpopcnt -mbmi2, the AVX-512 unit with -mavx512f -mavx512
 -mavx512vpopcntdq) while everything else stays portable; the row of the ISA table
 (csrc/isa.cc) is picked at run time from the CPU's features. If the compiler
 is missing or the build fails, bitnas still installs (the torch path works) and
-`engine="bitpack"` explains how to build the extension.
+`engine="bitpack"` explains how to build the extension; training then runs the same arithmetic
+through torch (bitwise the same results, more passes).
 """
 from __future__ import annotations
 
@@ -19,15 +21,16 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 CSRC = Path("bitnas") / "deploy" / "csrc"
+FUSED = Path("bitnas") / "binary" / "csrc" / "fused.cc"
 SOURCES = ["bindings.cc", "driver.cc", "isa.cc", "kernels_reference.cc", "kernels_scalar.cc", "kernels_avx2.cc",
            "kernels_avx512.cc"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "x64")
 UNIX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-ffp-contract=off", "-pthread"]
 # Per-file instruction-set flags, by the suffix of the kernel file.
 ISA_FLAGS = {
-    "_avx2.cc": {"unix": ["-mavx2", "-mfma", "-mpopcnt", "-mbmi2"], "msvc": ["/arch:AVX2"]},
-    "_avx512.cc": {"unix": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq", "-mavx2", "-mfma",
-                            "-mpopcnt", "-mbmi2", "-Wno-maybe-uninitialized"], "msvc": ["/arch:AVX512"]},
+    "_avx2.cc": ["-mavx2", "-mfma", "-mpopcnt", "-mbmi2"],
+    "_avx512.cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq", "-mavx2", "-mfma", "-mpopcnt",
+                   "-mbmi2", "-Wno-maybe-uninitialized"],
 }
 
 
@@ -36,19 +39,15 @@ class OptionalBuildExt(build_ext):
 
     def build_extension(self, ext) -> None:
         compiler = self.compiler
-        kind = compiler.compiler_type
         original = getattr(compiler, "_compile", None)
         if original is not None and X86:
             def _compile(obj, src, ext_, cc_args, extra_postargs, pp_opts):
                 extra = list(extra_postargs)
                 for suffix, flags in ISA_FLAGS.items():
                     if src.endswith(suffix):
-                        extra += flags.get(kind, [])
+                        extra += flags
                 return original(obj, src, ext_, cc_args, extra, pp_opts)
             compiler._compile = _compile
-        if kind == "msvc":
-            ext.extra_compile_args = ["/O2", "/std:c++17", "/fp:precise"]
-            ext.extra_link_args = []
         try:
             super().build_extension(ext)
         except Exception as e:  # noqa: BLE001 - any compiler failure: install without the extension
@@ -75,6 +74,13 @@ def extensions() -> list:
         sources=[str(CSRC / s) for s in SOURCES],
         include_dirs=[pybind11.get_include(), str(CSRC)],
         depends=[str(CSRC / h) for h in ("engine.h", "detail.h", "driver.h", "isa.h")],
+        language="c++",
+        extra_compile_args=UNIX_FLAGS,
+        extra_link_args=["-pthread"],
+    ), Extension(
+        "bitnas.binary._fused",
+        sources=[str(FUSED)],
+        include_dirs=[pybind11.get_include()],
         language="c++",
         extra_compile_args=UNIX_FLAGS,
         extra_link_args=["-pthread"],

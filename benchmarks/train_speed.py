@@ -24,6 +24,8 @@ plus a weight step of the mixed-op supernet; images/s counts every image through
     .venv/bin/python benchmarks/train_speed.py --structures darts,cpnas,bireal,ebnas,kim,reactnet \\
         --sizes 8:3:32 --precision binary
     .venv/bin/python benchmarks/train_speed.py --ref /tmp/bitnas-old --sizes 8:3:32 --search random,pcdarts
+    .venv/bin/python benchmarks/train_speed.py --ref /tmp/bitnas-old --sizes 8:5:64 --precision binary \
+        --activation approx_sign                                                # the study protocol network
 """
 from __future__ import annotations
 
@@ -87,7 +89,8 @@ def worker(src: str, threads: int) -> None:
         if spec.get("blocks"):
             net = build_network(None, blocks=spec["blocks"], **size)
         else:
-            net = build_network(load_genotype(spec["genotype"]), structure=spec["structure"], **size)
+            net = build_network(load_genotype(spec["genotype"]), structure=spec["structure"], **size,
+                                **({"activation": spec["activation"]} if spec.get("activation") else {}))
         net.train()
         gen = torch.Generator().manual_seed(1)
         x = torch.randn(spec["batch"], 1, 28, 28, generator=gen)
@@ -159,6 +162,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--genotype", default="DARTS_V2")
     p.add_argument("--structures", default="bireal", help="comma-separated module structures")
+    p.add_argument("--activation", default="", help="activation quantizer of the genotype networks (e.g. "
+                   "approx_sign, the study protocol's; default: the network default, ste_sign)")
     p.add_argument("--sizes", default="8:3:32,16:5:64,36:8:64",
                    help="comma-separated C:cells:batch (init channels, number of cells, batch size)")
     p.add_argument("--precision", default="binary,fp32", help="comma-separated: binary, fp32")
@@ -186,7 +191,7 @@ def main() -> None:
             a.structures.split(","), parse_sizes(a.sizes), a.precision.split(",")):
         key = f"{structure} C={c} cells={layers} batch={batch} {precision}"
         specs.append(dict(key=key, genotype=a.genotype, structure=structure, channels=c, layers=layers,
-                          batch=batch, precision=precision))
+                          batch=batch, precision=precision, activation=a.activation))
     for blocks, (c, layers, batch), precision in itertools.product(
             [b for b in a.blocks.split(",") if b], parse_sizes(a.sizes), a.precision.split(",")):
         key = f"blocks {blocks} C={c} cells={layers} batch={batch} {precision}"

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from bitnas.binary.quantizers import QuantizerLike, get
 from bitnas.common.conv import conv2d
+from bitnas.common.layout import is_channels_last, spatial_slice
 from bitnas.errors import ConfigError
 
 WeightScale = Literal["channel", "layer", "learned", "none"]
@@ -90,7 +91,22 @@ class BinaryConv2d(nn.Conv2d):
     def unfreeze(self) -> None:
         self.frozen_kernel = None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def subsamples_first(self, x: Tensor) -> bool:
+        """True for a strided 1×1 conv without padding on a channels-last CPU input: `conv2d` runs
+        it as subsample + stride-1 conv, and subsampling before the input quantizer gives the same
+        values (the quantizer is element-wise) with a quarter of its passes forward and backward."""
+        return (x.device.type == "cpu" and self.kernel_size == (1, 1) and self.stride != (1, 1)
+                and self.padding == (0, 0) and is_channels_last(x))
+
+    def forward(self, x: Tensor, subsampled: bool = False) -> Tensor:
+        """The conv of `x`; `subsampled=True`: `x` is already subsampled by the stride
+        (`x[:, :, h0::sh, w0::sw]`, only for the convs `subsamples_first` accepts)."""
+        if subsampled or self.subsamples_first(x):
+            if not subsampled:
+                x = spatial_slice(x, (0, 0), self.stride)
+            if self.input_quantizer is not None:
+                x = self.input_quantizer(x)
+            return F.conv2d(x, self.binary_weight(), self.bias, 1, 0, 1, self.groups)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
         w = self.binary_weight()

@@ -10,18 +10,9 @@ from typing import Callable, Union
 import torch
 from torch import Tensor, nn
 
+from bitnas.binary.fused import approx_sign_grad, sign, ste_sign_grad
 from bitnas.errors import ConfigError
 from bitnas.registry import Registry
-
-
-def sign(x: Tensor) -> Tensor:
-    """sign with sign(0) = +1 (torch.sign(0) = 0 would leave a third value).
-
-    The comparison writes 1.0/0.0 straight into a tensor of x's dtype and the affine map runs
-    in place: three vectorised passes and one allocation, no bool tensor and no dtype copy.
-    """
-    out = torch.empty_like(x)
-    return torch.ge(x, 0, out=out).mul_(2).sub_(1)
 
 
 class _SteSignFn(torch.autograd.Function):
@@ -34,8 +25,7 @@ class _SteSignFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        # g · 1[|x| ≤ clip], the mask made in place in x's dtype (no bool tensor, no copy)
-        return x.abs().le_(ctx.clip).mul_(g), None
+        return ste_sign_grad(x, g, ctx.clip), None
 
 
 class _ApproxSignFn(torch.autograd.Function):
@@ -47,8 +37,7 @@ class _ApproxSignFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        # g · max(0, 2 − 2|x|), in place on one buffer (same roundings as the expression)
-        return x.abs().mul_(-2.0).add_(2.0).clamp_min_(0.0).mul_(g)
+        return approx_sign_grad(x, g)
 
 
 class _SwishSignFn(torch.autograd.Function):

@@ -11,12 +11,18 @@ only slow below 8 channels (one AVX2 vector; forward + backward, (32, 4, 28, 28)
 0.9 ms NCHW; (32, 8, 28, 28): 1.3 ms either way, 3.4 ms with the two relayouts), so there the
 boundary is 8. Parameters, buffers and results are those of `nn.BatchNorm2d`; only the memory
 path differs.
+
+In training mode both passes go through `bitnas.binary.fused` (`batch_norm_forward`,
+`batch_norm_backward`: C++ replays of ATen's kernels where they apply, ATen's operators
+elsewhere): bitwise the outputs, running statistics and gradients of `nn.BatchNorm2d`, faster on
+channels-last tensors of few channels.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from bitnas.binary.fused import batch_norm_backward, batch_norm_forward
 from bitnas.common.layout import is_channels_last, relayout
 
 FEW_CHANNELS = 16
@@ -28,11 +34,49 @@ def _slow_channels_last(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.shape[1] < few and is_channels_last(x)
 
 
+class _TrainingBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm: `batch_norm_forward` (running statistics updated in place) and
+    `batch_norm_backward`, bitwise ATen's `native_batch_norm` and its backward."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                running_mean: Tensor | None, running_var: Tensor | None, momentum: float, eps: float,
+                residual: Tensor | None) -> Tensor:
+        out, mean, invstd = batch_norm_forward(x, weight, bias, running_mean, running_var, momentum, eps, residual)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps = eps  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, mean, invstd = ctx.saved_tensors  # type: ignore[attr-defined]
+        need = ctx.needs_input_grad  # type: ignore[attr-defined]
+        mask = (need[0], need[1] and weight is not None, need[2])
+        dx, dw, db = batch_norm_backward(grad, x, weight, mean, invstd, ctx.eps, mask)  # type: ignore[attr-defined]
+        return dx, dw, db, None, None, None, None, (grad if need[7] else None)
+
+
 class BatchNorm2d(nn.BatchNorm2d):
     """`nn.BatchNorm2d` with a faster route for channels-last CPU inputs of few channels."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """BN(x), or BN(x) + residual (one pass where the C++ forward applies; the sum rounds as
+        the separate add did)."""
         if _slow_channels_last(x):
             cl, nchw = torch.channels_last, torch.contiguous_format
-            return relayout(super().forward(relayout(x, nchw, cl)), cl, nchw)
-        return super().forward(x)
+            out = relayout(self._normalise(relayout(x, nchw, cl)), cl, nchw)
+            return out if residual is None else out + residual
+        return self._normalise(x, residual)
+
+    def _normalise(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """`nn.BatchNorm2d.forward` (+ residual); in training mode with batch statistics through
+        `_TrainingBatchNorm` (the same momentum and running-statistics bookkeeping)."""
+        if not (self.training and x.dim() == 4):
+            out = super().forward(x)
+            return out if residual is None else out + residual
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        return _TrainingBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var, factor,
+                                        self.eps, residual)

@@ -43,8 +43,12 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pre(x)
-        a = self.conv_1(x)
-        b = self.conv_2(spatial_slice(x, (1, 1), (1, 1)))
+        if self.conv_1.subsamples_first(x):  # each conv reads its own stride-2 grid of x, no 1-offset copy
+            a = self.conv_1(spatial_slice(x, (0, 0), (2, 2)), subsampled=True)
+            b = self.conv_2(spatial_slice(x, (1, 1), (2, 2)), subsampled=True)
+        else:
+            a = self.conv_1(x)
+            b = self.conv_2(spatial_slice(x, (1, 1), (1, 1)))
         if b.shape[-2:] != a.shape[-2:]:
             # Odd input sizes (e.g. 7×7): pad the shifted branch back to the same grid.
             b = nn.functional.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))

@@ -120,7 +120,10 @@ class ResidualBlock(nn.Module):
         self.act = acts[act]()
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.bn(self.conv(self.pre(self.bn_in(x))))
+        out = self.conv(self.pre(self.bn_in(x)))
+        if self.shortcut is not None and isinstance(self.bn, BatchNorm2d):
+            return self.act(self.bn(out, residual=self.shortcut(x)))  # BN and the residual add in one pass
+        out = self.bn(out)
         if self.shortcut is not None:
             out = out + self.shortcut(x)
         return self.act(out)

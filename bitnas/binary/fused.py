@@ -1,0 +1,191 @@
+"""Fused passes of 1-bit training: the optional C++ kernels (`bitnas.binary._fused`), else the
+torch operations they replace.
+
+The kernels compute the same IEEE float operations in the same order as the torch expressions
+(no FMA contraction), so results are bitwise identical either way; the kernels only save
+passes over memory (sign: 3 → 1, ApproxSign gradient: 5 → 1, STE gradient: 3 → 1). They serve
+float32 CPU tensors that are dense in one memory layout shared by all operands (NCHW or
+channels-last); anything else (CUDA, other dtypes, mixed layouts, the extension not built, or
+$BITNAS_FUSED=0) takes the torch path.
+
+`batch_norm_forward` / `batch_norm_backward` replay ATen's single-threaded channels-last
+kernels (same float sums in the same row order, the same fused multiply-adds where ATen's
+vectorised loops have them), or ATen's generic loops for a gradient laid out otherwise, so their
+results are bitwise ATen's; they serve x86 CPUs where ATen runs its AVX2 or AVX-512 kernels
+(checked at run time), the channels-last replays one torch thread only, and the ATen operators
+everywhere else.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from functools import lru_cache
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+ENV = "BITNAS_FUSED"
+
+
+@lru_cache(maxsize=1)
+def extension() -> ModuleType | None:
+    """The compiled kernels, or None (not built, or disabled with $BITNAS_FUSED=0)."""
+    if os.environ.get(ENV, "1").strip() == "0":
+        return None
+    try:
+        from bitnas.binary import _fused
+    except ImportError:
+        return None
+    return _fused
+
+
+def _dense(x: Tensor) -> bool:
+    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _same_layout(a: Tensor, b: Tensor) -> bool:
+    """Same shape and the same strides wherever a dimension is longer than 1 (the stride of a
+    size-1 dimension is arbitrary): element i of one flat buffer is element i of the other."""
+    return a.shape == b.shape and all(n == 1 or sa == sb for n, sa, sb in zip(a.shape, a.stride(), b.stride()))
+
+
+def _fusable(x: Tensor, *others: Tensor) -> bool:
+    """True when the kernels can take `x` (and `others`) as flat buffers of one layout."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not _dense(x):
+        return False
+    return all(o.device.type == "cpu" and o.dtype == torch.float32 and _same_layout(o, x) for o in others)
+
+
+def sign(x: Tensor) -> Tensor:
+    """sign with sign(0) = +1 (torch.sign(0) = 0 would leave a third value); NaN gives −1.
+
+    Torch path: the comparison writes 1.0/0.0 straight into a tensor of x's dtype and the affine
+    map runs in place (three passes, no bool tensor, no dtype copy)."""
+    out = torch.empty_like(x)
+    ext = extension()
+    if ext is not None and _fusable(x, out):
+        ext.sign(x.data_ptr(), out.data_ptr(), x.numel())
+        return out
+    return torch.ge(x, 0, out=out).mul_(2).sub_(1)
+
+
+def approx_sign_grad(x: Tensor, g: Tensor) -> Tensor:
+    """g · max(0, 2 − 2|x|) (Bi-Real ApproxSign), in x's memory layout."""
+    ext = extension()
+    if ext is not None and _fusable(x, g):
+        out = torch.empty_like(x)
+        if _same_layout(out, x):
+            ext.approx_sign_grad(x.data_ptr(), g.data_ptr(), out.data_ptr(), x.numel())
+            return out
+    # in place on one buffer (same roundings as the expression)
+    return x.abs().mul_(-2.0).add_(2.0).clamp_min_(0.0).mul_(g)
+
+
+def ste_sign_grad(x: Tensor, g: Tensor, clip: float) -> Tensor:
+    """g · 1[|x| ≤ clip] (clipped straight-through estimator), in x's memory layout."""
+    ext = extension()
+    if ext is not None and _fusable(x, g):
+        out = torch.empty_like(x)
+        if _same_layout(out, x):
+            ext.ste_sign_grad(x.data_ptr(), g.data_ptr(), out.data_ptr(), x.numel(), clip)
+            return out
+    # the mask made in place in x's dtype (no bool tensor, no copy)
+    return x.abs().le_(clip).mul_(g)
+
+
+# ATen's vectorised channels-last batch-norm loop covers the channels in blocks of 8 with fused
+# multiply-adds; the remaining C mod 8 channels run a scalar loop without them.
+_BN_BLOCK = 8
+
+
+# The torch releases whose batch-norm arithmetic the replays were checked against, bit for bit.
+_BN_CHECKED_TORCH = ("2.13.",)
+
+
+@lru_cache(maxsize=1)
+def _aten_vector_kernels() -> bool:
+    """True when ATen runs its AVX2/AVX-512 kernels of a checked torch release (the arithmetic the
+    batch-norm replays reproduce)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.__version__.startswith(_BN_CHECKED_TORCH):
+        return False
+    try:
+        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    except AttributeError:
+        return False
+
+
+def _channels_last_float(x: Tensor) -> bool:
+    return (x.dim() == 4 and x.shape[1] > 1 and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+
+
+def _params_ok(*ts: Tensor | None) -> bool:
+    return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()) for t in ts)
+
+
+def batch_norm_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+                       running_var: Tensor | None, momentum: float, eps: float,
+                       residual: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(output, save_mean, save_invstd) of training-mode batch norm with the running statistics
+    updated in place, as `torch.native_batch_norm` computes them (output + `residual` when
+    given, as a following torch add): the C++ replay of ATen's single-threaded channels-last
+    kernels (one torch thread, x86 AVX2/AVX-512), else that op."""
+    ext = extension()
+    if (ext is not None and torch.get_num_threads() == 1 and _channels_last_float(x) and x.numel() > x.shape[1]
+            and _aten_vector_kernels() and _params_ok(weight, bias, running_mean, running_var)
+            and (residual is None or _fusable(x, residual))):
+        c = x.shape[1]
+        y = torch.empty_like(x)
+        if _same_layout(y, x):
+            w = weight.detach() if weight is not None else torch.ones(c, dtype=x.dtype)
+            b = bias.detach() if bias is not None else torch.zeros(c, dtype=x.dtype)
+            mean, invstd = torch.empty(c, dtype=x.dtype), torch.empty(c, dtype=x.dtype)
+            ext.bn_forward(x.data_ptr(), w.data_ptr(), b.data_ptr(),
+                           0 if running_mean is None else running_mean.data_ptr(),
+                           0 if running_var is None else running_var.data_ptr(), y.data_ptr(), mean.data_ptr(),
+                           invstd.data_ptr(), x.numel() // c, c, momentum, eps,
+                           0 if residual is None else residual.data_ptr())
+            return y, mean, invstd
+    y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
+    return (y if residual is None else y + residual), mean, invstd
+
+
+def batch_norm_backward(grad: Tensor, x: Tensor, weight: Tensor | None, save_mean: Tensor, save_invstd: Tensor,
+                        eps: float, mask: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(grad_input, grad_weight, grad_bias) of training-mode batch norm, as
+    `aten.native_batch_norm_backward` computes them (None where `mask` is False).
+
+    Two replays of ATen: its channels-last kernel when `grad` is laid out like `x`, its generic
+    loops for a `grad` of other strides (a channel slice of a larger channels-last gradient, as
+    the backward of a concatenation hands out, or NCHW; ATen's generic path is many times
+    slower)."""
+    ext = extension()
+    if (ext is not None and x.dim() == 4 and x.shape[1] > 1 and x.device.type == "cpu"
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            and x.dtype == grad.dtype == torch.float32 and grad.device.type == "cpu" and grad.shape == x.shape
+            and _aten_vector_kernels()
+            and all(t.dtype == torch.float32 and t.is_contiguous() for t in (save_mean, save_invstd))
+            and (weight is None or (weight.dtype == torch.float32 and weight.is_contiguous()))):
+        c = x.shape[1]
+        rows = x.numel() // c
+        same = _same_layout(grad, x)
+        if not same or torch.get_num_threads() == 1:
+            w = weight.detach() if weight is not None else torch.ones(c, dtype=x.dtype, device=x.device)
+            dx = torch.empty_like(x) if mask[0] else None
+            dw = torch.empty(c, dtype=x.dtype, device=x.device) if mask[1] else None
+            db = torch.empty(c, dtype=x.dtype, device=x.device) if mask[2] else None
+            if dx is None or _same_layout(dx, x):
+                out = [0 if t is None else t.data_ptr() for t in (dx, dw, db)]
+                if same:
+                    ext.bn_backward(x.data_ptr(), grad.data_ptr(), save_mean.data_ptr(), save_invstd.data_ptr(),
+                                    w.data_ptr(), *out, rows, c, c - c % _BN_BLOCK)
+                else:
+                    total = grad.sum(dim=(0, 2, 3))  # ATen's generic path takes this very sum
+                    ext.bn_backward_generic(x.data_ptr(), grad.data_ptr(), *grad.shape, *grad.stride(),
+                                            save_mean.data_ptr(), save_invstd.data_ptr(), w.data_ptr(),
+                                            total.data_ptr(), *out)
+                return dx, dw, db
+    dx, dw, db = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, save_mean, save_invstd, True,
+                                                           eps, list(mask))
+    return (dx if mask[0] else None), (dw if mask[1] else None), (db if mask[2] else None)

@@ -47,6 +47,9 @@ from bitnas.deploy.runtimes import openvino_config  # noqa: E402
 from bitnas.nets import arch_spec, build_network  # noqa: E402
 from bitnas.utils import save_checkpoint  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference import interleaved  # noqa: E402  (the same round-robin timing as the inference benchmark)
+
 NETWORK = dict(blocks="bireal", structure="bireal", init_channels=16, layers=6, style="cifar", num_classes=10,
                in_channels=3)
 
@@ -62,19 +65,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[tuple[float, float]]]:
-    names = list(fns)
-    for n in names:
-        fns[n]()
-    times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
-    for r in range(rounds):
-        for n in (names if r % 2 == 0 else names[::-1]):
-            t0, c0 = time.perf_counter(), time.process_time()
-            fns[n]()
-            times[n].append((time.perf_counter() - t0, time.process_time() - c0))
-    return times
 
 
 def twin_int8(tmp: Path) -> Path:

@@ -24,6 +24,7 @@ from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
 from bitnas.search.config import SearchConfig
 from bitnas.search.steps import Meter, make_weight_optimizer, progress, weight_step
+from bitnas.search.sampled import BestOfSamples
 from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy
 from bitnas.search.supernet import SuperNetwork, fit_partial_ratio, genotype_paths
 from bitnas.space.genotypes import Genotype, random_genotype
@@ -32,7 +33,7 @@ log = logging.getLogger("bitnas")
 
 
 
-class RandomSearch(SearchStrategy):
+class RandomSearch(BestOfSamples, SearchStrategy):
     """Weight-sharing random search; see the module docstring."""
 
     stateful = ("model", "w_optimizer", "scheduler", "train_loader")
@@ -139,14 +140,6 @@ class RandomSearch(SearchStrategy):
         if self.cfg.epochs == 0:
             return 0
         return max(range(len(self.samples)), key=lambda i: (self.samples[i]["val_acc"], -i))
-
-    def genotype(self) -> Genotype:
-        if not self.samples:
-            return self.draw(torch.Generator().set_state(self.sample_gen.get_state()))
-        return Genotype.from_dict(self.samples[self._best_index()]["genotype"])
-
-    def best_genotype(self) -> Genotype | None:
-        return self.genotype() if self.samples else None
 
     def estimate(self, genotype: Genotype) -> dict[str, float]:
         """Weight-sharing accuracy: the genotype's path in the trained supernet on the whole

@@ -21,6 +21,7 @@ import torch
 from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
 from bitnas.search.config import SearchConfig
+from bitnas.search.sampled import BestOfSamples
 from bitnas.search.strategy import STRATEGIES, SearchContext, SearchStrategy
 from bitnas.space.genotypes import Genotype, random_genotype
 from bitnas.study.estimators.protocol import init_network, training_batches
@@ -29,7 +30,7 @@ from bitnas.study.estimators.zero_cost import ZERO_COST, get, images_read, score
 log = logging.getLogger("bitnas")
 
 
-class ZeroCostSearch(SearchStrategy):
+class ZeroCostSearch(BestOfSamples, SearchStrategy):
     """Random sampling ranked by a zero-cost estimator; see the module docstring."""
 
     name = "zero_cost"
@@ -89,14 +90,6 @@ class ZeroCostSearch(SearchStrategy):
 
     def _best_index(self) -> int:
         return max(range(len(self.samples)), key=lambda i: (self.samples[i]["score"], -i))
-
-    def genotype(self) -> Genotype:
-        if not self.samples:
-            return self.draw(torch.Generator().set_state(self.sample_gen.get_state()))
-        return Genotype.from_dict(self.samples[self._best_index()]["genotype"])
-
-    def best_genotype(self) -> Genotype | None:
-        return self.genotype() if self.samples else None
 
     def estimate(self, genotype: Genotype) -> dict[str, float]:
         """The same estimator on `genotype`'s network, as the candidates are scored."""

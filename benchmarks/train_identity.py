@@ -41,8 +41,8 @@ def train(src: str, out: str, a: argparse.Namespace) -> None:
     try:
         from bitnas.binary import binarized_layers
         from bitnas.train.config import TrainConfig
-        from bitnas.train.trainer import make_optimizer
-        opt = make_optimizer(TrainConfig(optimizer="adam", lr=a.lr), net, binarized_layers(net))
+        from train_speed import tree_make_optimizer
+        opt = tree_make_optimizer()(TrainConfig(optimizer="adam", lr=a.lr), net, binarized_layers(net))
     except ImportError:
         opt = torch.optim.Adam(net.parameters(), a.lr)
     gen = torch.Generator().manual_seed(a.seed + 1)

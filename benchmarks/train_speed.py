@@ -46,6 +46,15 @@ HERE = Path(__file__).resolve().parent
 # ----------------------------------------------------------------------------------- worker
 
 
+def tree_make_optimizer() -> Any:
+    """The imported tree's `make_optimizer` (moved from bitnas.train.trainer to bitnas.train.build)."""
+    try:
+        from bitnas.train.build import make_optimizer
+    except ImportError:
+        from bitnas.train.trainer import make_optimizer
+    return make_optimizer
+
+
 def worker(src: str, threads: int) -> None:
     """Serve build/step requests (one JSON object per line) for the bitnas found under `src`."""
     sys.path.insert(0, src)
@@ -61,12 +70,12 @@ def worker(src: str, threads: int) -> None:
     searches: dict[str, Any] = {}
 
     def make_optimizer(net: torch.nn.Module) -> torch.optim.Optimizer:
-        """Adam (lr 1e-3) as this tree's `bitnas train` builds it (trees older than
-        `bitnas.train.trainer.make_optimizer` built a default `torch.optim.Adam`)."""
+        """Adam (lr 1e-3) as this tree's `bitnas train` builds it (`bitnas.train.build`, earlier
+        `bitnas.train.trainer`; trees older than either built a default `torch.optim.Adam`)."""
         try:
             from bitnas.binary import binarized_layers
             from bitnas.train.config import TrainConfig
-            from bitnas.train.trainer import make_optimizer as tree_optimizer
+            tree_optimizer = tree_make_optimizer()
         except ImportError:
             return torch.optim.Adam(net.parameters(), 1e-3)
         return tree_optimizer(TrainConfig(optimizer="adam", lr=1e-3), net, binarized_layers(net))

@@ -67,7 +67,7 @@ def _search(cfg: DemoConfig, out: Path) -> dict[str, Any]:
 
 def _train(cfg: DemoConfig, out: Path, genotype_file: Path) -> dict[str, Any]:
     from bitnas.train.config import TrainConfig
-    from bitnas.train.trainer import train
+    from bitnas.train.job import train
 
     tcfg = TrainConfig(genotype=str(genotype_file), data=cfg.data, train_subset=cfg.train_subset, seed=cfg.seed,
                        device=cfg.device, out=str(out / "train"), init_channels=cfg.init_channels, layers=cfg.layers,

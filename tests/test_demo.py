@@ -30,7 +30,7 @@ def test_demo_pipeline_tiny(tmp_path: Path) -> None:
     assert {"normal_cell.png", "reduction_cell.png", "cpnas_scores.png", "child_training.png"} <= pngs
     assert res["parent_top1"] is None
     # the reported figure is the test top-1 of the selected checkpoint, evaluated again independently
-    from bitnas.train.trainer import evaluate_checkpoint
+    from bitnas.train.evaluate import evaluate_checkpoint
 
     again = evaluate_checkpoint(str(out / "train" / "best.pt"), "fashion-mnist-embedded")
     assert again["num_images"] == 2000 and res["child_top1"] == pytest.approx(again["top1"], abs=1e-9)

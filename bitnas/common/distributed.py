@@ -89,14 +89,15 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev, owns_group=owns)
 
 
-def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
-    """DistributedDataParallel around `model` when world_size > 1, else `model` itself."""
+def wrap_model(model: nn.Module, info: DistInfo, find_unused: bool = False) -> nn.Module:
+    """DistributedDataParallel around `model` when world_size > 1, else `model` itself;
+    `find_unused` tolerates parameters without gradient (a learned α unused in stage 1)."""
     if not info.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [info.device.index] if info.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -63,7 +63,8 @@ def _check_train(spec: StudySpec, arm: Arm, t: Trial, load: Callable[..., Any]) 
     from bitnas.config import update_config
     from bitnas.space.genotypes import load_genotype
     from bitnas.train.config import TrainConfig
-    from bitnas.train.trainer import check_network, load_train_data
+    from bitnas.train.data import load_train_data
+    from bitnas.train.job import check_network
     from bitnas.utils import resolve_device
 
     values: dict[str, Any] = {**spec.protocol, **arm.train, "data": spec.data, "seed": t.seed}

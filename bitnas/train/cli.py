@@ -13,7 +13,7 @@ from bitnas.utils import to_json
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from bitnas.train.trainer import train
+    from bitnas.train.job import train
 
     cfg = config_from_args(TrainConfig, args)
     launched = maybe_launch(args)
@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     if not Path(args.checkpoint).is_file():
         raise BitnasError(f"{args.checkpoint}: checkpoint not found")
-    from bitnas.train.trainer import evaluate_checkpoint
+    from bitnas.train.evaluate import evaluate_checkpoint
 
     r = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device,
                             genotype=args.genotype, precision=args.precision, engine=args.engine,

@@ -1,9 +1,6 @@
-"""Training a fixed genotype: the loop, checkpoints, exact resume, parent/child methods.
-
-`train(cfg)` is the entry point used by `bitnas train`, the demo and the benchmarks. It loads
-the data once, obtains the fp32 parent when the method needs one (trains it in
-`<out>/parent/`, or loads `parent_checkpoint`; the result is `<out>/parent.pt`), then trains
-the network of `cfg.precision` with a `Trainer`.
+"""The training loop of a fixed genotype's network: epochs, losses of every method, checkpoints,
+exact resume, selection of the epoch on the validation split (`Trainer`). A whole job — data,
+parent, trainer, test — is `bitnas.train.job.train`.
 
 Exact resume: every batch's content and order are a pure function of (seed, epoch, rank,
 batch) (see `BatchLoader` and, for streamed image folders, `StreamLoader`), the global torch
@@ -20,94 +17,30 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitnas.binary import binarized_layers
 from bitnas.common import faults, signals
-from bitnas.common.distributed import (
-    DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier, broadcast_buffers, broadcast_object, cleanup,
-    init_distributed, on_main_rank, unwrap, wrap_model,
-)
+from bitnas.common.distributed import DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier, wrap_model
 from bitnas.common.finite import check_step, grad_norm
 from bitnas.common.layout import CHANNELS_LAST_CHOICES
 from bitnas.common.schedules import LRSchedule
-from bitnas.config import check_resume_config
-from bitnas.data import BatchLoader, load_dataset
 from bitnas.data.loader import mix_seed
-from bitnas.errors import BitnasError, ConfigError, DataError
-from bitnas.nets import arch_spec, build_network, network_from_checkpoint
-from bitnas.nets.limits import check_build_kwargs, check_image_side, check_input_size
-from bitnas.run import RunDir, check_out, clear_run, default_out
-from bitnas.space.genotypes import Genotype, build_hints, load_genotype
+from bitnas.errors import ConfigError
+from bitnas.nets import arch_spec, build_network
+from bitnas.run import RunDir
+from bitnas.space.genotypes import Genotype, load_genotype
 from bitnas.train.config import TrainConfig
-from bitnas.train.data import Loader, TrainData, checkpoint_test_loader, load_train_data
+from bitnas.train.data import Loader, TrainData
 from bitnas.train.losses import CenterLoss, KernelLoss, distillation_loss
+from bitnas.train.build import CHECKPOINT_FORMAT, build_kwargs, check_resumable, make_optimizer
+from bitnas.train.evaluate import evaluate_model
 from bitnas.utils import (
-    atomic_write_bytes, load_checkpoint, progress_enabled, resolve_device, rng_state, save_checkpoint, seed_everything,
-    set_rng_state, truncate_jsonl,
+    load_checkpoint, progress_enabled, rng_state, save_checkpoint, seed_everything, set_rng_state, truncate_jsonl,
 )
 
 log = logging.getLogger("bitnas")
-
-CHECKPOINT_FORMAT = "bitnas-train/1"
-
-
-# ---------------------------------------------------------------------------- network
-
-def build_kwargs(cfg: TrainConfig, data: TrainData | ImageDataset, precision: str) -> dict[str, Any]:
-    """build_network kwargs of the run (stored in checkpoints through `arch_spec`); `data`: the
-    run's splits, or just its training images."""
-    kw: dict[str, Any] = dict(
-        style=cfg.style, precision=precision, structure=cfg.structure or "cpnas",
-        init_channels=cfg.init_channels, layers=cfg.layers, num_classes=data.num_classes,
-        in_channels=data.input_shape[0], auxiliary=cfg.auxiliary, weight_quantizer=cfg.weight_quantizer,
-        weight_scale=cfg.weight_scale, pad_value=cfg.pad_value, binary_preprocess=cfg.binary_preprocess,
-    )
-    if cfg.activation:
-        kw["activation"] = cfg.activation
-    if cfg.network:
-        kw["blocks"] = cfg.network
-    return kw
-
-
-def make_optimizer(cfg: TrainConfig, model: nn.Module, binary_layers: list[tuple[str, nn.Module]]) -> torch.optim.Optimizer:
-    """SGD or Adam over the trainable parameters; the latent weights of `binary_layers` get
-    `binary_weight_decay`, everything else `weight_decay`. `foreach`: one multi-tensor kernel
-    per update term instead of a Python loop over ~100 tensors, on CPU too (bitwise the same
-    result; the Adam step of the C=8 DARTS_V2 network took 9 ms instead of 19 ms)."""
-    latent = {id(m.weight) for _, m in binary_layers}
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if id(p) not in latent], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if id(p) in latent], "weight_decay": cfg.binary_weight_decay},
-    ]
-    groups = [g for g in groups if g["params"]]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
-    return torch.optim.Adam(groups, lr=cfg.lr, foreach=True)
-
-
-def accuracy_counts(logits: Tensor, y: Tensor, k: int = 5) -> tuple[int, int]:
-    """(# top-1 correct, # top-k correct) with k capped at the number of classes."""
-    k = min(k, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hit = top.eq(y[:, None])
-    return int(hit[:, 0].sum()), int(hit.any(dim=1).sum())
-
-
-# ---------------------------------------------------------------------------- trainer
-
-def check_resumable(state: dict[str, Any], cfg: TrainConfig, arch: dict[str, Any], source: str) -> None:
-    """A training checkpoint made by this run: the format, the network and every result-shaping key match."""
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise BitnasError(f"{source}: not a bitnas training checkpoint (format {state.get('format')!r})")
-    if state.get("arch") != arch:
-        raise ConfigError(f"{source}: made for another network (genotype/precision/size/data differ); "
-                          "resume needs the same settings, or use another --out")
-    check_resume_config(state.get("config") or {}, cfg, source)
-
 
 class Trainer:
     """Trains one network (child or parent) for `cfg.epochs` epochs in `run`.
@@ -135,8 +68,7 @@ class Trainer:
             self._init_from(parent)
         self.binary_layers = binarized_layers(self.model)
         self._weight_quantizers = {n: m.weight_quantizer for n, m in self.binary_layers}
-        find_unused = cfg.two_stage and cfg.weight_scale == "learned"
-        self.net = wrap_model(self.model, info) if not find_unused else _wrap_find_unused(self.model, info)
+        self.net = wrap_model(self.model, info, find_unused=cfg.two_stage and cfg.weight_scale == "learned")
 
         self.train_loader = data.train_loader(cfg, info)
         self.has_val = data.val is not None
@@ -493,289 +425,3 @@ class Trainer:
             msg += f" | test loss {r['test_loss']:.4f} top1 {r['test_top1']:.2f}% top5 {r['test_top5']:.2f}%"
         msg += f" | lr {r['lr']:.2e} | {r['seconds']:.1f}s"
         log.info(msg)
-
-
-def _wrap_find_unused(model: nn.Module, info: DistInfo) -> nn.Module:
-    """DDP that tolerates parameters without gradient (learned α is unused in stage 1)."""
-    if not info.enabled:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [info.device.index] if info.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-
-
-@torch.no_grad()
-def evaluate_model(model: nn.Module, loader: Loader | None, info: DistInfo, device: torch.device,
-                   prefix: str = "test") -> dict[str, float]:
-    """`{prefix}_loss`, `{prefix}_top1`, `{prefix}_top5` (in %) and `{prefix}_images` over all ranks.
-
-    `loader` is this rank's share (None when the rank has no samples of the split)."""
-    model = unwrap(model)
-    broadcast_buffers(model, info)  # each rank's share is judged with the statistics rank 0 saves
-    was_training = model.training
-    model.eval()
-    loss_sum, c1, c5, n = 0.0, 0, 0, 0
-    if loader is not None:
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            logits, _ = model(x)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            a, b = accuracy_counts(logits, y)
-            c1, c5, n = c1 + a, c5 + b, n + int(y.shape[0])
-    model.train(was_training)
-    packed = all_reduce_sum(torch.tensor([loss_sum, c1, c5, n], dtype=torch.float64), info)
-    total = max(1.0, float(packed[3]))
-    return {f"{prefix}_loss": float(packed[0]) / total, f"{prefix}_top1": 100.0 * float(packed[1]) / total,
-            f"{prefix}_top5": 100.0 * float(packed[2]) / total, f"{prefix}_images": int(packed[3])}
-
-
-# ---------------------------------------------------------------------------- parent
-
-def _check_parent_checkpoint(ck: dict[str, Any], path: str, genotype: Genotype | None,
-                             build_kw: dict[str, Any]) -> None:
-    """The parent must be fp32, of the same genotype (or hand-designed network), classes and input
-    channels as the child."""
-    arch = ck.get("arch")
-    if not isinstance(arch, dict) or not isinstance(arch.get("network"), dict):
-        raise BitnasError(f"{path}: no architecture stored in this checkpoint")
-    net = arch["network"]
-    if net.get("precision") != "fp32":
-        raise ConfigError(f"parent_checkpoint {path}: a parent must be full precision, this one is {net.get('precision')!r}")
-    stored = ck["arch"].get("genotype")
-    if (Genotype.from_dict(stored, path) if stored is not None else None) != genotype:
-        raise ConfigError(f"parent_checkpoint {path}: made for another genotype than --genotype")
-    for key in ("num_classes", "in_channels", "init_channels", "layers", "style", "blocks"):
-        if net.get(key) != build_kw.get(key):
-            raise ConfigError(f"parent_checkpoint {path}: {key} is {net.get(key)!r} but the child has {build_kw.get(key)!r}")
-
-
-def _frozen(model: nn.Module, device: torch.device) -> nn.Module:
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def load_parent_checkpoint(cfg: TrainConfig, data: TrainData, genotype: Genotype | None,
-                           info: DistInfo) -> nn.Module:
-    """The fp32 network of `parent_checkpoint`, checked (precision, genotype, sizes, weights) and built."""
-    src = cfg.parent_checkpoint
-    ck = load_checkpoint(src, map_location=info.device)
-    _check_parent_checkpoint(ck, src, genotype, build_kwargs(cfg, data, "fp32"))
-    return network_from_checkpoint(ck, src)
-
-
-def obtain_parent(cfg: TrainConfig, data: TrainData, run: RunDir, info: DistInfo,
-                  given: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The frozen fp32 parent and its test figures (the parent as used, evaluated once): `given`
-    (loaded from parent_checkpoint, which is copied to `<out>/parent.pt`), a finished
-    `<out>/parent.pt` when resuming, or trained in `<out>/parent/` (its last epoch, copied there)."""
-    target = run.file("parent.pt")
-    if given is not None:
-        src = cfg.parent_checkpoint
-        if info.is_main and Path(src).resolve() != target.resolve():
-            atomic_write_bytes(target, Path(src).read_bytes())
-        barrier(info)
-        model = _frozen(given, info.device)
-        return model, evaluate_model(model, data.eval_loader(data.test, cfg.batch_size, info), info, info.device, "test")
-    if cfg.resume and target.is_file():
-        ck = load_checkpoint(target, map_location=info.device)
-        log.info("[parent] using the finished parent %s", target)
-    else:
-        pcfg = dataclasses.replace(
-            cfg, precision="fp32", method="plain", kd_weight=0.0, init_from_parent=False, two_stage=False,
-            parent_checkpoint="", epochs=cfg.parent_epochs or cfg.epochs, out=str(run.file("parent")))
-        prun = RunDir(pcfg.out, writer=info.is_main)
-        prun.save_config(pcfg, command="train")
-        trainer = Trainer(pcfg, data, prun, info, label="parent")
-        if not (cfg.resume and trainer.resume_from(prun.file("last.pt"))):
-            if info.is_main:
-                clear_run(prun.path)
-            barrier(info)
-        trainer.fit()
-        if info.is_main:
-            atomic_write_bytes(target, prun.file("last.pt").read_bytes())
-        prun.detach_log_file()
-        barrier(info)
-        ck = load_checkpoint(target, map_location=info.device)
-    model = _frozen(network_from_checkpoint(ck, str(target)), info.device)
-    return model, evaluate_model(model, data.eval_loader(data.test, cfg.batch_size, info), info, info.device, "test")
-
-
-# ---------------------------------------------------------------------------- entry point
-
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train `cfg` (under torchrun: on every process); returns final metrics and file paths.
-
-    Keys: out, last, best, parent (path or None), metrics (last epoch's record), best_metric
-    ({key, value, epoch}), test_top1, parent_test_top1 (or None), seconds (wall clock over every
-    process of the run, resumes included).
-    """
-    cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    info = init_distributed(cfg.device)
-    if not info.is_main:
-        log.setLevel(logging.ERROR)
-    try:
-        with signals.graceful_stop():
-            result = _train(cfg, info)
-    except BaseException:
-        if info.enabled and info.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-        raise
-    cleanup(info)
-    return result
-
-
-def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
-    started = time.monotonic()
-    out = broadcast_object(cfg.out or default_out("train"), info)
-    cfg = dataclasses.replace(cfg, out=out)
-    genotype = None if cfg.network else load_genotype(cfg.genotype)
-    hints = {} if cfg.network else {k: v for k, v in build_hints(cfg.genotype).items() if not getattr(cfg, k)}
-    if hints:
-        log.info("train: using the search's %s", ", ".join(f"{k} {v}" for k, v in hints.items()))
-        cfg = dataclasses.replace(cfg, **hints)
-    # everything is checked before the run directory is touched
-    on_main_rank(lambda: check_out(out, "train", cfg.resume, cfg.force), info)
-    data = load_train_data(cfg, info.world_size)
-    check_network(cfg, data, genotype)
-    given_parent = load_parent_checkpoint(cfg, data, genotype, info) if cfg.needs_parent and cfg.parent_checkpoint else None
-    run = RunDir(out, writer=info.is_main, create=False)
-    resuming = cfg.resume and run.file("last.pt").is_file()
-    resume_state = None
-    if resuming:
-        resume_state = load_checkpoint(run.file("last.pt"), map_location=info.device)
-        arch = arch_spec(genotype, **build_kwargs(cfg, data, cfg.precision))
-        check_resumable(resume_state, cfg, arch, str(run.file("last.pt")))
-    if cfg.resume and not resuming:
-        log.info("%s: no last.pt to resume from; starting from the beginning", run.path)
-    if not cfg.resume and info.is_main:
-        gone = clear_run(run.path, keep=cfg.parent_checkpoint)
-        if gone:
-            log.warning("%s: replacing %s of an earlier run", run.path, ", ".join(gone))
-    barrier(info)
-    run.create()
-    run.save_config(cfg, command="train")
-    log.info("train: %s, %s, C=%d, %d cells, %d epochs on %d images of %s (%s) → %s", cfg.network or cfg.genotype,
-             cfg.precision, cfg.init_channels, cfg.layers, cfg.epochs, len(data.train), data.train.name, info.device,
-             run.path)
-
-    parent, parent_final = None, {}
-    if cfg.needs_parent:
-        parent, parent_final = obtain_parent(cfg, data, run, info, given=given_parent)
-    trainer = Trainer(cfg, data, run, info, parent=parent, label="child" if parent is not None else "", started=started)
-    if resume_state is not None:
-        trainer.resume_from(run.file("last.pt"), resume_state)
-    final = trainer.fit()
-    test = trainer.final_test()
-    result = {
-        "out": str(run.path), "last": str(run.file("last.pt")), "best": str(run.file("best.pt")),
-        "parent": str(run.file("parent.pt")) if parent is not None else None,
-        "metrics": final, "best_metric": trainer.best, "selected_epoch": test["selected_epoch"],
-        "val_top1": test.get("val_top1"), "test_top1": test["test_top1"], "test_top5": test["test_top5"],
-        "test_loss": test["test_loss"], "splits": test["splits"],
-        "parent_test_top1": parent_final.get("test_top1"),
-        "seconds": round(trainer.elapsed(), 3),
-    }
-    run.write_json("result.json", result)
-    return result
-
-
-def check_network(cfg: TrainConfig, data: TrainData, genotype: Genotype | None) -> None:
-    """The network `cfg` describes can be built for `data`: known op settings, sizes in range,
-    images large enough for its stride-2 stages."""
-    kw = build_kwargs(cfg, data, cfg.precision)
-    check_build_kwargs(kw, "train", multiplier=len(genotype.normal_concat) if genotype is not None else 4)
-    check_input_size(cfg.style, cfg.layers, data.image_size, f"data {cfg.data}", blocks=cfg.network)
-
-
-# ---------------------------------------------------------------------------- eval
-
-def _evaluate_runtime_file(path: str, data: str, batch_size: int, engine: str, threads: int) -> dict[str, Any]:
-    """`evaluate_checkpoint` for an `.onnx` / OpenVINO `.xml` export on ONNX Runtime or OpenVINO."""
-    from bitnas.deploy.export import load_export
-    from bitnas.deploy.runtimes import file_kind
-
-    if file_kind(path) == "bitnas" or file_kind(path) is None:
-        raise ConfigError(f"{path}: --engine {engine} runs `bitnas export --format onnx|openvino` files (.onnx, .xml)")
-    model = load_export(path, engine if engine != "torch" else "auto", threads=threads)
-    net = (model.meta.get("arch") or {}).get("network")
-    net = net if isinstance(net, dict) else {}
-    size = (model.meta.get("input") or {}).get("image_size") or 0
-    kw = {"image_size": size} if size and data.split(":", 1)[0].strip() in ("imagefolder", "image-folder") else {}
-    test = load_dataset(data, "test", **kw)
-    c = test.input_shape[0]
-    if net and (c != net.get("in_channels") or test.num_classes != net.get("num_classes")):
-        raise DataError(f"{data}: {c} channel(s) and {test.num_classes} classes, but the network in {path} takes "
-                        f"{net.get('in_channels')} channel(s) and has {net.get('num_classes')} classes")
-    info = DistInfo(device=torch.device("cpu"))
-    m = evaluate_model(model, BatchLoader(test, batch_size, shuffle=False, seed=0), info, info.device, "test")
-    return {"top1": m["test_top1"], "top5": m["test_top5"], "loss": m["test_loss"], "num_images": m["test_images"],
-            "checkpoint": str(path), "data": data, "dataset": test.name, "precision": net.get("precision"),
-            "epoch": None, "engine": model.engine}
-
-
-def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str = "auto",
-                        genotype: str | None = None, precision: str | None = None, engine: str = "torch",
-                        threads: int = 1) -> dict[str, Any]:
-    """Rebuild the network stored in checkpoint `path` and evaluate it on the test split of `data`.
-
-    `genotype` / `precision`, when given, must agree with the checkpoint (else ConfigError).
-    `engine="bitpack"` runs an export's binary convs on the XNOR-popcount kernels (`threads`).
-    Returns top1, top5 (in %), loss (mean cross-entropy), num_images, plus what was evaluated.
-    """
-    from bitnas.deploy.export import is_export_file, network_from_export, read_export
-    from bitnas.deploy.runtimes import RUNTIMES, file_kind
-
-    if engine in RUNTIMES or file_kind(path) in ("onnx", "openvino"):
-        return _evaluate_runtime_file(path, data, batch_size, engine, threads)
-    exported = is_export_file(path)
-    if engine not in ("torch", "bitpack"):
-        raise ConfigError(f"--engine '{engine}': expected torch, bitpack, onnxruntime or openvino")
-    if engine == "bitpack" and not exported:
-        raise ConfigError(f"{path}: --engine bitpack runs `bitnas export` files; export this checkpoint first")
-    ck = read_export(path) if exported else load_checkpoint(path)
-    spec = ck.get("arch") if isinstance(ck, dict) else None
-    if not isinstance(spec, dict) or not isinstance(spec.get("network"), dict) or not (exported or "model" in ck):
-        raise BitnasError(f"{path}: not a bitnas training checkpoint or export (no stored architecture/weights)")
-    net = spec["network"]
-    stored = Genotype.from_dict(spec["genotype"], f"{path} genotype") if spec.get("genotype") is not None else None
-    if genotype is not None and load_genotype(genotype) != stored:
-        raise ConfigError(f"{path}: this checkpoint was trained for another genotype than --genotype {genotype} "
-                          f"(it holds {stored})")
-    if precision is not None and precision != net.get("precision"):
-        raise ConfigError(f"{path}: this checkpoint holds a {net.get('precision')} network, not --precision {precision}")
-    size = (ck["input"].get("image_size") if exported else ck.get("image_size")) or 0
-    if size:
-        check_image_side(size, f"{path}: image_size")
-    info = DistInfo(device=resolve_device(device))
-    streamed = None if exported else checkpoint_test_loader(data, ck, batch_size, info.device)
-    if streamed is not None:
-        test = streamed.files
-    else:
-        kw = {"image_size": size} if size and data.split(":", 1)[0].strip() in ("imagefolder", "image-folder") else {}
-        test = load_dataset(data, "test", **kw)
-    c = test.input_shape[0]
-    if c != net.get("in_channels") or test.num_classes != net.get("num_classes"):
-        raise DataError(f"{data}: {c} channel(s) and {test.num_classes} classes, but the network in {path} takes "
-                        f"{net.get('in_channels')} channel(s) and has {net.get('num_classes')} classes")
-    if size and tuple(test.input_shape[1:]) != (size, size):
-        h, w = test.input_shape[1:]
-        raise DataError(f"{data}: {h}×{w} images, but the network in {path} was trained on {size}×{size} images; "
-                        "evaluate it on data of that size (imagefolder data is resized to it)")
-    if engine == "bitpack" and info.device.type != "cpu":
-        raise ConfigError(f"--engine bitpack runs on the CPU, not --device {device}")
-    model = (network_from_export(ck, str(path)) if exported else network_from_checkpoint(ck, str(path))).to(info.device)
-    if engine == "bitpack":
-        from bitnas.deploy.graph import EngineNetwork
-
-        model = EngineNetwork(model, ck, threads=threads)
-    loader = streamed if streamed is not None else BatchLoader(test, batch_size, shuffle=False, seed=0)
-    m = evaluate_model(model, loader, info, info.device, "test")
-    return {"top1": m["test_top1"], "top5": m["test_top5"], "loss": m["test_loss"], "num_images": m["test_images"],
-            "checkpoint": str(path), "data": data, "dataset": test.name, "precision": net.get("precision"),
-            "epoch": ck.get("epoch"), "engine": engine}
-

@@ -12,7 +12,8 @@ from bitnas.nets import arch_spec, build_network, network_from_spec
 from bitnas.nets.blocks import BLOCKS
 from bitnas.summary import summarize
 from bitnas.train.config import TrainConfig
-from bitnas.train.trainer import evaluate_checkpoint, train
+from bitnas.train.evaluate import evaluate_checkpoint
+from bitnas.train.job import train
 
 
 def _net(name: str, precision: str = "binary", c: int = 8, layers: int = 3):

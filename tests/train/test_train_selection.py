@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from bitnas.train.config import TrainConfig
-from bitnas.train.trainer import evaluate_checkpoint, train
+from bitnas.train.evaluate import evaluate_checkpoint
+from bitnas.train.job import train
 from bitnas.utils import load_checkpoint, read_jsonl
 
 

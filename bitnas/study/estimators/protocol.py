@@ -62,7 +62,7 @@ def protocol_inputs(cfg: Any, batches: int) -> tuple[dict[str, Any], list[Batch]
     """(build_network kwargs of the binary child, scoring batches) of the `bitnas train` config `cfg`."""
     from bitnas.data import load_dataset
     from bitnas.train.data import split_training_images
-    from bitnas.train.trainer import build_kwargs
+    from bitnas.train.build import build_kwargs
 
     kw = {"image_size": cfg.image_size} if cfg.image_size else {}
     train, _ = split_training_images(cfg, load_dataset(cfg.data, "train", **kw))

@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 from bitnas.deploy import engine, export_checkpoint, load_export  # noqa: E402
 from bitnas.deploy.runtimes import openvino_config  # noqa: E402
 from bitnas.nets import arch_spec, build_network  # noqa: E402
-from bitnas.utils import save_checkpoint  # noqa: E402
+from bitnas.common.checkpoint import save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference import interleaved  # noqa: E402  (the same round-robin timing as the inference benchmark)

@@ -56,7 +56,7 @@ import runtimes  # noqa: E402
 from bitnas.deploy import engine, export_checkpoint, load_export  # noqa: E402
 from bitnas.nets import arch_spec, build_network  # noqa: E402
 from bitnas.space.genotypes import GENOTYPES  # noqa: E402
-from bitnas.utils import save_checkpoint  # noqa: E402
+from bitnas.common.checkpoint import save_checkpoint
 
 CL = torch.channels_last
 LAYERS = [("3x3 64->64 14x14", 64, 64, 14, 3), ("3x3 128->128 7x7", 128, 128, 7, 3),

@@ -48,7 +48,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from bitnas.nets.network import tensor_elements
     from bitnas.space.genotypes import load_genotype
     from bitnas.summary import format_table, summarize
-    from bitnas.utils import load_checkpoint
+    from bitnas.common.checkpoint import load_checkpoint
 
     if sum(a is not None for a in (args.genotype, args.checkpoint, args.network)) != 1:
         raise BitnasError("summary: give exactly one of --genotype, --checkpoint or --network")

@@ -19,7 +19,7 @@ import yaml
 from bitnas.config import opt, to_yaml
 from bitnas.errors import ConfigError
 from bitnas.run import check_out, run_kind
-from bitnas.utils import atomic_write_json, atomic_write_text, to_json
+from bitnas.common.files import atomic_write_json, atomic_write_text, to_json
 
 log = logging.getLogger("bitnas")
 
@@ -79,7 +79,7 @@ def _train(cfg: DemoConfig, out: Path, genotype_file: Path) -> dict[str, Any]:
 def _summary(checkpoint: str) -> dict[str, Any]:
     from bitnas.nets import network_from_spec
     from bitnas.summary import summarize
-    from bitnas.utils import load_checkpoint
+    from bitnas.common.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     net = network_from_spec(ck["arch"])
@@ -123,7 +123,7 @@ def format_table(res: dict[str, Any]) -> str:
 def _collect(out: Path) -> None:
     """Top-level run directory: genotype.json, one metrics.jsonl (records tagged by stage), plots/."""
     from bitnas.plots import plot_run
-    from bitnas.utils import read_jsonl
+    from bitnas.common.files import read_jsonl
 
     shutil.copyfile(out / "search" / "genotype.json", out / "genotype.json")
     stages = (("search", out / "search"), ("parent", out / "train" / "parent"), ("child", out / "train"))

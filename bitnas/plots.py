@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bitnas.space.genotypes import Genotype  # noqa: E402
 from bitnas.errors import BitnasError  # noqa: E402
-from bitnas.utils import read_json, read_jsonl  # noqa: E402
+from bitnas.common.files import read_json, read_jsonl
 
 OP_COLORS = {
     "skip_connect": "#2ca02c", "max_pool_3x3": "#9467bd", "avg_pool_3x3": "#8c564b", "none": "#7f7f7f",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -15,7 +16,7 @@ import yaml
 from bitnas.common.safe_yaml import read_yaml
 from bitnas.config import to_yaml
 from bitnas.errors import BitnasError, ConfigError
-from bitnas.utils import append_jsonl, atomic_write_json, atomic_write_text, os_reason, remove_orphan_temps
+from bitnas.common.files import append_jsonl, atomic_write_json, atomic_write_text, os_reason, remove_orphan_temps
 
 log = logging.getLogger("bitnas")
 
@@ -188,3 +189,10 @@ def setup_logging(verbose: bool = False) -> None:
     log.addHandler(h)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
+
+
+def progress_enabled() -> bool:
+    """tqdm only on a terminal and never in CI."""
+    import sys
+
+    return sys.stderr.isatty() and not os.environ.get("CI")

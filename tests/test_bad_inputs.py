@@ -29,7 +29,7 @@ from bitnas.deploy import container
 from bitnas.deploy.export import export_checkpoint
 from bitnas.nets import arch_spec, build_network
 from bitnas.space.genotypes import GENOTYPES
-from bitnas.utils import load_checkpoint, save_checkpoint
+from bitnas.common.checkpoint import load_checkpoint, save_checkpoint
 
 S = ["search", "--data", "fashion-mnist-embedded", "--train-subset", "40", "--batch-size", "8", "--init-channels", "2",
      "--layers", "1", "--out", "out", "progress=off", "threads=1"]

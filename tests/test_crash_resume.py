@@ -27,7 +27,8 @@ from bitnas.cli import main
 from bitnas.common import faults
 from bitnas.search.cpnas import unpack_tensors
 from bitnas.space.spaces import SPACES
-from bitnas.utils import load_checkpoint, read_jsonl
+from bitnas.common.checkpoint import load_checkpoint
+from bitnas.common.files import read_jsonl
 
 pytestmark = pytest.mark.slow  # minutes: `make test-quick` leaves it out
 

@@ -121,7 +121,7 @@ def test_training_uses_the_structure_recorded_by_the_search(tmp_path: Path) -> N
                "--layers", "2", "--epochs", "1", "--train-subset", "64", "--batch-size", "32", "--out", str(tmp_path / "t"),
                "test_subset=50", "progress=off"])
     assert rc == 0
-    from bitnas.utils import load_checkpoint
+    from bitnas.common.checkpoint import load_checkpoint
 
     net = load_checkpoint(tmp_path / "t" / "last.pt")["arch"]["network"]
     assert net["structure"] == "bireal" and net["activation"] == "approx_sign"

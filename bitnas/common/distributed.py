@@ -20,7 +20,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from bitnas.errors import BitnasError, ConfigError
-from bitnas.utils import resolve_device
 
 TIMEOUT_ENV = "BITNAS_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 300.0
@@ -198,3 +197,14 @@ def on_main_rank(check: Callable[[], None], info: DistInfo) -> None:
             error = BitnasError(message)
     if error is not None:
         raise error
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto → cuda if available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: CUDA is not available on this machine")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"--device '{name}': expected auto, cpu or cuda")
+    return torch.device(name)

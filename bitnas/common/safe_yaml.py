@@ -141,7 +141,7 @@ def load_yaml(text: str, source: str) -> Any:
 
 def read_yaml(path: Any, what: str = "YAML file") -> Any:
     """`load_yaml` of a file, with unreadable and non-UTF-8 files refused in one line."""
-    from bitnas.utils import os_reason
+    from bitnas.common.files import os_reason
 
     try:
         with open(path, "rb") as f:

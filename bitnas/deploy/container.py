@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from bitnas.errors import BitnasError
-from bitnas.utils import atomic_write_bytes
+from bitnas.common.files import atomic_write_bytes
 
 MAGIC = b"BITNAS\x00\x1a"
 CONTAINER_VERSION = 1

@@ -35,7 +35,7 @@ from bitnas.errors import BitnasError, brief
 from bitnas.nets import network_from_checkpoint, network_from_spec
 from bitnas.nets.limits import OP_KEYS, check_build_kwargs, check_input_size
 from bitnas.space.genotypes import Genotype
-from bitnas.utils import load_checkpoint
+from bitnas.common.checkpoint import load_checkpoint
 
 FORMAT = "bitnas-export"
 VERSION = 2
@@ -171,7 +171,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str = "bitna
         return export_sizes(exp, Path(out))
     from bitnas.deploy import onnx_export, openvino_export
     from bitnas.deploy.runtimes import require
-    from bitnas.utils import atomic_write_bytes
+    from bitnas.common.files import atomic_write_bytes
 
     forms = onnx_export.FORMS if fmt == "onnx" else openvino_export.FORMS
     form = form or forms[0]

@@ -27,7 +27,7 @@ import numpy as np
 
 from bitnas.deploy.runtimes import require
 from bitnas.errors import BitnasError
-from bitnas.utils import atomic_write_bytes
+from bitnas.common.files import atomic_write_bytes
 
 FORMS = ("int8", "binary", "float")
 ONNX_FORM = {"int8": "qdq", "binary": "qdq", "float": "float"}  # the ONNX form converted

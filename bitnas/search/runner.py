@@ -23,7 +23,9 @@ from bitnas.errors import ConfigError, DataError
 from bitnas.run import RunDir, check_out, clear_run, default_out
 from bitnas.search.config import SearchConfig
 from bitnas.search.strategy import STRATEGIES, SearchContext, SearchStrategy, UnitInterrupted, check_strategy_keys
-from bitnas.utils import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state, truncate_jsonl
+from bitnas.common.checkpoint import load_checkpoint, save_checkpoint
+from bitnas.common.files import truncate_jsonl
+from bitnas.common.rng import rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("bitnas")
 

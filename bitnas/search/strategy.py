@@ -26,7 +26,7 @@ from bitnas.search.supernet import SuperNetwork
 from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Genotype
 from bitnas.space.spaces import SearchSpace, get_space
-from bitnas.utils import progress_enabled
+from bitnas.run import progress_enabled
 
 STRATEGIES: Registry[type["SearchStrategy"]] = Registry("search strategy")
 

@@ -4,7 +4,7 @@
 `bitnas train` process makes before its first step (config, device, dataset, split sizes, the
 network's sizes): a study whose trials would all fail is refused before `study.yaml` is written,
 not one failed trial at a time. `read_records` reads `trials.jsonl` with the one rule of every
-JSON-lines file bitnas reads (`utils.jsonl_records`: a torn last line is dropped with a warning,
+JSON-lines file bitnas reads (`bitnas.common.files.jsonl_records`: a torn last line is dropped with a warning,
 any other bad line refused) and refuses a record whose fields a report could not use.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _check_search(spec: StudySpec, arm: Arm, t: Trial, load: Callable[..., Any])
     from bitnas.search.config import SearchConfig
     from bitnas.search.runner import load_search_data
     from bitnas.search.strategy import STRATEGIES, check_strategy_keys
-    from bitnas.utils import resolve_device
+    from bitnas.common.distributed import resolve_device
 
     cfg = update_config(SearchConfig(strategy=arm.strategy),
                         {**spec.search, **arm.search, "data": spec.data, "seed": t.seed}, "search")
@@ -65,7 +65,7 @@ def _check_train(spec: StudySpec, arm: Arm, t: Trial, load: Callable[..., Any]) 
     from bitnas.train.config import TrainConfig
     from bitnas.train.data import load_train_data
     from bitnas.train.job import check_network
-    from bitnas.utils import resolve_device
+    from bitnas.common.distributed import resolve_device
 
     values: dict[str, Any] = {**spec.protocol, **arm.train, "data": spec.data, "seed": t.seed}
     genotype = None
@@ -135,7 +135,7 @@ def check_record(rec: dict[str, Any], trial: Trial | None, where: str) -> None:
 
 def read_records(path: Path, spec: StudySpec) -> dict[str, dict[str, Any]]:
     """Finished trials of `spec` by id (records of trials the spec no longer has are left out)."""
-    from bitnas.utils import jsonl_records
+    from bitnas.common.files import jsonl_records
 
     trials = {t.id: t for t in spec.trials()}
     out: dict[str, dict[str, Any]] = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bitnas.errors import ConfigError, brief
-from bitnas.utils import os_reason
+from bitnas.common.files import os_reason
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 RAY_DEFAULT_PORT = 6379

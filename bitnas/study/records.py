@@ -66,7 +66,7 @@ class TrialFiles:
         elif arm.kind == "random_genotypes":
             path = self.dir(t) / "genotype_drawn.json"
             if not path.is_file():
-                from bitnas.utils import atomic_write_text
+                from bitnas.common.files import atomic_write_text
 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(path, random_genotype_for(arm, t.index).to_json() + "\n")
@@ -147,7 +147,7 @@ def _train_figures(d: Path, res: dict[str, Any]) -> dict[str, Any]:
     """Accuracy, cost and architecture of a finished training (its result.json and best.pt)."""
     from bitnas.nets import network_from_spec
     from bitnas.summary import summarize
-    from bitnas.utils import load_checkpoint
+    from bitnas.common.checkpoint import load_checkpoint
 
     ck = load_checkpoint(d / "best.pt")
     arch = ck["arch"]

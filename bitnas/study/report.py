@@ -11,7 +11,7 @@ from bitnas.study.agreement import protocol_agreement
 from bitnas.study.compare import compare_to_control
 from bitnas.study.fidelity import fidelity_table, ground_truth
 from bitnas.study.spec import StudySpec
-from bitnas.utils import atomic_write_json, atomic_write_text
+from bitnas.common.files import atomic_write_json, atomic_write_text
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:

@@ -29,7 +29,8 @@ from bitnas.study.checks import check_trials, read_records
 from bitnas.study.executors import Job, make_executor, ray_module
 from bitnas.study.records import TrialFiles, build_record, random_genotype_for
 from bitnas.study.spec import StudySpec, Trial
-from bitnas.utils import atomic_write_text, progress_enabled
+from bitnas.common.files import atomic_write_text
+from bitnas.run import progress_enabled
 
 log = logging.getLogger("bitnas")
 

@@ -9,7 +9,7 @@ from bitnas.common.launch import add_nproc_arg, maybe_launch
 from bitnas.config import add_config_args, config_from_args, positive_int
 from bitnas.errors import BitnasError
 from bitnas.train.config import TrainConfig
-from bitnas.utils import to_json
+from bitnas.common.files import to_json
 
 
 def cmd_train(args: argparse.Namespace) -> int:

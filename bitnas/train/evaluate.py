@@ -17,7 +17,8 @@ from bitnas.nets import network_from_checkpoint
 from bitnas.nets.limits import check_image_side
 from bitnas.space.genotypes import Genotype, load_genotype
 from bitnas.train.data import Loader, checkpoint_test_loader
-from bitnas.utils import load_checkpoint, resolve_device
+from bitnas.common.checkpoint import load_checkpoint
+from bitnas.common.distributed import resolve_device
 
 def accuracy_counts(logits: Tensor, y: Tensor, k: int = 5) -> tuple[int, int]:
     """(# top-1 correct, # top-k correct) with k capped at the number of classes."""

@@ -22,7 +22,7 @@ from bitnas.train.config import TrainConfig
 from bitnas.train.data import TrainData, load_train_data
 from bitnas.train.parent import load_parent_checkpoint, obtain_parent
 from bitnas.train.trainer import Trainer
-from bitnas.utils import load_checkpoint
+from bitnas.common.checkpoint import load_checkpoint
 
 log = logging.getLogger("bitnas")
 

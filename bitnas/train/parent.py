@@ -20,7 +20,8 @@ from bitnas.train.config import TrainConfig
 from bitnas.train.data import TrainData
 from bitnas.train.evaluate import evaluate_model
 from bitnas.train.trainer import Trainer
-from bitnas.utils import atomic_write_bytes, load_checkpoint
+from bitnas.common.checkpoint import load_checkpoint
+from bitnas.common.files import atomic_write_bytes
 
 log = logging.getLogger("bitnas")
 

@@ -36,9 +36,10 @@ from bitnas.train.data import Loader, TrainData
 from bitnas.train.losses import CenterLoss, KernelLoss, distillation_loss
 from bitnas.train.build import CHECKPOINT_FORMAT, build_kwargs, check_resumable, make_optimizer
 from bitnas.train.evaluate import evaluate_model
-from bitnas.utils import (
-    load_checkpoint, progress_enabled, rng_state, save_checkpoint, seed_everything, set_rng_state, truncate_jsonl,
-)
+from bitnas.common.checkpoint import load_checkpoint, save_checkpoint
+from bitnas.common.files import truncate_jsonl
+from bitnas.common.rng import rng_state, seed_everything, set_rng_state
+from bitnas.run import progress_enabled
 
 log = logging.getLogger("bitnas")
 

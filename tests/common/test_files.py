@@ -15,9 +15,8 @@ import torch
 
 from bitnas.errors import BitnasError
 from bitnas.run import RunDir
-from bitnas.utils import (
-    append_jsonl, atomic_write_bytes, atomic_write_json, load_checkpoint, read_jsonl, save_checkpoint, truncate_jsonl,
-)
+from bitnas.common.checkpoint import load_checkpoint, save_checkpoint
+from bitnas.common.files import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl, truncate_jsonl
 
 STATE = {"weights": torch.linspace(-1, 1, 40), "epoch": 3, "name": "run", "nested": {"lr": 0.1, "ids": [1, 2]}}
 

@@ -21,7 +21,7 @@ from bitnas.deploy.graph import EngineNetwork
 from bitnas.deploy.export import network_from_export
 from bitnas.nets import arch_spec, build_network
 from bitnas.space.genotypes import GENOTYPES
-from bitnas.utils import save_checkpoint
+from bitnas.common.checkpoint import save_checkpoint
 
 needs_engine = pytest.mark.skipif(not engine.available(), reason="C++ extension not built")
 DATA = {"name": "fashion-mnist-embedded", "num_classes": 10, "in_channels": 1, "mean": list(FASHION_MNIST_MEAN),
@@ -261,7 +261,7 @@ def test_full_disk_keeps_the_previous_export(exported, tmp_path, capsys, monkeyp
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("bitnas.utils.os.fsync", full)
+    monkeypatch.setattr("bitnas.common.files.os.fsync", full)
     refused(["export", str(exported["ck"]), "--out", str(out)], capsys, "No space left on device", tmp_path)
     assert read_export(out)["format"] == "bitnas-export"
 

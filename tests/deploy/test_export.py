@@ -14,7 +14,7 @@ from bitnas.deploy import export_network, load_export, network_from_export, pack
 from bitnas.nets import arch_spec, build_network
 from bitnas.space.genotypes import GENOTYPES
 from bitnas.space.structures import STRUCTURES
-from bitnas.utils import save_checkpoint
+from bitnas.common.checkpoint import save_checkpoint
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 64, 1000])

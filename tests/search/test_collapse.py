@@ -19,7 +19,8 @@ from bitnas.search.supernet import SuperNetwork, derive_genotype
 from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Genotype, is_parametric
 from bitnas.space.spaces import get_space
-from bitnas.utils import load_checkpoint, read_jsonl
+from bitnas.common.checkpoint import load_checkpoint
+from bitnas.common.files import read_jsonl
 
 OPS = get_space("darts").ops  # none, max_pool, avg_pool, skip, sep3, sep5, dil3, dil5
 E = 14

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from bitnas.common import faults
-from bitnas.utils import load_checkpoint, read_jsonl
+from bitnas.common.checkpoint import load_checkpoint
+from bitnas.common.files import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bitnas.common import faults
-from bitnas.utils import load_checkpoint, read_jsonl
+from bitnas.common.checkpoint import load_checkpoint
+from bitnas.common.files import read_jsonl
 
 TIMES = ("seconds", "elapsed")
 

@@ -16,7 +16,7 @@ from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Genotype
 from bitnas.space.spaces import get_space
 from bitnas.space.structures import STRUCTURES
-from bitnas.utils import read_jsonl
+from bitnas.common.files import read_jsonl
 
 CONCAT = (2, 3, 4, 5)
 BASE = (("conv_3x3", 0), ("conv_5x5", 1), ("conv_3x3", 0), ("avg_pool_3x3", 2), ("conv_3x3", 1),

@@ -16,7 +16,7 @@ import yaml
 from bitnas.study.records import WALL_CLOCK
 from bitnas.study.runner import run_study
 from bitnas.study.spec import parse_spec
-from bitnas.utils import read_jsonl
+from bitnas.common.files import read_jsonl
 
 pytestmark = pytest.mark.slow  # minutes: `make test-quick` leaves it out
 

@@ -14,7 +14,7 @@ from bitnas.nets import build_network
 from bitnas.space.genotypes import load_genotype
 from bitnas.study.estimators import protocol
 from bitnas.train.config import TrainConfig
-from bitnas.utils import seed_everything
+from bitnas.common.rng import seed_everything
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = dict(data="fashion-mnist-embedded", init_channels=2, layers=2, batch_size=16, structure="bireal",

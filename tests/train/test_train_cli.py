@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from bitnas.cli import main
-from bitnas.utils import load_checkpoint, read_jsonl
+from bitnas.common.checkpoint import load_checkpoint
+from bitnas.common.files import read_jsonl
 
 from train_helpers import TINY, TINY_KV, run_bitnas
 
@@ -104,7 +105,7 @@ def test_images_per_second_after_a_mid_epoch_resume_counts_only_the_images_this_
     import json
 
     from bitnas.common import faults
-    from bitnas.utils import read_jsonl
+    from bitnas.common.files import read_jsonl
 
     out = tmp_path / "t"
     args = ["train", *TINY, "--epochs", "1", "--train-subset", "512", "--out", str(out), *TINY_KV]

@@ -8,7 +8,8 @@ import pytest
 from bitnas.train.config import TrainConfig
 from bitnas.train.evaluate import evaluate_checkpoint
 from bitnas.train.job import train
-from bitnas.utils import load_checkpoint, read_jsonl
+from bitnas.common.checkpoint import load_checkpoint
+from bitnas.common.files import read_jsonl
 
 
 def _cfg(out: Path, **kw) -> TrainConfig:

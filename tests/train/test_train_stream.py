@@ -11,7 +11,8 @@ import torch
 from train_helpers import run_bitnas
 
 from bitnas.cli import main
-from bitnas.utils import load_checkpoint, read_jsonl
+from bitnas.common.checkpoint import load_checkpoint
+from bitnas.common.files import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from imagefolders import write_image_folder  # noqa: E402

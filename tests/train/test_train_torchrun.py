@@ -11,7 +11,8 @@ import pytest
 
 import bitnas
 from bitnas.common import faults
-from bitnas.utils import load_checkpoint, read_jsonl
+from bitnas.common.checkpoint import load_checkpoint
+from bitnas.common.files import read_jsonl
 
 from train_helpers import TINY, TINY_KV, run_bitnas
 

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from bitnas.errors import BitnasError
     from bitnas.run import setup_logging
     from bitnas.train.config import TrainConfig
-    from bitnas.utils import atomic_write_json
+    from bitnas.common.files import atomic_write_json
 
     p = argparse.ArgumentParser(prog="python -m bitnas.study.estimators.protocol",
                                 description="Zero-cost scores of genotypes under a training protocol (a study trial).")

@@ -23,7 +23,9 @@ from bitnas.search.config import SearchConfig
 from bitnas.search.runner import make_context
 from bitnas.search.strategy import STRATEGIES
 from bitnas.space.genotypes import Genotype
-from bitnas.utils import atomic_write_json, load_checkpoint, seed_everything, set_rng_state
+from bitnas.common.checkpoint import load_checkpoint
+from bitnas.common.files import atomic_write_json
+from bitnas.common.rng import seed_everything, set_rng_state
 
 
 def score_genotypes(search_dir: Path, genotypes: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:

@@ -1,16 +1,13 @@
-"""Small shared helpers: atomic writes, strict JSON lines, sealed checkpoints, devices, seeding."""
+"""Files that survive crashes and bad bytes: atomic writes (temp file, fsync, rename, directory
+fsync), JSON without NaN, strict JSON lines with one rule for bad lines."""
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import io
 import json
 import logging
 import math
 import os
-import random
-import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,9 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from bitnas.errors import BitnasError, ConfigError
+from bitnas.errors import BitnasError
+
 
 log = logging.getLogger("bitnas")
+
+
 TEMP_SUFFIX = ".tmp"
 
 
@@ -181,131 +181,3 @@ def truncate_jsonl(path: str | Path, keep: int) -> None:
     """Keep the first `keep` records (used on resume to drop lines of a lost epoch)."""
     recs = read_jsonl(path)[:keep]
     atomic_write_text(path, "".join(to_json(r) + "\n" for r in recs))
-
-
-# A checkpoint is the zip file torch.save writes, with the SHA-256 of those bytes in the zip comment:
-# torch.load (and any zip reader) still reads it, and every byte of it is covered.
-DIGEST_TAG = b"bitnas-sha256:"
-_EOCD = b"PK\x05\x06"  # zip end-of-central-directory record: 22 bytes + comment
-
-
-def _eocd_at(data: bytes, comment_length: int) -> int | None:
-    """Where the end-of-central-directory record sits if it is followed by exactly `comment_length` bytes."""
-    i = len(data) - 22 - comment_length
-    if i >= 0 and data[i:i + 4] == _EOCD and struct.unpack_from("<H", data, i + 20)[0] == comment_length:
-        return i
-    return None
-
-
-def seal(zipped: bytes) -> bytes:
-    """torch.save output with its SHA-256 appended as the zip comment."""
-    i = _eocd_at(zipped, 0)
-    if i is None:
-        raise ValueError("not a zip file without a comment")
-    tag = DIGEST_TAG + hashlib.sha256(zipped).hexdigest().encode()
-    return zipped[:i + 20] + struct.pack("<H", len(tag)) + tag
-
-
-def unseal(data: bytes, source: str | Path) -> bool:
-    """True if `data` carries a digest and it matches; False for files written without one (older
-    bitnas, other tools); BitnasError when the digest or the bytes it covers were altered."""
-    n = len(DIGEST_TAG) + 64
-    i = _eocd_at(data, n)
-    if i is None and DIGEST_TAG not in data[-2 * n:]:
-        return False
-    if i is None or not data[-n:].startswith(DIGEST_TAG):
-        raise BitnasError(f"{source}: corrupt checkpoint: its SHA-256 record is damaged")
-    if hashlib.sha256(data[:i + 20] + b"\0\0").hexdigest().encode() != data[-64:]:
-        raise BitnasError(f"{source}: corrupt checkpoint: its bytes no longer match the SHA-256 stored when it was "
-                          "written (the file changed on disk)")
-    return True
-
-
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save, sealed with the SHA-256 of its bytes, written atomically."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, seal(buf.getvalue()))
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Verify the SHA-256 (files written before checkpoints carried one load unverified), then load with
-    weights_only=True: a checkpoint can never run code."""
-    path = Path(path)
-    if not path.is_file():
-        raise BitnasError(f"{path}: checkpoint not found")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BitnasError(f"{path}: cannot read ({os_reason(e)})") from None
-    if not data:
-        raise BitnasError(f"{path}: empty file (0 bytes), not a bitnas checkpoint")
-    unseal(data, path)
-    try:
-        ck = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise BitnasError(f"{path}: not a bitnas checkpoint ({type(e).__name__}{': ' + first if first else ''})") from None
-    if not isinstance(ck, dict):
-        raise BitnasError(f"{path}: not a bitnas checkpoint (it holds a {type(ck).__name__}, not a dict)")
-    return ck
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto → cuda if available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: CUDA is not available on this machine")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ConfigError(f"--device '{name}': expected auto, cpu or cuda")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG state a run touches, for exact resume."""
-    st = {
-        "torch": torch.get_rng_state(),
-        "numpy": _np_state_to_tensors(np.random.get_state()),
-        "python": _py_state_to_tensors(random.getstate()),
-    }
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
-    np.random.set_state(_tensors_to_np_state(st["numpy"]))
-    random.setstate(_tensors_to_py_state(st["python"]))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def _np_state_to_tensors(s: tuple) -> dict[str, Any]:
-    return {"keys": torch.from_numpy(s[1].astype(np.int64)), "pos": int(s[2]), "has_gauss": int(s[3]), "gauss": float(s[4])}
-
-
-def _tensors_to_np_state(d: dict[str, Any]) -> tuple:
-    return ("MT19937", d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["gauss"])
-
-
-def _py_state_to_tensors(s: tuple) -> dict[str, Any]:
-    return {"version": s[0], "state": torch.tensor(s[1], dtype=torch.int64), "gauss": s[2]}
-
-
-def _tensors_to_py_state(d: dict[str, Any]) -> tuple:
-    return (d["version"], tuple(int(v) for v in d["state"].tolist()), d["gauss"])
-
-
-def progress_enabled() -> bool:
-    """tqdm only on a terminal and never in CI."""
-    import sys
-
-    return sys.stderr.isatty() and not os.environ.get("CI")

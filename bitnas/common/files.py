@@ -131,6 +131,14 @@ def read_json(path: str | Path) -> Any:
         raise BitnasError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """`read_json` of a file that must hold a JSON object."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise BitnasError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON object per line (flushed, so a killed run keeps what it logged)."""
     try:

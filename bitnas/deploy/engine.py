@@ -169,10 +169,6 @@ class BinaryConv:
                                             self.pad_value == 1.0)
         self.set_transform()
 
-    @property
-    def depthwise(self) -> bool:
-        return bool(self._conv.depthwise)
-
     def out_size(self, h: int, w: int) -> tuple[int, int]:
         return (conv_out_size(h, self.kh, self.stride[0], self.padding[0], self.dilation[0]),
                 conv_out_size(w, self.kw, self.stride[1], self.padding[1], self.dilation[1]))
@@ -187,7 +183,6 @@ class BinaryConv:
         thr_sign, thr = threshold if threshold is not None else (None, None)
         self._conv.set_transform(f32(mul), f32(add), ACTS[act], f32(slope), f32(shift_in), f32(shift_out),
                                  f32(bits_scale), f32(bits_shift), thr_sign, thr)
-        self.has_threshold = threshold is not None
 
     def run(self, bits: np.ndarray, out_hw: tuple[int, int] | None = None, *, out: np.ndarray | None = None,
             out_bits: np.ndarray | None = None, out_ints: np.ndarray | None = None, res: np.ndarray | None = None,

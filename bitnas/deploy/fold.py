@@ -15,10 +15,6 @@ from bitnas.binary import BinaryConv2d
 from bitnas.space.operations import Conv7x1x7, FactorizedReduce, ReLUConvBN
 from bitnas.space.structures import ConvUnit, ResidualBlock, SepUnit
 
-# (BN module name relative to the holder, first channel of the conv's outputs in that BN)
-Following = tuple[str, int] | None
-
-
 def _bn(holder: nn.Module, name: str) -> bool:
     return isinstance(getattr(holder, name, None), nn.BatchNorm2d)
 

@@ -107,7 +107,7 @@ class Compiler:
 
     def build(self, p: Plan) -> "Unit":
         if isinstance(p, ZeroPlan):
-            return ZeroUnit(p.module)
+            return ZeroUnit()
         if isinstance(p, IdentityPlan):
             return IdentityUnit()
         if isinstance(p, ChainPlan):
@@ -146,8 +146,7 @@ ZERO = object()
 
 
 class ZeroUnit(Unit):
-    def __init__(self, m: nn.Module) -> None:
-        self.m = m
+    """An op that contributes nothing (DARTS' `none`): the node sum skips it."""
 
     def __call__(self, x: Act, post: Tensor | None = None) -> Any:
         return ZERO

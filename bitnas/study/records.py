@@ -8,14 +8,13 @@ not apply to the kind (a search has no test figure). Wall-clock fields: `search_
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bitnas.common.files import read_json_object
 from bitnas.data.loader import mix_seed
-from bitnas.errors import BitnasError
 from bitnas.study.spec import Arm, StudySpec, Trial
 
 WALL_CLOCK = ("search_seconds", "train_seconds")
@@ -89,13 +88,6 @@ def random_genotype_for(arm: Arm, index: int):
     return random_genotype(space.ops, space.zero_op, gen)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BitnasError(f"{path}: unreadable ({e})") from None
-
-
 def _blank(t: Trial, spec: StudySpec, files: TrialFiles) -> dict[str, Any]:
     rec: dict[str, Any] = {"id": t.id, "arm": t.arm, "kind": t.kind, "seed": t.seed}
     if t.index >= 0:
@@ -109,7 +101,7 @@ def build_record(spec: StudySpec, t: Trial, files: TrialFiles, done: dict[str, d
     rec = _blank(t, spec, files)
     d = files.dir(t)
     if t.kind == "search":
-        res = _read_json(d / "genotype.json")
+        res = read_json_object(d / "genotype.json")
         from bitnas.space.genotypes import Genotype
 
         g = Genotype.from_dict(res["genotype"])
@@ -122,17 +114,17 @@ def build_record(spec: StudySpec, t: Trial, files: TrialFiles, done: dict[str, d
         })
         return rec
     if t.kind == "score":
-        res = _read_json(d / "scores.json")
+        res = read_json_object(d / "scores.json")
         rec.update({"estimator": res["estimator"], "strategy": res.get("strategy"), "scores": res["scores"],
                     "split": {"scores": "the search's own validation half (carved from training images)"}})
         return rec
     if t.kind == "zero_cost":
-        res = _read_json(d / "scores.json")
+        res = read_json_object(d / "scores.json")
         rec.update({"config": files.trial_config(spec, t), "estimators": res["estimators"], "scores": res["scores"],
                     "split": {"scores": f"{res['batches']} batches of {res['batch_size']} images of the protocol's "
                                         "training split (no validation or test image), networks at initialisation"}})
         return rec
-    res = _read_json(d / "result.json")
+    res = read_json_object(d / "result.json")
     rec.update(_train_figures(d, res))
     rec["config"] = files.trial_config(spec, t)
     if t.deps:

@@ -4,18 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bitnas.space.edges import steps_for
+
 CELL_TYPES = ("normal", "reduce")
-
-
-def _steps_for(num_edges: int) -> int:
-    """Intermediate nodes of a DARTS cell with `num_edges` edges (2 + 3 + … per node)."""
-    steps, total = 0, 0
-    while total < num_edges:
-        total += 2 + steps
-        steps += 1
-    if total != num_edges:
-        raise ValueError(f"{num_edges} edges is not a DARTS cell (2 + 3 + … edges)")
-    return steps
 
 
 def plot_cpnas_scores(history: dict[str, Any], out_png: str | Path) -> Path:
@@ -40,7 +31,7 @@ def plot_cpnas_scores(history: dict[str, Any], out_png: str | Path) -> Path:
         plt.close(fig)
         return out_png
     num_edges = len(removals[0]["edges"]["normal"])
-    steps = _steps_for(num_edges)
+    steps = steps_for(num_edges)
     cols, rows = steps + 1, 2 * steps
     width, height = 2.3 * cols, 1.45 * rows + 1.3
     fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False, sharex=True, sharey=True)

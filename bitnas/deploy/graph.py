@@ -27,6 +27,7 @@ from bitnas.deploy.fold import bn_affine
 from bitnas.deploy.plan import (ChainPlan, ConcatPlan, IdentityPlan, Plan, PostAddPlan, ReducePlan, SequencePlan,
                                 SignTransform, Step, ZeroPlan, act_params, describe, folded, neg_bits)
 from bitnas.nets.cells import Cell
+from bitnas.space.edges import node_state
 
 CL = torch.channels_last
 
@@ -343,8 +344,8 @@ class CellUnit:
             buf = new_act(states[0].t.shape[0], c * len(self.concat), h, w)
         for i in range(self.steps):
             dst = None
-            if buf is not None and i + 2 in self.concat:
-                j = self.concat.index(i + 2)
+            if buf is not None and node_state(i) in self.concat:
+                j = self.concat.index(node_state(i))
                 dst = (buf[0][:, j * c:(j + 1) * c], buf[1][..., j * c:(j + 1) * c])
             states.append(self._node(i, states, dst))
         if buf is None:

@@ -100,7 +100,8 @@ from bitnas.errors import ConfigError
 from bitnas.search.config import SearchConfig
 from bitnas.search.steps import Meter, make_weight_optimizer, weight_step
 from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, UnitInterrupted
-from bitnas.search.supernet import SuperNetwork, derive_genotype, fit_partial_ratio, genotype_paths, num_edges
+from bitnas.search.supernet import SuperNetwork, derive_genotype, fit_partial_ratio, genotype_paths
+from bitnas.space.edges import edge_position, num_edges
 from bitnas.space.genotypes import Genotype
 
 log = logging.getLogger("bitnas")
@@ -593,15 +594,6 @@ class CPNASSearch(SearchStrategy):
             "done": int(partial["done"]), "lr": float(partial["lr"]),
             "meters": {n: Meter.from_state(m) for n, m in partial["meters"].items()}}
 
-
-def edge_position(edge: int) -> tuple[int, int]:
-    """(input state, intermediate node) of a DARTS-cell edge index: inputs 0 = c_{k-2}, 1 = c_{k-1},
-    2… = earlier nodes; nodes are numbered from 2."""
-    node, start = 2, 0
-    while edge >= start + node:
-        start += node
-        node += 1
-    return edge - start, node
 
 
 SHORT_NAMES = {"none": "0", "skip_connect": "id", "max_pool_3x3": "max", "avg_pool_3x3": "avg",

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from bitnas.common.edges import rank_edges
+from bitnas.space.edges import rank_edges
 from bitnas.space.genotypes import Genotype
 
 CRITERIA = ("skip", "stable", "genotype")

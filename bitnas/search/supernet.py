@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bitnas.common.edges import rank_edges
+from bitnas.space.edges import concat_range, node_edges, node_inputs, num_edges, rank_edges
 from bitnas.common.layout import is_channels_last, relayout, use_channels_last
 from bitnas.errors import ConfigError
 from bitnas.search.collapse import KeptEdge, cap_param_free
@@ -63,10 +63,6 @@ def _weighted_sum(terms: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
     for w, t in others:
         acc = torch.addcmul(acc, t, w)
     return acc
-
-
-def num_edges(steps: int) -> int:
-    return sum(2 + i for i in range(steps))
 
 
 def fit_partial_ratio(k: int, channels: int) -> int:
@@ -151,7 +147,7 @@ class SearchCell(nn.Module):
         self.preprocess1 = ReLUConvBN(c_p, c, cfg)
         self.edges = nn.ModuleList()
         for i in range(steps):
-            for j in range(2 + i):
+            for j in range(node_inputs(i)):
                 self.edges.append(MixedOp(c, 2 if reduction and j < 2 else 1, ops, cfg, k))
 
     def forward(self, s0: Tensor, s1: Tensor, weights: Tensor | None = None, edge_weights: Tensor | None = None,
@@ -162,10 +158,8 @@ class SearchCell(nn.Module):
         if path is not None:
             return self._forward_path(states, path)
         live = (weights != 0).tolist()
-        offset = 0
-        for _ in range(self.steps):
-            states.append(self._node(states, offset, weights, edge_weights, live))
-            offset += len(states) - 1
+        for edges in node_edges(self.steps):
+            states.append(self._node(states, edges.start, weights, edge_weights, live))
         return torch.cat(states[-self.multiplier:], dim=1)
 
     def _node(self, states: list[Tensor], offset: int, weights: Tensor, edge_weights: Tensor | None,
@@ -199,30 +193,23 @@ class SearchCell(nn.Module):
         return shuffle_concat(out, rest_sum, self.edges[offset].k)  # type: ignore[arg-type]
 
     def _forward_path(self, states: list[Tensor], path: Sequence[int]) -> Tensor:
-        offset = 0
-        for _ in range(self.steps):
+        for edges in node_edges(self.steps):
             total: Tensor | None = None
-            for j, h in enumerate(states):
-                index = int(path[offset + j])
+            for e, h in zip(edges, states):
+                index = int(path[e])
                 if index < 0:
                     continue
-                out = self.edges[offset + j].forward_single(h, index)
+                out = self.edges[e].forward_single(h, index)
                 total = out if total is None else total + out
             if total is None:
                 raise ValueError(f"path {list(path)}: node {len(states)} has no incoming edge")
-            offset += len(states)
             states.append(total)
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
 def normalized_edge_weights(betas: Tensor, steps: int) -> Tensor:
     """Softmax of β over each node's incoming edges, concatenated (PC-DARTS edge normalisation)."""
-    parts, start = [], 0
-    for i in range(steps):
-        n = 2 + i
-        parts.append(F.softmax(betas[start:start + n], dim=-1))
-        start += n
-    return torch.cat(parts)
+    return torch.cat([F.softmax(betas[e.start:e.stop], dim=-1) for e in node_edges(steps)])
 
 
 class SuperNetwork(nn.Module):
@@ -332,11 +319,9 @@ def _derive_cell(scores: Tensor, ops: Sequence[str], steps: int, zero_op: str | 
     """Per node keep the 2 incoming edges with the strongest non-zero op (DARTS rule), then cap the
     parameter-free ops of the cell (`cap_param_free`; −1 = no cap)."""
     kept: list[KeptEdge] = []
-    start = 0
-    for i, node in enumerate(rank_edges(scores, ops, steps, zero_op)):
+    for edges, node in zip(node_edges(steps), rank_edges(scores, ops, steps, zero_op)):
         for e in sorted(node[:2], key=lambda e: e.input):
-            kept.append((start + e.input, e.op, e.input))
-        start += 2 + i
+            kept.append((edges[e.input], e.op, e.input))
     return [(ops[op], inp) for _, op, inp in cap_param_free(kept, scores, ops, max_param_free)]
 
 
@@ -344,7 +329,7 @@ def derive_genotype(normal: Tensor, reduce: Tensor, ops: Sequence[str], steps: i
                     zero_op: str | None = "none", max_param_free: int = -1) -> Genotype:
     """Genotype from per-edge op scores (E×O); -inf marks ops no longer available. `max_param_free`
     ≥ 0 caps the parameter-free ops per cell (`collapse.cap_param_free`)."""
-    concat = tuple(range(2 + steps - multiplier, steps + 2))
+    concat = concat_range(steps, multiplier)
     return Genotype(normal=tuple(_derive_cell(normal, ops, steps, zero_op, max_param_free)), normal_concat=concat,
                     reduce=tuple(_derive_cell(reduce, ops, steps, zero_op, max_param_free)), reduce_concat=concat)
 
@@ -360,6 +345,6 @@ def genotype_paths(g: Genotype, ops: Sequence[str]) -> dict[str, list[int]]:
             for op in chosen.values():
                 if op not in ops:
                     raise ConfigError(f"genotype op '{op}' is not in this supernet's space ({', '.join(ops)})")
-            path += [ops.index(chosen[j]) if j in chosen else -1 for j in range(2 + i)]
+            path += [ops.index(chosen[j]) if j in chosen else -1 for j in range(node_inputs(i))]
         out[cell] = path
     return out

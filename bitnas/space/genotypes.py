@@ -15,6 +15,7 @@ import torch
 
 from bitnas.errors import ConfigError
 from bitnas.registry import Registry
+from bitnas.space.edges import concat_range, node_inputs
 from bitnas.space.operations import OPS
 
 Edge = tuple[str, int]
@@ -269,9 +270,9 @@ def random_genotype(ops: Sequence[str], zero_op: str | None, gen: torch.Generato
     for _ in range(2):
         gene = []
         for i in range(steps):
-            inputs = sorted(torch.randperm(2 + i, generator=gen)[:2].tolist())
+            inputs = sorted(torch.randperm(node_inputs(i), generator=gen)[:2].tolist())
             for j in inputs:
                 gene.append((keep[int(torch.randint(len(keep), (1,), generator=gen))], j))
         cells.append(tuple(gene))
-    concat = tuple(range(2 + steps - multiplier, steps + 2))
+    concat = concat_range(steps, multiplier)
     return Genotype(normal=cells[0], normal_concat=concat, reduce=cells[1], reduce_concat=concat)

@@ -14,7 +14,7 @@ import torch
 
 from bitnas.common import faults, signals
 from bitnas.common.distributed import is_lost_rank, lost_rank_error
-from bitnas.common.edges import rank_edges
+from bitnas.space.edges import rank_edges
 from bitnas.common.schedules import LRSchedule, cosine_lr, linear_lr
 
 

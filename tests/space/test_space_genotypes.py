@@ -270,3 +270,16 @@ def test_load_bad_files(tmp_path: Path):
     q.write_text(json.dumps({"normal": [["sep_conv_3x3", 0]]}))
     with pytest.raises(ConfigError, match="missing field"):
         load_genotype(str(q))
+
+
+def test_edge_numbering_closed_forms() -> None:
+    """Node i has 2 + i inputs; 4 nodes: 14 edges, numbered node by node; concat the last 4 states."""
+    from bitnas.space.edges import concat_range, edge_position, node_edges, num_edges, steps_for
+
+    assert [num_edges(s) for s in range(6)] == [0, 2, 5, 9, 14, 20]
+    assert node_edges(4) == [range(0, 2), range(2, 5), range(5, 9), range(9, 14)]
+    assert [edge_position(e) for e in (0, 1, 2, 4, 5, 13)] == [(0, 2), (1, 2), (0, 3), (2, 3), (0, 4), (4, 5)]
+    assert [steps_for(num_edges(s)) for s in range(1, 6)] == [1, 2, 3, 4, 5] and concat_range(4, 4) == (2, 3, 4, 5)
+    assert concat_range(5, 3) == (4, 5, 6)
+    with pytest.raises(ValueError, match="not a DARTS cell"):
+        steps_for(13)

@@ -1,4 +1,5 @@
-"""Learning-rate schedules per optimizer step, shared by training and the CP-NAS search."""
+"""Learning-rate schedules, the one mechanism of every loop: per optimizer step in training and the
+CP-NAS search, per epoch in the differentiable and random searches."""
 from __future__ import annotations
 
 import math
@@ -57,4 +58,5 @@ class LRSchedule:
                 "step": self.step_count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step_count = int(state["step"])
+        # searches saved before they used this schedule hold torch's CosineAnnealingLR state
+        self.step_count = int(state["step"] if "step" in state else state["last_epoch"])

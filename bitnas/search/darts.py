@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from bitnas.common import faults
+from bitnas.common.schedules import LRSchedule
 from bitnas.data import InfiniteLoader
 from bitnas.errors import ConfigError
 from bitnas.search.architect import Architect
@@ -72,8 +73,8 @@ class DifferentiableSearch(SearchStrategy):
         self.model.max_param_free = cfg.max_param_free_ops
         self.w_params = self.model.weight_parameters()
         self.w_optimizer = make_weight_optimizer(cfg, self.w_params)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, T_max=max(1, cfg.epochs),
-                                                                    eta_min=cfg.w_lr_min)
+        # per epoch, cosine from w_lr to w_lr_min (the schedule training uses, stepped once an epoch)
+        self.scheduler = LRSchedule(self.w_optimizer, "cosine", cfg.w_lr, cfg.w_lr_min, cfg.epochs)
         self.architect = Architect(self.model, self.arch_lr, (cfg.arch_beta1, cfg.arch_beta2),
                                    cfg.arch_weight_decay, average=ctx.average, fd_scale=cfg.arch_fd_scale,
                                    world_size=ctx.world_size)
@@ -129,7 +130,7 @@ class DifferentiableSearch(SearchStrategy):
     def run_unit(self) -> dict[str, Any]:
         ctx, cfg, model = self.ctx, self.cfg, self.model
         update_arch = self.epoch >= self.warmup
-        lr = float(self.scheduler.get_last_lr()[0])
+        lr = self.scheduler.apply()
         model.train()
         self.train_loader.set_epoch(self.epoch)
         if self.partial is None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from bitnas.common.batchstats import batch_statistics
+from bitnas.common.schedules import LRSchedule
 from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
 from bitnas.search.config import SearchConfig
@@ -51,8 +52,8 @@ class RandomSearch(BestOfSamples, SearchStrategy):
         self.zero_op = self.space.zero_op
         self.w_params = self.model.weight_parameters()
         self.w_optimizer = make_weight_optimizer(cfg, self.w_params)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, T_max=max(1, cfg.epochs),
-                                                                    eta_min=cfg.w_lr_min)
+        # per epoch, cosine from w_lr to w_lr_min (the schedule training uses, stepped once an epoch)
+        self.scheduler = LRSchedule(self.w_optimizer, "cosine", cfg.w_lr, cfg.w_lr_min, cfg.epochs)
         self.train_loader = ctx.loader("train", shuffle=True)
         self.eval_loader = ctx.loader("val", shuffle=False)
         self.path_gen = torch.Generator().manual_seed(mix_seed(cfg.seed, 1))
@@ -109,7 +110,7 @@ class RandomSearch(BestOfSamples, SearchStrategy):
 
     def _train_epoch(self) -> dict[str, Any]:
         ctx, cfg, model = self.ctx, self.cfg, self.model
-        lr = float(self.scheduler.get_last_lr()[0])
+        lr = self.scheduler.apply()
         model.train()
         self.train_loader.set_epoch(self.epoch)
         if self.partial is None:

@@ -172,3 +172,15 @@ def test_stopped_mid_epoch_with_remedies_resumes_bitwise(tmp_path: Path, monkeyp
     sa, sb = (load_checkpoint(tmp_path / d / "last.pt")["strategy"]["model"] for d in ("full", "part"))
     for name, t in sa.items():
         assert torch.equal(t, sb[name]), name
+
+
+def test_search_learning_rate_per_epoch_is_the_cosine_schedule(tmp_path: Path) -> None:
+    """Differentiable and random searches step the shared LRSchedule once an epoch: epoch e trains
+    at w_lr_min + (w_lr − w_lr_min)·(1 + cos(π e / E)) / 2."""
+    for strategy, extra in (("darts", {}), ("random", {"random_samples": 1})):
+        out = tmp_path / strategy
+        cfg = SearchConfig(strategy=strategy, epochs=3, w_lr=0.05, w_lr_min=0.001, out=str(out), **TINY, **extra)
+        run_search(cfg)
+        lrs = [r["lr"] for r in read_jsonl(out / "metrics.jsonl") if "lr" in r]
+        want = [0.001 + 0.049 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
+        assert lrs == pytest.approx(want, rel=1e-12), strategy

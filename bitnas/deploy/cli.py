@@ -114,29 +114,22 @@ def classify(model_path: str, images: list[Path], *, engine: str = "auto", threa
     import torch
 
     from bitnas.data.formats.imagefolder import _decode
-    from bitnas.deploy import engine as kernels
-    from bitnas.deploy.export import load_export, read_export
-
+    from bitnas.deploy.engine import resolve_isa as engine_isa
+    from bitnas.deploy.export import load_export
     from bitnas.deploy.runtimes import RUNTIMES, file_kind
 
     kind = file_kind(model_path)
-    if kind in ("onnx", "openvino") or engine in RUNTIMES:
-        model = load_export(model_path, engine if engine in RUNTIMES else "auto", threads=threads)
-        inp, used = model.meta["input"] or {}, model.engine
-        net = (model.meta.get("arch") or {}).get("network")
-        exp = {"input": inp, "arch": {"network": net if isinstance(net, dict) else {}}}
-        if not inp:
-            raise BitnasError(f"{model_path}: holds no bitnas metadata (input normalisation); export it with "
-                              "`bitnas export CHECKPOINT --format onnx|openvino`")
-    else:
-        exp = read_export(model_path)
-        inp = exp["input"]
-        used = "bitpack" if engine == "bitpack" or (engine == "auto" and kernels.available()) else "torch"
-        model = None
+    runtime_file = kind in ("onnx", "openvino")  # runs on its runtime whatever --engine names, unless a runtime
+    model = load_export(model_path, "auto" if runtime_file and engine not in RUNTIMES else engine, threads=threads)
+    inp, used = model.meta.get("input") or {}, model.engine
+    net = (model.meta.get("arch") or {}).get("network")
+    exp = {"input": inp, "arch": {"network": net if isinstance(net, dict) else {}}}
+    if not inp:
+        raise BitnasError(f"{model_path}: holds no bitnas metadata (input normalisation); export it with "
+                          "`bitnas export CHECKPOINT --format onnx|openvino`")
     if inp.get("mean") is None or inp.get("std") is None:
         raise BitnasError(f"{model_path}: holds no input normalisation (exported from a checkpoint without data "
                           "statistics); export a `bitnas train` checkpoint")
-    model = model or load_export(model_path, used, threads=threads)
     mode = "L" if inp["in_channels"] == 1 else "RGB"
     if inp["in_channels"] not in (1, 3):
         raise BitnasError(f"{model_path}: takes {inp['in_channels']} channels; image files give 1 or 3")
@@ -172,7 +165,7 @@ def classify(model_path: str, images: list[Path], *, engine: str = "auto", threa
             preds.append({"file": str(path), "top": [
                 {"class": c, "name": names[c] if names and c < len(names) else str(c), "prob": round(float(v), 6)}
                 for v, c in zip(vals, idx)]})
-    isa = kernels.resolve_isa() if used == "bitpack" else None
+    isa = engine_isa() if used == "bitpack" else None
     return {"model": model_path, "engine": used, "isa": isa, "image_size": list(hw), "num_images": len(images),
             "predictions": preds}
 

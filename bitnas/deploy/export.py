@@ -402,7 +402,8 @@ def load_export(path: str | Path, engine: str = "torch", *, threads: int = 1, is
     kernel threads, `isa` as in `bitnas.deploy.engine.resolve_isa`; "auto": bitpack when the
     extension is built, else torch. engine="onnxruntime" / "openvino" run an `.onnx` or OpenVINO
     `.xml` export (`runtimes.py`; "auto" picks the runtime by suffix for those files). All return a
-    module whose forward gives (logits, None).
+    module whose forward gives (logits, None), with `meta` (the file's `input` and `arch` records)
+    and `engine` (the engine it runs on): the file is read and validated once.
     """
     if engine not in ENGINES:
         raise BitnasError(f"engine '{engine}': expected one of {', '.join(ENGINES)}")
@@ -421,8 +422,11 @@ def load_export(path: str | Path, engine: str = "torch", *, threads: int = 1, is
     model = network_from_export(exp, str(path))
     from bitnas.deploy import engine as kernels
 
-    if engine == "torch" or (engine == "auto" and not kernels.available()):
-        return model
-    from bitnas.deploy.graph import EngineNetwork
+    if engine == "bitpack" or (engine == "auto" and kernels.available()):
+        from bitnas.deploy.graph import EngineNetwork
 
-    return EngineNetwork(model, exp, threads=threads, isa=isa)
+        model, name = EngineNetwork(model, exp, threads=threads, isa=isa), "bitpack"
+    else:
+        name = "torch"
+    model.meta, model.engine = {"input": exp["input"], "arch": exp["arch"]}, name
+    return model

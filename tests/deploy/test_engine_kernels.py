@@ -9,6 +9,8 @@ with the features it lacks; every row must agree exactly, with any number of thr
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -297,3 +299,30 @@ def test_missing_extension_says_how_to_build_it(monkeypatch) -> None:
         engine.extension()
     msg = str(e.value)
     assert "\n" not in msg and "pip install -e ." in msg and "engine='torch'" in msg
+
+
+@needs_engine
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_the_thread_pool_works_in_a_forked_child() -> None:
+    """A process whose kernel threads have run forks (DataLoader workers, multiprocessing): the
+    child's threaded convs give the parent's results instead of waiting on threads it does not have."""
+    x, wt, conv, bits = _case(CASES[1], 0, seed=5)
+    conv.set_transform(np.full(conv.out_channels, 0.5, np.float32), np.ones(conv.out_channels, np.float32))
+    want = conv(bits, want=("floats",), threads=3)["floats"]
+    pid = os.fork()
+    if pid == 0:  # the child: exit status says whether it matched; never return into pytest
+        code = 1
+        try:
+            code = 0 if np.array_equal(conv(bits, want=("floats",), threads=3)["floats"], want) else 3
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's threaded conv did not finish within 60 s (deadlocked thread pool)")

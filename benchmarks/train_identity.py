@@ -26,7 +26,7 @@ def train(src: str, out: str, a: argparse.Namespace) -> None:
     """Train in the tree under `src` and save {losses, state, logits} to `out`."""
     sys.path.insert(0, src)
     import torch
-    import torch.nn.functional as F
+    from train_speed import training_step, tree_make_optimizer  # the benchmark's own step (same folder)
 
     from bitnas.nets import build_network
     from bitnas.space.genotypes import load_genotype
@@ -41,7 +41,6 @@ def train(src: str, out: str, a: argparse.Namespace) -> None:
     try:
         from bitnas.binary import binarized_layers
         from bitnas.train.config import TrainConfig
-        from train_speed import tree_make_optimizer
         opt = tree_make_optimizer()(TrainConfig(optimizer="adam", lr=a.lr), net, binarized_layers(net))
     except ImportError:
         opt = torch.optim.Adam(net.parameters(), a.lr)
@@ -51,13 +50,7 @@ def train(src: str, out: str, a: argparse.Namespace) -> None:
     for _ in range(a.steps):
         x = torch.randn(a.batch, 1, 28, 28, generator=gen)
         y = torch.randint(10, (a.batch,), generator=gen)
-        logits, _ = net(x)
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-        opt.step()
-        losses.append(loss.detach())
+        losses.append(training_step(net, opt, x, y).detach())
     net.eval()
     with torch.no_grad():
         logits = net(torch.randn(a.batch, 1, 28, 28, generator=gen))[0]

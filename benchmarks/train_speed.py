@@ -46,6 +46,21 @@ HERE = Path(__file__).resolve().parent
 # ----------------------------------------------------------------------------------- worker
 
 
+def training_step(net: Any, opt: Any, x: Any, y: Any) -> Any:
+    """One step as `bitnas train` takes it: forward, cross-entropy, backward, clip at 5, optimizer
+    step; returns the loss."""
+    import torch
+    import torch.nn.functional as F
+
+    logits, _ = net(x)
+    loss = F.cross_entropy(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+    opt.step()
+    return loss
+
+
 def tree_make_optimizer() -> Any:
     """The imported tree's `make_optimizer` (moved from bitnas.train.trainer to bitnas.train.build)."""
     try:
@@ -59,7 +74,6 @@ def worker(src: str, threads: int) -> None:
     """Serve build/step requests (one JSON object per line) for the bitnas found under `src`."""
     sys.path.insert(0, src)
     import torch
-    import torch.nn.functional as F
 
     import bitnas
     from bitnas.nets import build_network
@@ -116,12 +130,7 @@ def worker(src: str, threads: int) -> None:
             return {"seconds": time.perf_counter() - t0, "images": n}
         net, opt, x, y = nets[key]
         t0 = time.perf_counter()
-        logits, _ = net(x)
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-        opt.step()
+        training_step(net, opt, x, y)
         return {"seconds": time.perf_counter() - t0, "images": int(x.shape[0])}
 
     for line in sys.stdin:

@@ -10,7 +10,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, list(args.overrides or []))
     out = args.out or f"runs/study-{spec.name}"
-    run_study(spec, out, fidelity_only=args.fidelity)
+    run_study(spec, out, fidelity_only=args.fidelity, reuse=args.reuse)
     print(f"study {spec.name}: {out}/table.md, {out}/trials.jsonl, {out}/plots/")
     return 0
 
@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fidelity", action="store_true",
                    help="run only what the fidelity: block needs (ground-truth trainings, the estimators' "
                         "searches and their scoring)")
+    p.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                   help="another study folder whose finished trainings are taken where this study would run the "
+                        "very same training (same protocol, data, seed and architecture; random, published and "
+                        "hand-designed networks); repeatable; each shared record names its origin (reused_from)")
     p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="e.g. workers=2 executor=ray protocol.epochs=1 search.train_subset=500")
     p.set_defaults(func=cmd_study)

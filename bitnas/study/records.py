@@ -53,7 +53,7 @@ class TrialFiles:
     def trial_config(self, spec: StudySpec, t: Trial) -> dict[str, Any]:
         """The `bitnas search` / `bitnas train` config of a trial (its trial.yaml)."""
         arm = spec.arm(t.arm)
-        run = {"data": spec.data, "seed": t.seed, "out": self.rel(self.dir(t)), "threads": 1, "progress": "off"}
+        run = {**run_settings(spec, t), "out": self.rel(self.dir(t))}
         if t.kind == "search":
             return {"strategy": arm.strategy, **spec.search, **arm.search, **run}
         cfg: dict[str, Any] = {**spec.protocol, **arm.train, **run}
@@ -75,6 +75,11 @@ class TrialFiles:
         else:
             cfg["network"] = arm.network
         return cfg
+
+
+def run_settings(spec: StudySpec, t: Trial) -> dict[str, Any]:
+    """The settings every trial process gets besides its arm's: data, seed, one thread, no bar."""
+    return {"data": spec.data, "seed": t.seed, "threads": 1, "progress": "off"}
 
 
 def random_genotype_for(arm: Arm, index: int):

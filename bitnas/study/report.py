@@ -38,6 +38,7 @@ def arm_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[str, A
         conv = [r["parametric_ops"]["normal"] for r in trains if r.get("parametric_ops")]
         rows.append({
             "arm": arm.name, "kind": arm.kind, "n": len(trains), "planned": planned.get(arm.name, 0),
+            "reused": sum(1 for r in trains if r.get("reused_from")),
             "test_top1_mean": m, "test_top1_std": s,
             "test_top1_min": min(test) if test else None, "test_top1_max": max(test) if test else None,
             "val_top1_mean": vm, "ops_mean": _mean_std([r["ops"] for r in trains])[0],
@@ -66,6 +67,11 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
     if done < planned:
         out += [f"**Incomplete**: {done} of {planned} trainings finished; `n` counts finished / planned "
                 "per arm. Rerun the study's command to complete it.", ""]
+    reused = [f"{r['arm']} {r['reused']}" for r in rows if r.get("reused")]
+    if reused:
+        out += [f"**Shared trainings**: {sum(r['reused'] for r in rows)} of the {done} trainings were taken from "
+                f"other study folders that had run the very same training (same settings, data, seed and "
+                f"architecture; `reused_from` in trials.jsonl names each one's origin): {', '.join(reused)}.", ""]
     if comparison:
         out += [conclusion(spec, comparison, done < planned), ""]
     out += [f"Data `{spec.data}`; seeds {list(spec.seeds)}. Every genotype is trained under one protocol "

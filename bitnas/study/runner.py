@@ -28,6 +28,7 @@ from bitnas.run import check_creatable
 from bitnas.study.checks import check_trials, read_records
 from bitnas.study.executors import Job, make_executor, ray_module
 from bitnas.study.records import TrialFiles, build_record, random_genotype_for
+from bitnas.study.reuse import shared_records
 from bitnas.study.spec import StudySpec, Trial
 from bitnas.common.files import atomic_write_text
 from bitnas.run import progress_enabled
@@ -42,10 +43,13 @@ RERUN_FREE_KEYS = ("workers", "executor", "ray_address", "description", "name", 
 class StudyRunner:
     """Runs the trials of `spec` in `out`; `fidelity_only` runs just the rank-fidelity trials."""
 
-    def __init__(self, spec: StudySpec, out: str | Path, fidelity_only: bool = False) -> None:
+    def __init__(self, spec: StudySpec, out: str | Path, fidelity_only: bool = False,
+                 reuse: list[str | Path] | None = None) -> None:
         self.spec = spec
         self.out = Path(out)
         self.fidelity_only = fidelity_only
+        self.reuse = [Path(r) for r in reuse or []]
+        self.shared: dict[str, dict[str, Any]] = {}
         self.files = TrialFiles(self.out)
         self.trials = spec.trials(fidelity_only)
         self.by_id = {t.id: t for t in self.trials}
@@ -66,6 +70,8 @@ class StudyRunner:
         if self.spec.executor == "ray":
             ray_module()
         check_trials(self.spec, self.fidelity_only)
+        if self.reuse:
+            self.shared = shared_records(self.spec, self.trials, self.records, self.reuse, self.out)
 
     def _check_rerun(self) -> None:
         """A study folder belongs to one spec: refuse a changed one (results would mix)."""
@@ -104,6 +110,11 @@ class StudyRunner:
         except BaseException:
             executor.close()
             raise
+        if self.shared:
+            self.records.update(self.shared)
+            self._write_records()
+            log.info("study: %d training(s) shared with %s (the same settings and architecture)", len(self.shared),
+                     ", ".join(str(r) for r in self.reuse))
         todo = [t for t in self.trials if t.id not in self.records]
         log.info("study %s: %d trials, %d already finished, %d to run → %s", self.spec.name, len(self.trials),
                  len(self.trials) - len(todo), len(todo), self.out)
@@ -217,9 +228,11 @@ class StudyRunner:
         return Job(t.id, tuple(cmd), str(self.out), str(self.files.log(t)))
 
 
-def run_study(spec: StudySpec, out: str | Path, fidelity_only: bool = False) -> dict[str, Any]:
-    """Run (or resume) `spec` in `out`; returns the report (also in table.md / report.json)."""
+def run_study(spec: StudySpec, out: str | Path, fidelity_only: bool = False,
+              reuse: list[str | Path] | None = None) -> dict[str, Any]:
+    """Run (or resume) `spec` in `out`, taking finished trainings of the `reuse` study folders
+    that are the same trainings; returns the report (also in table.md / report.json)."""
     t0 = time.time()
-    result = StudyRunner(spec, out, fidelity_only).run()
+    result = StudyRunner(spec, out, fidelity_only, reuse).run()
     log.info("study %s: done in %.0f s → %s", spec.name, time.time() - t0, out)
     return result

@@ -172,3 +172,63 @@ def test_ray_executor_gives_the_same_records(tmp_path: Path, reference: Path) ->
     finally:
         ray.shutdown()
     assert _records(out) == [r for r in _records(reference) if r["arm"] == "bireal"]
+
+
+def _figures(rec: dict) -> dict:
+    """A training record's results (not its place in a study, not the wall clock)."""
+    skip = {"id", "arm", "index", "config", "reused_from", *WALL_CLOCK}
+    return {k: v for k, v in rec.items() if k not in skip}
+
+
+def test_reuse_takes_the_very_same_trainings_of_another_study(tmp_path: Path, reference: Path) -> None:
+    """--reuse: trainings the reference ran under the same settings are taken (their records name
+    their origin), the others run; a taken record equals what running it here gives."""
+    spec = _study(tmp_path, name="shared", seeds=[0, 1], fidelity=None, arms=[
+        {"name": "rg", "random_genotypes": 2, "seeds": [0, 1]}, {"name": "bireal", "network": "bireal"}])
+    out = tmp_path / "shared"
+    p = _start(spec, out, "--reuse", str(reference))
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    got = read_records(out / "trials.jsonl")
+    ref = read_records(reference / "trials.jsonl")
+    origin = {i: r.get("reused_from") for i, r in got.items()}
+    assert origin == {"rg/g00/s0/train": "study/random_genotypes/g00/train",
+                      "rg/g00/s1/train": None,
+                      "rg/g01/s0/train": "study/random_genotypes/g01/train",
+                      "rg/g01/s1/train": None,
+                      "bireal/s0/train": "study/bireal/s0/train",
+                      "bireal/s1/train": None}
+    assert _figures(got["rg/g01/s0/train"]) == _figures(ref["random_genotypes/g01/train"])
+    assert got["rg/g01/s0/train"]["config"] == ref["random_genotypes/g01/train"]["config"]  # as it ran there
+    assert not (out / "trials/rg/g01/s0").exists()  # nothing ran for it
+    assert (out / "trials/rg/g01/s1/train/result.json").is_file()
+    assert "**Shared trainings**: 3 of the 6 trainings" in (out / "table.md").read_text()
+    # the same training run here, without --reuse, gives the record that was taken
+    alone = tmp_path / "alone"
+    one = _study(tmp_path, name="alone", fidelity=None, arms=[{"name": "rg", "random_genotypes": 2, "seeds": [0]}])
+    p = _start(one, alone)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    ran = read_records(alone / "trials.jsonl")
+    assert _figures(ran["rg/g01/s0/train"]) == _figures(got["rg/g01/s0/train"])
+    assert _figures(ran["rg/g00/s0/train"]) == _figures(got["rg/g00/s0/train"])
+
+
+def test_reuse_skips_trainings_under_other_settings(tmp_path: Path, reference: Path) -> None:
+    from bitnas.study.reuse import shared_records
+
+    for change in ({"protocol": {**TINY["protocol"], "lr": 0.01}}, {"data": "fashion-mnist"}, {"seeds": [1]}):
+        spec = parse_spec({**TINY, **change}, "spec")
+        assert shared_records(spec, spec.trials(), {}, [reference], tmp_path / "new") == {}, change
+    spec = parse_spec(TINY, "spec")
+    shared = shared_records(spec, spec.trials(), {}, [reference], tmp_path / "new")
+    assert sorted(shared) == ["bireal/s0/train", "random_genotypes/g00/train", "random_genotypes/g01/train",
+                              "random_genotypes/g02/train"]  # never a search arm's training
+
+
+def test_reuse_of_a_folder_that_is_no_study_is_refused(tmp_path: Path, reference: Path) -> None:
+    p = _start(_study(tmp_path), tmp_path / "new", "--reuse", str(tmp_path))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and err.strip().splitlines() == [
+        f"bitnas: error: --reuse {tmp_path}: not a study folder (no trials.jsonl)"]
+    assert not (tmp_path / "new").exists()

@@ -27,20 +27,39 @@ from bitnas.study.fidelity import correlation, kendall_tau
 METRICS = ("val_top1", "test_top1")
 
 
-def icc1(groups: Sequence[Sequence[float]]) -> float:
-    """One-way random-effects ICC(1) of groups of repeated measurements (unequal sizes allowed,
-    with the usual effective group size n0); nan with fewer than 2 groups of ≥ 2 or no variance."""
+def _mean_squares(groups: Sequence[Sequence[float]]) -> tuple[float, float, float] | None:
+    """(between-group mean square, within-group mean square, effective group size n0) of the
+    groups with ≥ 2 measurements; None with fewer than 2 such groups."""
     gs = [np.asarray(g, dtype=np.float64) for g in groups if len(g) >= 2]
     if len(gs) < 2:
-        return float("nan")
+        return None
     sizes = np.array([len(g) for g in gs], dtype=np.float64)
     n, k = float(sizes.sum()), len(gs)
     grand = float(np.concatenate(gs).mean())
     msb = float(sum(len(g) * (g.mean() - grand) ** 2 for g in gs)) / (k - 1)
     msw = float(sum(((g - g.mean()) ** 2).sum() for g in gs)) / (n - k)
-    n0 = (n - float((sizes ** 2).sum()) / n) / (k - 1)
+    return msb, msw, (n - float((sizes ** 2).sum()) / n) / (k - 1)
+
+
+def icc1(groups: Sequence[Sequence[float]]) -> float:
+    """One-way random-effects ICC(1) of groups of repeated measurements (unequal sizes allowed,
+    with the usual effective group size n0); nan with fewer than 2 groups of ≥ 2 or no variance."""
+    ms = _mean_squares(groups)
+    if ms is None:
+        return float("nan")
+    msb, msw, n0 = ms
     den = msb + (n0 - 1.0) * msw
     return (msb - msw) / den if den > 0 else float("nan")
+
+
+def icc1k(groups: Sequence[Sequence[float]]) -> float:
+    """ICC(1,k): the reliability of a genotype's mean over its k seeds, (MSB − MSW) / MSB — with
+    equal group sizes Spearman–Brown of ICC(1), k·ICC / (1 + (k − 1)·ICC). What a study that
+    ranks genotypes by their seed mean can rely on; nan as for `icc1`."""
+    ms = _mean_squares(groups)
+    if ms is None or ms[0] <= 0:
+        return float("nan")
+    return (ms[0] - ms[1]) / ms[0]
 
 
 def _bootstrap_icc(groups: list[list[float]], n: int, seed: int = 0) -> list[float]:
@@ -82,7 +101,8 @@ def seed_noise(records: list[dict[str, Any]], arm: str, bootstrap: int = 1000) -
         taus = [p["kendall_tau"] for p in pairs if not np.isnan(p["kendall_tau"])]
         out[metric] = {
             "genotypes": len(groups), "trainings": sum(len(g) for g in groups),
-            "icc": icc1(groups), "icc_ci": _bootstrap_icc(groups, bootstrap),
+            "icc": icc1(groups), "icc_ci": _bootstrap_icc(groups, bootstrap), "icc_mean": icc1k(groups),
+            "seeds_per_genotype": float(np.mean([len(g) for g in groups])) if groups else float("nan"),
             "within_std": float(np.sqrt(np.mean(np.square(within)))) if within else float("nan"),
             "between_std": float(np.std(means, ddof=1)) if len(means) > 1 else float("nan"),
             "range_of_means": [min(means), max(means)] if means else None,

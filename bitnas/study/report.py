@@ -170,15 +170,18 @@ def agreement_markdown(agreement: dict[str, Any]) -> list[str]:
     out = ["## Protocol reproducibility", ""]
     if agreement["seed_noise"]:
         out += ["Genotypes trained under several seeds. ICC(1): share of the variance between genotypes (95 % "
-                "bootstrap interval over genotypes); spreads are standard deviations in points; τ between seeds: "
-                "mean Kendall τ-b of the rankings of two seeds.", "",
-                "| arm | figure | genotypes × seeds | ICC(1) | within-genotype std | between-genotype std "
-                "| τ between seeds |", "|---|---|---|---|---|---|---|"]
+                "bootstrap interval over genotypes); ICC(1,k): reliability of a genotype's mean over its k seeds "
+                "(what a ranking by seed means can rely on); spreads are standard deviations in points; τ between "
+                "seeds: mean Kendall τ-b of the rankings of two seeds.", "",
+                "| arm | figure | genotypes × seeds | ICC(1) | ICC(1,k) | within-genotype std | between-genotype std "
+                "| τ between seeds |", "|---|---|---|---|---|---|---|---|"]
         for n in agreement["seed_noise"]:
             for metric in ("val_top1", "test_top1"):
                 m = n[metric]
                 out.append(f"| {n['arm']} | {metric} | {m['genotypes']} ({m['trainings']} trainings) "
-                           f"| {_fmt(m['icc'])} {_ci(m['icc_ci'])} | {_fmt(m['within_std'])} "
+                           f"| {_fmt(m['icc'])} {_ci(m['icc_ci'])} "
+                           f"| {_fmt(m.get('icc_mean'))} (k = {_fmt(m.get('seeds_per_genotype'), '.0f')}) "
+                           f"| {_fmt(m['within_std'])} "
                            f"| {_fmt(m['between_std'])} | {_fmt(m['kendall_tau_between_seeds'])} |")
         out.append("")
     if agreement["arm_agreement"]:

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from bitnas.study.agreement import arm_agreement, icc1, protocol_agreement, seed_noise
+from bitnas.study.agreement import arm_agreement, icc1, icc1k, protocol_agreement, seed_noise
 from bitnas.study.fidelity import ground_truth
 from bitnas.study.report import table_markdown
 from bitnas.study.spec import parse_spec
@@ -97,3 +97,14 @@ def test_study_report_has_the_reproducibility_section() -> None:
     md = table_markdown(spec, [], [], agreement)
     assert "## Protocol reproducibility" in md and "| noise | val_top1 | 4 (12 trainings) |" in md
     assert "| noise vs long | val_top1 | 4 | 1.00" in md
+
+
+def test_icc_of_the_seed_mean_is_spearman_brown_of_icc1() -> None:
+    """ICC(1,k) = (MSB − MSW) / MSB; by hand for [[1,2],[3,4],[5,6]]: MSB 8, MSW 0.5 → 15/16; with equal
+    group sizes it equals k·ICC(1) / (1 + (k − 1)·ICC(1))."""
+    assert icc1k([[1, 2], [3, 4], [5, 6]]) == pytest.approx(15 / 16)
+    rng = np.random.default_rng(3)
+    groups = [list(rng.normal(m, 1.0, 3)) for m in rng.normal(0, 1.0, 7)]
+    r = icc1(groups)
+    assert icc1k(groups) == pytest.approx(3 * r / (1 + 2 * r))
+    assert icc1k([[1, 1], [2, 2]]) == 1.0 and np.isnan(icc1k([[1, 2]]))

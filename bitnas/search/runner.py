@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from bitnas.common.machine import machine_info
 from bitnas.common import faults
 from bitnas.common.distributed import init_distributed, on_main_rank
 from bitnas.common.signals import StopRequest, graceful_stop
@@ -144,7 +145,7 @@ def _run(cfg: SearchConfig, strategy: type[SearchStrategy], resume: bool, stop: 
         "best_genotype": best.to_dict() if best else None,
         "strategy": strat.name, "space": strat.space.name, "stop_reason": strat.stop_reason or "completed",
         "search_seconds": elapsed, "images_processed": strat.images, "units": records,
-        "world_size": ctx.world_size,
+        "world_size": ctx.world_size, "machine": machine_info(),
         "structure": strat.op_config("binary").structure, "activation": strat.op_config("binary").activation,
     }
     result.update(strat.result_info())

@@ -114,6 +114,7 @@ def build_record(spec: StudySpec, t: Trial, files: TrialFiles, done: dict[str, d
             "config": files.trial_config(spec, t), "strategy": res.get("strategy"), "space": res.get("space"),
             "genotype": res["genotype"], "parametric_ops": g.parametric_ops(), "stop_reason": res.get("stop_reason"),
             "search_seconds": res.get("search_seconds"), "search_images": res.get("images_processed"),
+            "machine": res.get("machine"),
             "split": {"search": "train_subset of the training images, split into weight / architecture halves "
                                 f"(val_fraction {spec.search.get('val_fraction', 0.5)}); no test image is read"},
         })
@@ -155,7 +156,7 @@ def _train_figures(d: Path, res: dict[str, Any]) -> dict[str, Any]:
         "val_top1": res.get("val_top1"), "test_top1": res["test_top1"], "test_top5": res.get("test_top5"),
         "selected_epoch": res.get("selected_epoch"), "ops": s.ops, "params_1bit": s.params_1bit,
         "params_32bit": s.params_32bit, "bops": s.bops, "flops": s.flops, "memory_bytes": s.memory_bytes,
-        "train_seconds": res.get("seconds"),
+        "train_seconds": res.get("seconds"), "machine": res.get("machine"),
         "split": {"val_top1": "validation split carved from the training images (selects the epoch)",
                   "test_top1": "test split, evaluated once on the selected epoch", **(res.get("splits") or {})},
     }

@@ -58,7 +58,8 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
 
 
 def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[str, Any]],
-                   agreement: dict[str, Any] | None = None, comparison: list[dict[str, Any]] | None = None) -> str:
+                   agreement: dict[str, Any] | None = None, comparison: list[dict[str, Any]] | None = None,
+                   machines: dict[str, int] | None = None) -> str:
     p = spec.protocol
     out = [f"# Study `{spec.name}`", ""]
     if spec.description:
@@ -67,6 +68,9 @@ def table_markdown(spec: StudySpec, rows: list[dict[str, Any]], fid: list[dict[s
     if done < planned:
         out += [f"**Incomplete**: {done} of {planned} trainings finished; `n` counts finished / planned "
                 "per arm. Rerun the study's command to complete it.", ""]
+    if machines:
+        out += ["Machines: " + "; ".join(f"{m} ({n} trial{'s' if n > 1 else ''})" for m, n in machines.items())
+                + " — the same training differs in its last digits between CPUs (oneDNN picks other kernels).", ""]
     reused = [f"{r['arm']} {r['reused']}" for r in rows if r.get("reused")]
     if reused:
         out += [f"**Shared trainings**: {sum(r['reused'] for r in rows)} of the {done} trainings were taken from "
@@ -231,14 +235,25 @@ def fidelity_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict[s
     return [{**r, "kind": "search" if r["estimator"] in searches else "zero_cost"} for r in rows]
 
 
+def machine_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """CPU model → number of searches and trainings that ran on it (records that name their machine)."""
+    out: dict[str, int] = {}
+    for r in records:
+        m = r.get("machine")
+        if isinstance(m, dict) and isinstance(m.get("cpu"), str):
+            out[m["cpu"]] = out.get(m["cpu"], 0) + 1
+    return out
+
+
 def write_report(spec: StudySpec, out: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
     rows = arm_rows(spec, records)
     fid = fidelity_rows(spec, records)
     agreement = protocol_agreement(spec, records)
     comparison = comparison_rows(spec, records)
-    atomic_write_text(out / "table.md", table_markdown(spec, rows, fid, agreement, comparison))
+    machines = machine_counts(records)
+    atomic_write_text(out / "table.md", table_markdown(spec, rows, fid, agreement, comparison, machines))
     report = {"study": spec.name, "arms": rows, "control": spec.control, "comparison": comparison,
-              "fidelity": fid, "protocol_agreement": agreement, "trials": len(records)}
+              "fidelity": fid, "protocol_agreement": agreement, "trials": len(records), "machines": machines}
     atomic_write_json(out / "report.json", report)
     from bitnas.study.plots import plot_accuracy_vs_ops, plot_rank_fidelity
 

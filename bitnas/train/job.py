@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from bitnas.common.machine import machine_info
 from bitnas.common import signals
 from bitnas.common.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed, on_main_rank
 from bitnas.nets import arch_spec
@@ -100,7 +101,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         "val_top1": test.get("val_top1"), "test_top1": test["test_top1"], "test_top5": test["test_top5"],
         "test_loss": test["test_loss"], "splits": test["splits"],
         "parent_test_top1": parent_final.get("test_top1"),
-        "seconds": round(trainer.elapsed(), 3),
+        "seconds": round(trainer.elapsed(), 3), "machine": machine_info(),
     }
     run.write_json("result.json", result)
     return result

@@ -84,6 +84,12 @@ def test_report_files_and_records(reference: Path) -> None:
     assert [s["index"] for s in score["scores"]] == [0, 1, 2]
     table = (reference / "table.md").read_text()
     assert "| random_genotypes | random_genotypes | 3 |" in table and "Rank fidelity" in table
+    # every search and training names the machine it ran on, and the table counts them
+    from bitnas.common.machine import cpu_model
+
+    ran = [r for r in recs if r["kind"] in ("search", "train")]
+    assert {r["machine"]["cpu"] for r in ran} == {cpu_model()} and "machine" not in recs[6]
+    assert f"Machines: {cpu_model()} ({len(ran)} trials)" in table
 
 
 def test_fidelity_run_keeps_the_other_trials_records(tmp_path: Path, reference: Path) -> None:

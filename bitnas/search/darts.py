@@ -31,7 +31,7 @@ from bitnas.search.architect import Architect
 from bitnas.search.collapse import TemperatureSchedule
 from bitnas.search.config import SearchConfig
 from bitnas.search.early_stopping import EarlyStopping, ranking
-from bitnas.search.steps import Meter, evaluate, make_weight_optimizer, progress, weight_step
+from bitnas.search.steps import Meter, evaluate, make_weight_optimizer, weight_step
 from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy
 from bitnas.search.supernet import fit_partial_ratio, genotype_paths
 from bitnas.space.genotypes import Genotype
@@ -89,7 +89,6 @@ class DifferentiableSearch(SearchStrategy):
         self.stopper = EarlyStopping(criterion, cfg.early_stop_skips, cfg.early_stop_patience,
                                      cfg.early_stop_min_epochs, tolerance=cfg.early_stop_tolerance)
         self.epoch = 0
-        self.step = 0
         self.stop_epoch = -1
         self.best_acc = float("-inf")
         self.best_epoch = -1
@@ -136,7 +135,7 @@ class DifferentiableSearch(SearchStrategy):
         if self.partial is None:
             self.partial = {"train": Meter(), "arch": Meter()}
         train_m, arch_m = self.partial["train"], self.partial["arch"]
-        batches = progress(self.train_loader, ctx, f"{self.name} epoch {self.epoch + 1}/{cfg.epochs}",
+        batches = self.steps.bar(self.train_loader, f"{self.name} epoch {self.epoch + 1}/{cfg.epochs}",
                            len(self.train_loader) - self.train_loader.position)
         for x, y in batches:
             x, y = x.to(ctx.device), y.to(ctx.device)
@@ -146,7 +145,7 @@ class DifferentiableSearch(SearchStrategy):
                 xv, yv = xv.to(ctx.device), yv.to(ctx.device)
                 vloss, vlogits = self.architect.step((x, y), (xv, yv), lr, self.w_optimizer, cfg.unrolled)
                 arch_m.add(vloss, vlogits, yv)
-                self.images += yv.shape[0] * ctx.world_size
+                self.steps.add_images(yv.shape[0] * ctx.world_size)
                 faults.point("search.arch_step", self.step + 1, tensors=model.arch_parameters)
             loss, logits = weight_step(ctx, model, self.w_optimizer, self.w_params, x, y, cfg.grad_clip)
             train_m.add(loss, logits, y)
@@ -157,7 +156,7 @@ class DifferentiableSearch(SearchStrategy):
         ctx.broadcast_buffers(model)
         train_loss, train_acc = train_m.result(ctx)
         val_loss, val_acc = evaluate(ctx, model, self.eval_loader)
-        self.images += len(self.eval_loader.indices()) * ctx.world_size
+        self.steps.add_images(len(self.eval_loader.indices()) * ctx.world_size)
         g = model.genotype()
         rec: dict[str, Any] = {
             "epoch": self.epoch, "lr": lr, "arch_updates": update_arch, "alpha_temperature": model.temperature,
@@ -221,7 +220,7 @@ class DifferentiableSearch(SearchStrategy):
     def state_dict(self) -> dict[str, Any]:
         st = super().state_dict()
         st.update({
-            "epoch": self.epoch, "step": self.step,
+            "epoch": self.epoch,
             "stop_epoch": self.stop_epoch, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
             "best": self.best.to_dict() if self.best else None,
             "partial": {k: m.state_dict() for k, m in self.partial.items()} if self.partial else None,
@@ -230,7 +229,7 @@ class DifferentiableSearch(SearchStrategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.epoch = int(state["epoch"])
         self.stop_epoch = int(state["stop_epoch"])
         self.best_acc, self.best_epoch = float(state["best_acc"]), int(state["best_epoch"])
         self.best = Genotype.from_dict(state["best"]) if state["best"] else None

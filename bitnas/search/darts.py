@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,6 +44,19 @@ def nested(t: Tensor) -> list[Any]:
     return t.detach().cpu().tolist()
 
 
+@dataclass(frozen=True)
+class Defaults:
+    """What a differentiable strategy uses for the keys left at `auto` / 0 / -1: partial-channel ratio
+    K (normal, reduce), edge normalisation, warm-up as a fraction of the epochs, α learning rate and
+    early-stopping criterion. DARTS' own values; PC-DARTS and UBNAS change some of them."""
+
+    k: tuple[int, int] = (1, 1)
+    edge_norm: bool = False
+    warmup_fraction: float = 0.0
+    arch_lr: float = 3e-4
+    early_stop: str = "none"
+
+
 class DifferentiableSearch(SearchStrategy):
     """DARTS-family search: bilevel α/weight optimisation of a (partial-channel) supernet."""
 
@@ -54,21 +68,18 @@ class DifferentiableSearch(SearchStrategy):
         "k_normal", "k_reduce", "edge_norm", "warmup_epochs", "early_stop", "early_stop_skips",
         "early_stop_patience", "early_stop_min_epochs", "early_stop_tolerance", "max_param_free_ops",
         "alpha_temperature", "alpha_temperature_end", "alpha_temperature_schedule"}
-    default_k = (1, 1)
-    default_edge_norm = False
-    default_warmup_fraction = 0.0
-    default_arch_lr = 3e-4
-    default_early_stop = "none"
+    defaults = Defaults()
 
     def __init__(self, ctx: SearchContext) -> None:
         super().__init__(ctx)
         cfg = self.cfg
-        self.k_normal = self._partial_ratio(cfg.k_normal or self.default_k[0], "k_normal")
-        self.k_reduce = self._partial_ratio(cfg.k_reduce or self.default_k[1], "k_reduce")
-        self.edge_norm = self.default_edge_norm if cfg.edge_norm == "auto" else cfg.edge_norm == "on"
-        self.warmup = (int(self.default_warmup_fraction * cfg.epochs + 0.5) if cfg.warmup_epochs < 0
+        d = self.defaults
+        self.k_normal = self._partial_ratio(cfg.k_normal or d.k[0], "k_normal")
+        self.k_reduce = self._partial_ratio(cfg.k_reduce or d.k[1], "k_reduce")
+        self.edge_norm = d.edge_norm if cfg.edge_norm == "auto" else cfg.edge_norm == "on"
+        self.warmup = (int(d.warmup_fraction * cfg.epochs + 0.5) if cfg.warmup_epochs < 0
                        else cfg.warmup_epochs)
-        self.arch_lr = cfg.arch_lr or self.default_arch_lr
+        self.arch_lr = cfg.arch_lr or d.arch_lr
         self.model = self.build_supernet(cfg.precision, self.k_normal, self.k_reduce, self.edge_norm)
         self.model.max_param_free = cfg.max_param_free_ops
         self.w_params = self.model.weight_parameters()
@@ -85,7 +96,7 @@ class DifferentiableSearch(SearchStrategy):
         self.temperature = TemperatureSchedule(t0, t1, cfg.alpha_temperature_schedule,
                                                cfg.epochs * len(self.train_loader))
         self.model.temperature = self.temperature.at(0)
-        criterion = self.default_early_stop if cfg.early_stop == "auto" else cfg.early_stop
+        criterion = d.early_stop if cfg.early_stop == "auto" else cfg.early_stop
         self.stopper = EarlyStopping(criterion, cfg.early_stop_skips, cfg.early_stop_patience,
                                      cfg.early_stop_min_epochs, tolerance=cfg.early_stop_tolerance)
         self.epoch = 0

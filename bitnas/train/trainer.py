@@ -264,7 +264,7 @@ class Trainer:
             self.parent.eval()
         batches = self.steps.bar(self.train_loader, f"{self.label or 'train'} {epoch + 1}/{self.epochs}",
                                  len(self.train_loader) - self.train_loader.position)
-        bar = batches if batches is not self.train_loader else None
+        bar = batches if self.steps.show else None  # the tqdm bar, for its loss / top-1 postfix
         for x, y in batches:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             self.scheduler.apply()

@@ -9,8 +9,9 @@ Contenders, batch 1 and 64, 3×32×32 inputs (the `bireal` network of `benchmark
 - ov_binary: the IR with OpenVINO's BinaryConvolution (u1 weights) for the binary convs, compiled
   for the batch size (static shapes; the row of the other batch size is a no-op);
 - ort_twin_int8 / ov_twin_int8: the fp32 twin (ReLU where the child signs; `torch.onnx.export(...,
-  dynamo=False)`) quantised by `onnxruntime.quantization.quantize_static` (QDQ, per-channel int8
-  weights, int8 activations, calibrated on 8 random batches), on each runtime with its defaults
+  dynamo=False)`) quantised by `onnxruntime.quantization.quantize_static` after ONNX Runtime's
+  pre-processing (QDQ, per-channel int8 weights, int8 activations, calibrated on 8 random
+  batches; `runtimes.quantize_int8`), on each runtime with its defaults
   (OpenVINO, through `openvino.convert_model`, may then run the unquantised parts in bf16 on AMX
   CPUs, as a deployer would get).
 
@@ -29,7 +30,6 @@ import argparse
 import io
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -44,11 +44,12 @@ sys.path.insert(0, str(REPO))
 
 from bitnas.deploy import engine, export_checkpoint, load_export  # noqa: E402
 from bitnas.deploy.runtimes import openvino_config  # noqa: E402
-from bitnas.nets import arch_spec, build_network  # noqa: E402
+from bitnas.nets import arch_spec  # noqa: E402
 from bitnas.common.checkpoint import save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference import interleaved  # noqa: E402  (the same round-robin timing as the inference benchmark)
+from inference import interleaved, medians, with_bn_statistics  # noqa: E402  (the same round-robin timing as the inference benchmark)
+from runtimes import export_onnx, quantize_int8  # noqa: E402  (the twin quantised as everywhere)
 
 NETWORK = dict(blocks="bireal", structure="bireal", init_channels=16, layers=6, style="cifar", num_classes=10,
                in_channels=3)
@@ -68,51 +69,16 @@ def cpu_name() -> str:
 
 
 def twin_int8(tmp: Path) -> Path:
-    """The fp32 twin as ONNX, statically quantised to int8 QDQ with per-channel weights."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    torch.manual_seed(0)
-    twin = build_network(None, precision="fp32", **NETWORK)
+    """The fp32 twin (BN statistics of two random batches) as ONNX, statically quantised to int8 QDQ
+    with per-channel weights and int8 activations, the way `benchmarks/runtimes.py` quantises every twin."""
+    twin = with_bn_statistics(None, "fp32", **NETWORK)
     twin.channels_last = False
-    twin.train()
-    with torch.no_grad():
-        for _ in range(2):
-            twin(torch.randn(32, 3, 32, 32))
-    twin.eval()
-
-    class Logits(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net(x)[0]
-
-    fp32, int8 = tmp / "twin_fp32.onnx", tmp / "twin_int8.onnx"
-    torch.onnx.export(Logits(twin), (torch.randn(1, 3, 32, 32),), str(fp32), dynamo=False, input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                      opset_version=17)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            g = torch.Generator().manual_seed(2)
-            self.batches = iter([{"input": torch.randn(16, 3, 32, 32, generator=g).numpy()} for _ in range(8)])
-
-        def get_next(self) -> dict | None:
-            return next(self.batches, None)
-
-    quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-    return int8
+    fp32 = export_onnx(twin.eval(), tmp / "twin_fp32.onnx")
+    return quantize_int8(fp32, tmp / "twin_int8.onnx", batches=8, signed_activations=True)
 
 
 def exports(tmp: Path) -> dict[str, Path]:
-    torch.manual_seed(0)
-    child = build_network(None, precision="binary", **NETWORK)
-    child.train()
-    with torch.no_grad():
-        for _ in range(2):
-            child(torch.randn(32, 3, 32, 32))
+    child = with_bn_statistics(None, "binary", **NETWORK)
     ck = tmp / "bireal.pt"
     save_checkpoint(ck, {"arch": arch_spec(None, precision="binary", **NETWORK), "model": child.state_dict(),
                          "image_size": 32})
@@ -136,7 +102,8 @@ def runners(paths: dict[str, Path], twin: Path) -> dict[str, Callable[[np.ndarra
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return lambda x: sess.run(None, {"input": x})
+        name = sess.get_inputs()[0].name
+        return lambda x: sess.run(None, {name: x})
 
     def ov_model(path: Path, config: dict) -> Callable[[np.ndarray], object]:
         model = ov.convert_model(io.BytesIO(path.read_bytes())) if path.suffix == ".onnx" else str(path)
@@ -183,8 +150,8 @@ def main() -> int:
             with torch.inference_mode():
                 live = {k: f for k, f in run.items() if not (k.startswith("ov_binary_b") and k != f"ov_binary_b{batch}")}
             t = interleaved({k.replace(f"_b{batch}", ""): (lambda f=f: f(x)) for k, f in live.items()}, rounds)
-            wall = {k: 1e3 * statistics.median(v[0] for v in ts) for k, ts in t.items()}
-            cpu = {k: 1e3 * statistics.median(v[1] for v in ts) for k, ts in t.items()}
+            wall, cpu, _ = medians(t)
+            wall, cpu = {k: 1e3 * v for k, v in wall.items()}, {k: 1e3 * v for k, v in cpu.items()}
             rows.append({"batch": batch, "rounds": rounds, "ms": wall, "cpu_ms": cpu})
     import onnxruntime
     import openvino

@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -84,10 +84,19 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
     return times
 
 
-def summary(times: dict[str, list[tuple[float, float]]], ref: str, contender: str) -> dict[str, float]:
+Medians = dict[str, float]
+
+
+def medians(times: dict[str, list[tuple[float, float]]]) -> tuple[Medians, Medians, Medians]:
+    """Per contender of `interleaved`: (median wall seconds, median CPU seconds, fastest CPU seconds)."""
     wall = {n: statistics.median(t[0] for t in ts) for n, ts in times.items()}
     cpu = {n: statistics.median(t[1] for t in ts) for n, ts in times.items()}
     best = {n: min(t[1] for t in ts) for n, ts in times.items()}
+    return wall, cpu, best
+
+
+def summary(times: dict[str, list[tuple[float, float]]], ref: str, contender: str) -> dict[str, float]:
+    wall, cpu, best = medians(times)
     paired = statistics.median(a[0] / b[0] for a, b in zip(times[ref], times[contender]))
     return {f"{ref}_ms": 1e3 * wall[ref], f"{contender}_ms": 1e3 * wall[contender], "ratio": wall[ref] / wall[contender],
             "paired_ratio": paired, "cpu_ratio": cpu[ref] / cpu[contender], "cpu_best_ratio": best[ref] / best[contender]}
@@ -96,9 +105,7 @@ def summary(times: dict[str, list[tuple[float, float]]], ref: str, contender: st
 def contenders(times: dict[str, list[tuple[float, float]]], names: list[str]) -> dict[str, float | None]:
     """Per other contender: its median, ratio_<name> = median(name) / median(bitpack) of wall time,
     cpu_ratio_<name> of CPU-time medians and best_ratio_<name> of the fastest CPU times (null when absent)."""
-    wall = {n: statistics.median(t[0] for t in ts) for n, ts in times.items()}
-    cpu = {n: statistics.median(t[1] for t in ts) for n, ts in times.items()}
-    best = {n: min(t[1] for t in ts) for n, ts in times.items()}
+    wall, cpu, best = medians(times)
     out: dict[str, float | None] = {}
     for n in names:
         out[f"{n}_ms"] = 1e3 * wall[n] if n in wall else None
@@ -110,8 +117,7 @@ def contenders(times: dict[str, list[tuple[float, float]]], names: list[str]) ->
 
 def also_isa(times: dict[str, list[tuple[float, float]]], isas: list[str]) -> dict[str, dict[str, float]]:
     """The extra engine rows: median, ratio against torch, and the main row's speed-up over them."""
-    wall = {n: statistics.median(t[0] for t in ts) for n, ts in times.items()}
-    cpu = {n: statistics.median(t[1] for t in ts) for n, ts in times.items()}
+    wall, cpu, _ = medians(times)
     return {i: {"ms": 1e3 * wall[f"bitpack_{i}"], "ratio": wall["torch_fp32"] / wall[f"bitpack_{i}"],
                 "cpu_ratio": cpu["torch_fp32"] / cpu[f"bitpack_{i}"],
                 "speedup_of_main_row": wall[f"bitpack_{i}"] / wall["bitpack"],
@@ -163,6 +169,18 @@ def kernel_ceiling(reps: int = 40) -> dict:
     return {"binary_gmacs": n * hw * hw * co * ci / best / 1e9, "isa": engine.resolve_isa()}
 
 
+def with_bn_statistics(genotype: Any, precision: str, **kw: Any) -> torch.nn.Module:
+    """A network of random weights (seed 0) whose BatchNorm statistics come from two random batches
+    (train mode, left so): what every benchmark exports or runs."""
+    torch.manual_seed(0)
+    net = build_network(genotype, precision=precision, **kw)
+    net.train()
+    with torch.no_grad():
+        for _ in range(2):
+            net(torch.randn(32, kw.get("in_channels", 3), 32, 32))
+    return net
+
+
 def make_export(key: str, tmp: Path) -> tuple[Path, torch.nn.Module]:
     """Export the 1-bit network `key` (random weights, BN statistics of a few random batches) and
     build its fp32 twin."""
@@ -170,12 +188,7 @@ def make_export(key: str, tmp: Path) -> tuple[Path, torch.nn.Module]:
     gname = spec.pop("genotype")
     genotype = GENOTYPES.get(gname) if gname else None
     kw = dict(style="cifar", num_classes=10, in_channels=3, **spec)
-    torch.manual_seed(0)
-    child = build_network(genotype, precision="binary", **kw)
-    child.train()
-    with torch.no_grad():
-        for _ in range(2):
-            child(torch.randn(32, 3, 32, 32))
+    child = with_bn_statistics(genotype, "binary", **kw)
     ck, out = tmp / f"{key}.pt", tmp / f"{key}.bitnas"
     save_checkpoint(ck, {"arch": arch_spec(genotype, precision="binary", **kw), "model": child.state_dict(),
                          "image_size": 32})

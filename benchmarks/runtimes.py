@@ -66,9 +66,11 @@ def export_onnx(twin: nn.Module, path: Path, image: tuple[int, int, int] = (3, 3
     return path
 
 
-def quantize_int8(fp32: Path, out: Path, image: tuple[int, int, int] = (3, 32, 32), batches: int = 4) -> Path:
-    """Static QDQ int8 quantisation (per-channel weights) calibrated on random normal batches, after
-ONNX Runtime's recommended pre-processing."""
+def quantize_int8(fp32: Path, out: Path, image: tuple[int, int, int] = (3, 32, 32), batches: int = 4,
+                  signed_activations: bool = False) -> Path:
+    """Static QDQ int8 quantisation (per-channel int8 weights; uint8 activations, or int8 with
+    `signed_activations`) calibrated on random normal batches, after ONNX Runtime's recommended
+    pre-processing."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -83,7 +85,8 @@ ONNX Runtime's recommended pre-processing."""
     pre = out.with_name(out.stem + "_pre.onnx")  # constants folded (BN into conv), shapes inferred
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
     return out
 
 

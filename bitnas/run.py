@@ -190,9 +190,3 @@ def setup_logging(verbose: bool = False) -> None:
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
 
-
-def progress_enabled() -> bool:
-    """tqdm only on a terminal and never in CI."""
-    import sys
-
-    return sys.stderr.isatty() and not os.environ.get("CI")

@@ -24,32 +24,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "deploy")]
 
-from bitnas.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_dataset  # noqa: E402
 from bitnas.deploy import export_network, load_export, network_from_export  # noqa: E402
 from bitnas.deploy.onnx_export import onnx_model  # noqa: E402
-from bitnas.nets import arch_spec, build_network  # noqa: E402
 from bitnas.space.structures import STRUCTURES  # noqa: E402
-from test_engine_network import calibrated, float64_reference, relative_error  # noqa: E402
-
-
-def images() -> dict[str, torch.Tensor]:
-    def norm(t: torch.Tensor) -> torch.Tensor:
-        return (t.float() / 255 - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
-
-    test, train = load_dataset("fashion-mnist-embedded", "test"), load_dataset("fashion-mnist-embedded", "train")
-    return {"x": norm(test.images), "y": test.labels, "x_train": norm(train.images[:1024]),
-            "y_train": train.labels[:1024]}
-
-
-def hand_designed(blocks: str, pad_value: float, data: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, dict]:
-    torch.manual_seed(0)
-    kw = dict(blocks=blocks, precision="binary", structure=blocks, init_channels=4, layers=3, num_classes=10,
-              in_channels=1, pad_value=pad_value)
-    net = build_network(None, **kw)
-    net.train()
-    with torch.no_grad():
-        net(data["x_train"][:128])
-    return net.eval(), arch_spec(None, **kw)
+from test_engine_network import (calibrated, embedded_images, float64_reference, hand_designed,  # noqa: E402
+                                 relative_error)
 
 
 def batched(fn, x: torch.Tensor, size: int = 500) -> torch.Tensor:
@@ -64,7 +43,7 @@ def main() -> int:
                                                       "per structure, paddings alternating, and Bi-Real)")
     a = p.parse_args()
     torch.set_num_threads(1)
-    data = images()
+    data = embedded_images()
     x, y = data["x"], data["y"]
     names = STRUCTURES.names()
     cases = [(s, 1.0 if i % 2 else 0.0) for i, s in enumerate(names)] + [("net:bireal", 0.0)]

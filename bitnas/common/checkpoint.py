@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import struct
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from bitnas.common.files import atomic_write_bytes, os_reason
 from bitnas.errors import BitnasError
@@ -82,3 +84,56 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ck, dict):
         raise BitnasError(f"{path}: not a bitnas checkpoint (it holds a {type(ck).__name__}, not a dict)")
     return ck
+
+
+PACKED = "__packed_tensor__"
+
+
+def pack_tensors(obj: Any) -> dict[str, Any]:
+    """Nested dicts/lists/tuples holding tensors → a tensor-free skeleton plus one flat tensor per dtype.
+
+    Two supernets and their optimizers hold thousands of small tensors, which torch.save writes
+    one by one; packed, a per-unit checkpoint is a few large copies. `unpack_tensors` inverts it
+    bitwise."""
+    tensors: list[Tensor] = []
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, Tensor):
+            tensors.append(o.detach())
+            return {PACKED: len(tensors) - 1}
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return type(o)(walk(v) for v in o)
+        return o
+
+    skeleton = walk(obj)
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(str(t.dtype).removeprefix("torch."), []).append(i)
+    flat, meta = {}, [None] * len(tensors)
+    for dtype, idx in groups.items():
+        offset = 0
+        for i in idx:
+            meta[i] = [dtype, offset, list(tensors[i].shape)]
+            offset += tensors[i].numel()
+        flat[dtype] = torch.cat([tensors[i].reshape(-1).cpu() for i in idx])
+    return {"skeleton": skeleton, "flat": flat, "meta": meta}
+
+
+def unpack_tensors(packed: dict[str, Any]) -> Any:
+    """The object `pack_tensors` packed (tensors on the CPU; `load_state_dict` moves them)."""
+    flat, meta = packed["flat"], packed["meta"]
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, dict):
+            if set(o) == {PACKED}:
+                dtype, offset, shape = meta[o[PACKED]]
+                n = math.prod(shape)
+                return flat[dtype][offset:offset + n].view(shape).clone()
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return type(o)(walk(v) for v in o)
+        return o
+
+    return walk(packed["skeleton"])

@@ -10,6 +10,7 @@ that torchrun rank acts). Points:
     search.arch_step  after α step N of a differentiable search; payload `tensors` (α/β)
     search.unit       after unit N of a search is computed, before it is logged and checkpointed
     search.end        when a search has written genotype.json; payload `state` (strategy state)
+    study.trial       after trial N of a study run has finished (counted in this process, from 1)
 
 Actions:
 

@@ -42,6 +42,25 @@ def epoch_indices(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, w
     return order[rank:total:world_size]
 
 
+def check_loader(n: int, source: str, batch_size: int, rank: int, world_size: int) -> None:
+    """Refuse what no loader can serve: a batch size below 1, a rank outside the world, no images."""
+    if batch_size < 1:
+        raise DataError(f"batch_size: must be at least 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    if n == 0:
+        raise DataError(f"{source}: empty dataset")
+
+
+def check_resume(state: dict[str, Any], mine: dict[str, Any], what: dict[str, str] | None = None) -> None:
+    """Refuse a loader `state_dict()` saved with other settings than `mine` ({key: this run's value});
+    `what` words a key's mismatch where "KEY=saved but this run has KEY=mine" would not say it."""
+    for key, value in mine.items():
+        if key in state and state[key] != value:
+            why = (what or {}).get(key) or f"{key}={state[key]} but this run has {key}={value}"
+            raise DataError(f"loader state: saved with {why}; exact resume needs the same data settings")
+
+
 def batch_count(n: int, batch_size: int, world_size: int, drop_last: bool) -> int:
     """Batches per rank and epoch of `n` samples (DataError when drop_last leaves none)."""
     per_rank = -(-n // world_size)
@@ -69,12 +88,7 @@ class BatchLoader:
     def __init__(self, dataset: ImageDataset, batch_size: int, shuffle: bool, seed: int,
                  augment: Augment | None = None, drop_last: bool = False, rank: int = 0,
                  world_size: int = 1) -> None:
-        if batch_size < 1:
-            raise DataError(f"batch_size: must be at least 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        if len(dataset) == 0:
-            raise DataError(f"{dataset.source}: empty dataset")
+        check_loader(len(dataset), dataset.source, batch_size, rank, world_size)
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -147,11 +161,7 @@ class BatchLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a `state_dict()`; the loader must be configured as when it was saved."""
-        for key, mine in (("seed", self.seed), ("num_batches", self.num_batches),
-                          ("world_size", self.world_size)):
-            if key in state and state[key] != mine:
-                raise DataError(f"loader state: saved with {key}={state[key]} but this run has "
-                                f"{key}={mine}; exact resume needs the same data settings")
+        check_resume(state, {"seed": self.seed, "num_batches": self.num_batches, "world_size": self.world_size})
         self.epoch = int(state["epoch"])
         self.position = int(state["batch"])
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bitnas.data.augment import Augment
 from bitnas.data.formats.imagefolder import ImageFiles
-from bitnas.data.loader import Batch, batch_count, epoch_indices, mix_seed
+from bitnas.data.loader import Batch, batch_count, check_loader, check_resume, epoch_indices, mix_seed
 from bitnas.data.transforms import ImageTransform
 from bitnas.errors import DataError
 
@@ -143,12 +143,7 @@ class StreamLoader:
                  augment: Augment | None = None, drop_last: bool = False, rank: int = 0, world_size: int = 1,
                  workers: WorkerOptions = WorkerOptions(), bad_images: str = "stop",
                  device: torch.device | None = None) -> None:
-        if batch_size < 1:
-            raise DataError(f"batch_size: must be at least 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        if len(files) == 0:
-            raise DataError(f"{files.source}: empty dataset")
+        check_loader(len(files), files.source, batch_size, rank, world_size)
         if bad_images not in BAD_IMAGES:
             raise DataError(f"bad_images: must be one of {', '.join(BAD_IMAGES)}, got '{bad_images}'")
         self.files, self.batch_size, self.shuffle, self.seed = files, batch_size, shuffle, seed
@@ -239,12 +234,8 @@ class StreamLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a `state_dict()`; the loader must be configured as when it was saved."""
-        for key, mine in (("seed", self.seed), ("num_batches", self.num_batches),
-                          ("world_size", self.world_size), ("files", self.files.files_digest())):
-            if key in state and state[key] != mine:
-                what = ("the image files changed" if key == "files"
-                        else f"{key}={state[key]} but this run has {key}={mine}")
-                raise DataError(f"loader state: saved with {what}; exact resume needs the same data")
+        check_resume(state, {"seed": self.seed, "num_batches": self.num_batches, "world_size": self.world_size,
+                             "files": self.files.files_digest()}, {"files": "other image files"})
         self.epoch = int(state["epoch"])
         self.position = int(state["batch"])
         self.skipped = int(state.get("skipped", 0))

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from bitnas.binary import BinaryConv2d, binarized_layers
 from bitnas.deploy import container
-from bitnas.deploy.fold import fold, following_bn
+from bitnas.deploy.fold import fold
+from bitnas.deploy.modules import check_known, following_bn
 from bitnas.errors import BitnasError, brief
 from bitnas.nets import network_from_checkpoint, network_from_spec
 from bitnas.nets.limits import OP_KEYS, check_build_kwargs, check_input_size
@@ -88,6 +89,7 @@ def export_network(model: nn.Module, arch: dict[str, Any], image_size: int | Non
     cfg = model.cfg.to_dict()
     network = {**arch["network"], **{k: cfg[k] for k in OP_KEYS}, "auxiliary": False, "drop_path_prob": 0.0}
     follow = following_bn(model)
+    check_known(model, follow)
     modules = dict(model.named_modules())
     bits, alphas, folds, binary, packed_keys = [], [], [], [], set()
     n_bytes = n_alpha = n_fold = 0

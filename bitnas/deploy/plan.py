@@ -1,5 +1,6 @@
-"""What each module of an exported network means for inference: one place, read by the bitpack
-engine's compiler (`graph.py`) and by the ONNX / OpenVINO builder (`onnx_export.py`).
+"""What each module of an exported network means for inference, read by the bitpack engine's
+compiler (`graph.py`) and by the ONNX / OpenVINO builder (`onnx_export.py`). Which modules hold
+binary convs, and which BN follows each, is the table of `modules.py` (shared with the folding).
 
 `describe(module, name)` turns a module of the float network into a plan:
 - `ChainPlan`: binary convs in a row (a conv unit, a separable unit or conv, residual blocks,
@@ -24,9 +25,10 @@ from torch import nn
 from bitnas.binary import BinaryConv2d
 from bitnas.binary.quantizers import CallableQuantizer, LearnableBiasSign
 from bitnas.deploy.fold import bn_affine
+from bitnas.deploy.modules import holder
 from bitnas.nets.blocks import BiRealUnit, ReActCell
-from bitnas.space.operations import Conv7x1x7, FactorizedReduce, ReLUConvBN, Zero
-from bitnas.space.structures import ConvUnit, ResidualBlock, RPReLU, SepUnit
+from bitnas.space.operations import FactorizedReduce, Zero
+from bitnas.space.structures import RPReLU
 
 
 @dataclass(eq=False)
@@ -84,13 +86,13 @@ def _identity(m: nn.Module | None) -> bool:
 def chain_steps(m: nn.Module, name: str) -> list[Step] | None:
     """The binary convs of `m` as a chain (each conv's output feeds only the next), or None."""
     p = f"{name}." if name else ""
-    if isinstance(m, (ConvUnit, ReLUConvBN)) and _identity(m.pre) and _binary_input(m.conv):
-        return [Step(m.conv, p + "conv")]
-    if isinstance(m, SepUnit) and _identity(m.pre) and _binary_input(m.dw) and _binary_input(m.pw):
-        return [Step(m.dw, p + "dw"), Step(m.pw, p + "pw")]
-    if isinstance(m, Conv7x1x7) and _identity(m.pre) and _binary_input(m.conv_1) and _binary_input(m.conv_2):
-        return [Step(m.conv_1, p + "conv_1"), Step(m.conv_2, p + "conv_2")]
-    if isinstance(m, ResidualBlock) and _binary_input(m.conv, m.pre):
+    h = holder(m)
+    if h is not None and h.kind == "chain":
+        convs = [conv for conv, _, _ in h.convs(m)]
+        if _identity(m.pre) and all(_binary_input(getattr(m, c)) for c in convs):
+            return [Step(getattr(m, c), p + c) for c in convs]
+        return None
+    if h is not None and h.kind == "residual" and _binary_input(m.conv, m.pre):
         if not (isinstance(m.pre, LearnableBiasSign) or _identity(m.pre)):
             return None
         if m.shortcut is None:
@@ -173,9 +175,10 @@ def describe(m: nn.Module, name: str) -> Plan:
     steps = chain_steps(m, name)
     if steps:
         return ChainPlan(steps)
-    if (isinstance(m, FactorizedReduce) and _identity(m.pre) and _binary_input(m.conv_1)
-            and _binary_input(m.conv_2)):
-        return ReducePlan(m, name)
+    h = holder(m)
+    if (h is not None and h.kind == "reduce" and _identity(m.pre)
+            and all(_binary_input(getattr(m, c)) for c, _, _ in h.convs(m))):
+        return ReducePlan(m, name)  # type: ignore[arg-type]
     if isinstance(m, BiRealUnit) and m.downsample is not None:
         main = describe(m.body, f"{name}.body")
         if isinstance(main, ChainPlan):

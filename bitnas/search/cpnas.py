@@ -83,117 +83,32 @@ optimizers, loader position, sampling generator, permutations, accumulators, his
 from __future__ import annotations
 
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from bitnas.common import faults
 from bitnas.common.batchstats import batch_statistics, batchnorm_layers, running_statistics
+from bitnas.common.checkpoint import pack_tensors, unpack_tensors
 from bitnas.common.schedules import cosine_lr
 from bitnas.data import BatchLoader, InfiniteLoader
 from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
 from bitnas.search.config import SearchConfig
+from bitnas.search.cpnas_rounds import CELLS, INDICATORS, PruningRounds, indicator, removal_choice, short_name
 from bitnas.search.steps import Meter, make_weight_optimizer, weight_step
 from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy, UnitInterrupted
 from bitnas.search.supernet import SuperNetwork, derive_genotype, fit_partial_ratio, genotype_paths
-from bitnas.space.edges import edge_position, num_edges
+from bitnas.space.edges import num_edges
 from bitnas.space.genotypes import Genotype
 
 log = logging.getLogger("bitnas")
 
 T = TypeVar("T")
-CELLS = ("normal", "reduce")
-INDICATORS = ("printed", "flipped")
-
-
-def indicator(acc_child: float, acc_parent: float, beta_p: float, kind: str = "printed") -> float:
-    """The performance indicator z of one sample (Eq. 4.15): printed β_P(A_P − A_C) + A_C, or flipped
-    A_C − β_P(A_P − A_C)."""
-    gap = acc_parent - acc_child
-    if kind == "printed":
-        return beta_p * gap + acc_child
-    if kind == "flipped":
-        return acc_child - beta_p * gap
-    raise ConfigError(f"indicator must be one of {', '.join(INDICATORS)}, got {kind!r}")
-
-
-def edge_scores(z_mean: Sequence[float], temperature: float = 1.0) -> list[float]:
-    """e(·) = softmax(z̄ / τ) over one edge's remaining ops."""
-    return torch.softmax(torch.tensor(z_mean, dtype=torch.float64) / temperature, dim=0).tolist()
-
-
-def removal_choice(ops: Sequence[int], z_mean: Sequence[float], zero: int | None, first_step: bool,
-                   drop_zero_first: bool) -> tuple[int, str]:
-    """(op index to remove, reason) on one edge with remaining `ops` and their z̄.
-
-    The lowest z̄ (= lowest e(·)) goes, ties to the lowest op index; the zero op goes instead when
-    it would otherwise survive alone, or at the first step with `drop_zero_first`.
-    """
-    if zero is not None and zero in ops:
-        if drop_zero_first and first_step:
-            return zero, "drop_zero_first"
-        if len(ops) == 2:
-            return zero, "zero_never_survives"
-    low = min(range(len(ops)), key=lambda i: (z_mean[i], ops[i]))
-    return ops[low], "lowest_score"
-
-
-PACKED = "__packed_tensor__"
-
-
-def pack_tensors(obj: Any) -> dict[str, Any]:
-    """Nested dicts/lists/tuples holding tensors → a tensor-free skeleton plus one flat tensor per dtype.
-
-    Two supernets and their optimizers hold thousands of small tensors, which torch.save writes
-    one by one; packed, a per-unit checkpoint is a few large copies. `unpack_tensors` inverts it
-    bitwise."""
-    tensors: list[Tensor] = []
-
-    def walk(o: Any) -> Any:
-        if isinstance(o, Tensor):
-            tensors.append(o.detach())
-            return {PACKED: len(tensors) - 1}
-        if isinstance(o, dict):
-            return {k: walk(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return type(o)(walk(v) for v in o)
-        return o
-
-    skeleton = walk(obj)
-    groups: dict[str, list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault(str(t.dtype).removeprefix("torch."), []).append(i)
-    flat, meta = {}, [None] * len(tensors)
-    for dtype, idx in groups.items():
-        offset = 0
-        for i in idx:
-            meta[i] = [dtype, offset, list(tensors[i].shape)]
-            offset += tensors[i].numel()
-        flat[dtype] = torch.cat([tensors[i].reshape(-1).cpu() for i in idx])
-    return {"skeleton": skeleton, "flat": flat, "meta": meta}
-
-
-def unpack_tensors(packed: dict[str, Any]) -> Any:
-    """The object `pack_tensors` packed (tensors on the CPU; `load_state_dict` moves them)."""
-    flat, meta = packed["flat"], packed["meta"]
-
-    def walk(o: Any) -> Any:
-        if isinstance(o, dict):
-            if set(o) == {PACKED}:
-                dtype, offset, shape = meta[o[PACKED]]
-                n = math.prod(shape)
-                return flat[dtype][offset:offset + n].view(shape).clone()
-            return {k: walk(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return type(o)(walk(v) for v in o)
-        return o
-
-    return walk(packed["skeleton"])
+# what tests and tools import from here
+__all__ = ["CELLS", "CPNASSearch", "indicator", "pack_tensors", "removal_choice", "unpack_tensors"]
 
 
 class CPNASSearch(SearchStrategy):
@@ -228,28 +143,15 @@ class CPNASSearch(SearchStrategy):
         n_ops = len(self.ops)
         self.total_samples = cfg.rounds * sum(range(2, n_ops + 1))
         self.total_steps = cfg.cp_warmup_epochs * self.epoch_batches + self.total_samples * self.steps_per_sample
-        self.gen = torch.Generator().manual_seed(mix_seed(cfg.seed, 0xC9A5))
+        self.rounds = PruningRounds(self.ops, self.zero, self.num_edges, cfg.rounds,
+                                    torch.Generator().manual_seed(mix_seed(cfg.seed, 0xC9A5)))
         self._val_batches: list[tuple[Tensor, Tensor]] | None = None
         self._val_images = 0
         concurrent = cfg.cp_concurrent and ctx.world_size == 1 and ctx.device.type == "cpu"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpnas-parent") if concurrent else None
         self._batchnorms = {n: batchnorm_layers(net) for n, net in self.nets.items()}
-        # sampling state
-        self.remaining = {c: [list(range(n_ops)) for _ in range(self.num_edges)] for c in CELLS}
-        self.perms: dict[str, list[list[int]]] | None = None
-        self.z_sum = {c: torch.zeros(self.num_edges, n_ops, dtype=torch.float64) for c in CELLS}
-        self.z_count = {c: torch.zeros(self.num_edges, n_ops, dtype=torch.int64) for c in CELLS}
-        self.last_e = {c: torch.full((self.num_edges, n_ops), float("nan"), dtype=torch.float64) for c in CELLS}
         self.warmup_epoch = 0
-        self.removals = 0
-        self.round = 0
-        self.sample = 0
-        self.samples_done = 0
-        self.pending_removal = False
-        self.step = 0
         self.units = 0
-        self.stats = {"acc_child": 0.0, "acc_parent": 0.0, "n": 0, "seconds": 0.0}
-        self.history: list[dict[str, Any]] = []
         self.partial: dict[str, Any] | None = None
         log.info("cpnas: %d ops × %d edges per cell, T=%d rounds, %d training steps per sample (batch %d), "
                  "%d samples, β_P=%g (%s indicator), val subset %d, warm-up %d epoch(s) (%s), K partial %d/%d",
@@ -279,24 +181,25 @@ class CPNASSearch(SearchStrategy):
     @property
     def ops_left(self) -> int:
         """K: the number of ops left on every edge."""
-        return len(self.remaining["normal"][0])
+        return self.rounds.ops_left
 
     @property
     def finished(self) -> bool:
-        return self.warmup_epoch >= self.cfg.cp_warmup_epochs and not self.pending_removal and self.ops_left <= 1
+        r = self.rounds
+        return self.warmup_epoch >= self.cfg.cp_warmup_epochs and not r.pending_removal and r.ops_left <= 1
 
     def run_unit(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         if self.warmup_epoch < self.cfg.cp_warmup_epochs:
             rec = self._warmup_unit()
-        elif self.pending_removal:
+        elif self.rounds.pending_removal:
             rec = self._removal_unit()
         else:
             rec = self._sample_unit()
         self.units += 1
         rec["seconds"] = time.perf_counter() - t0
         if rec["kind"] == "sample":
-            self.stats["seconds"] += rec["seconds"]
+            self.rounds.stats["seconds"] += rec["seconds"]
         return rec
 
     # -- training and measuring -----------------------------------------------------------
@@ -327,7 +230,7 @@ class CPNASSearch(SearchStrategy):
         while self.partial["done"] < steps:
             x, y = next(self.train_stream)
             x, y = x.to(ctx.device), y.to(ctx.device)
-            path = self._random_path() if random_paths else paths
+            path = self.rounds.random_path() if random_paths else paths
             lr = self._lr()
 
             def step(name: str) -> tuple[Tensor, Tensor]:
@@ -339,11 +242,9 @@ class CPNASSearch(SearchStrategy):
 
             for name, (loss, logits) in self._both(step).items():
                 meters[name].add(loss, logits, y)
-                self.images += y.shape[0] * ctx.world_size
-            self.step += 1
             self.partial["done"] += 1
-            faults.point("search.step", self.step)
-            if self.partial["done"] < steps and ctx.should_stop():
+            self.steps.done(images=len(self.nets) * y.shape[0] * ctx.world_size)
+            if self.partial["done"] < steps and self.steps.stop_requested():
                 raise UnitInterrupted
         self.partial = None
         for net in self.nets.values():
@@ -385,19 +286,6 @@ class CPNASSearch(SearchStrategy):
         correct, n = self.ctx.reduce_sums([correct, n])
         return 100.0 * correct / n
 
-    def _random_path(self) -> dict[str, list[int]]:
-        """A uniformly random op per edge among its remaining ops (warm-up)."""
-        out = {}
-        for c in CELLS:
-            draws = torch.randint(0, 1 << 30, (self.num_edges,), generator=self.gen).tolist()
-            out[c] = [rem[d % len(rem)] for rem, d in zip(self.remaining[c], draws)]
-        return out
-
-    def _draw_permutations(self) -> dict[str, list[list[int]]]:
-        """Every edge's remaining ops in a fresh random order (sampling without replacement)."""
-        return {c: [[rem[i] for i in torch.randperm(len(rem), generator=self.gen).tolist()]
-                    for rem in self.remaining[c]] for c in CELLS}
-
     # -- units ----------------------------------------------------------------------------
     def _warmup_unit(self) -> dict[str, Any]:
         mode = self.cfg.cp_warmup_mode
@@ -410,93 +298,38 @@ class CPNASSearch(SearchStrategy):
         return rec
 
     def _sample_unit(self) -> dict[str, Any]:
-        cfg = self.cfg
-        if self.perms is None:
-            self.perms = self._draw_permutations()
-        k, e = self.ops_left, self.sample
-        paths = {c: [self.perms[c][edge][e] for edge in range(self.num_edges)] for c in CELLS}
-        rec: dict[str, Any] = {"kind": "sample", "removal_step": self.removals, "round": self.round, "sample": e,
-                               "K": k, "index": self.samples_done,
+        cfg, r = self.cfg, self.rounds
+        k, e = r.ops_left, r.sample
+        paths = r.next_paths()
+        rec: dict[str, Any] = {"kind": "sample", "removal_step": r.removals, "round": r.round, "sample": e,
+                               "K": k, "index": r.samples_done,
                                "ops": {c: [self.ops[i] for i in paths[c]] for c in CELLS}}
         rec.update(self._train(self.steps_per_sample, paths))
         self._val()
         acc = self._both(lambda which: self.measure(which, paths))
         a_c, a_p = acc["child"], acc["parent"]
-        self.images += 2 * self._val_images
+        self.steps.add_images(2 * self._val_images)
         z = indicator(a_c, a_p, cfg.beta_p, cfg.indicator)
-        for c in CELLS:
-            for edge, op in enumerate(paths[c]):
-                self.z_sum[c][edge, op] += z
-                self.z_count[c][edge, op] += 1
-        self.stats["acc_child"] += a_c
-        self.stats["acc_parent"] += a_p
-        self.stats["n"] += 1
         rec.update({"acc_child": a_c, "acc_parent": a_p, "z": z})
         log.info("cpnas sample %d/%d (step %d, round %d/%d, %d/%d): A_C %.2f%%, A_P %.2f%%, z %.2f",
-                 self.samples_done + 1, self.total_samples, self.removals + 1, self.round + 1, cfg.rounds, e + 1, k,
+                 r.samples_done + 1, self.total_samples, r.removals + 1, r.round + 1, cfg.rounds, e + 1, k,
                  a_c, a_p, z)
-        self.samples_done += 1
-        self.sample += 1
-        if self.sample == k:
-            self.sample = 0
-            self.perms = None
-            self.round += 1
-            if self.round == cfg.rounds:
-                self.round = 0
-                self.pending_removal = True
+        r.credit(paths, z, a_c, a_p)
         return rec
 
     def _removal_unit(self) -> dict[str, Any]:
-        cfg = self.cfg
-        k = self.ops_left
-        first = self.removals == 0
-        edges: dict[str, list[dict[str, Any]]] = {}
-        for c in CELLS:
-            edges[c] = []
-            for edge, rem in enumerate(self.remaining[c]):
-                counts = self.z_count[c][edge, rem]
-                if not bool((counts == cfg.rounds).all()):
-                    raise RuntimeError(f"cpnas: {c} edge {edge} scored {counts.tolist()} times, expected {cfg.rounds}")
-                z_mean = (self.z_sum[c][edge, rem] / counts).tolist()
-                e = edge_scores(z_mean, cfg.cp_temperature)
-                victim, reason = removal_choice(rem, z_mean, self.zero, first, cfg.cp_drop_zero_first)
-                self.last_e[c][edge].fill_(float("nan"))
-                self.last_e[c][edge, rem] = torch.tensor(e, dtype=torch.float64)
-                edges[c].append({"edge": edge, "input": edge_position(edge)[0], "node": edge_position(edge)[1],
-                                 "ops": [self.ops[i] for i in rem], "z_mean": z_mean, "e": e,
-                                 "removed": self.ops[victim], "reason": reason})
-                self.remaining[c][edge] = [i for i in rem if i != victim]
-            self.z_sum[c].zero_()
-            self.z_count[c].zero_()
-        n = max(1, self.stats["n"])
-        rec: dict[str, Any] = {
-            "kind": "removal", "removal_step": self.removals, "K_before": k, "K_after": k - 1,
-            "acc_child_mean": self.stats["acc_child"] / n, "acc_parent_mean": self.stats["acc_parent"] / n,
-            "samples": self.stats["n"], "step_seconds": self.stats["seconds"], "edges": edges,
-        }
-        self.history.append(rec)
-        self.removals += 1
-        self.pending_removal = False
-        self.stats = {"acc_child": 0.0, "acc_parent": 0.0, "n": 0, "seconds": 0.0}
-        removed = ", ".join(f"{c}: " + " ".join(_short(r["removed"]) for r in edges[c]) for c in CELLS)
-        log.info("cpnas removal %d: K %d → %d, mean A_C %.2f%%, A_P %.2f%%; removed %s", self.removals, k, k - 1,
-                 rec["acc_child_mean"], rec["acc_parent_mean"], removed)
+        rec = self.rounds.remove(self.cfg.cp_temperature, self.cfg.cp_drop_zero_first)
+        edges = rec["edges"]
+        removed = ", ".join(f"{c}: " + " ".join(short_name(r["removed"]) for r in edges[c]) for c in CELLS)
+        log.info("cpnas removal %d: K %d → %d, mean A_C %.2f%%, A_P %.2f%%; removed %s", self.rounds.removals,
+                 rec["K_before"], rec["K_after"], rec["acc_child_mean"], rec["acc_parent_mean"], removed)
         if self.finished:
             self._write_results()
         return dict(rec)
 
     # -- results --------------------------------------------------------------------------
-    def _scores(self, cell: str) -> Tensor:
-        """E×O derivation scores: latest e(·) of the remaining ops (uniform before any removal), −inf elsewhere."""
-        s = torch.full((self.num_edges, len(self.ops)), float("-inf"), dtype=torch.float64)
-        for edge, rem in enumerate(self.remaining[cell]):
-            for i in rem:
-                v = float(self.last_e[cell][edge, i])
-                s[edge, i] = v if not math.isnan(v) else 1.0 / len(rem)
-        return s
-
     def genotype(self) -> Genotype:
-        return derive_genotype(self._scores("normal"), self._scores("reduce"), self.ops, self.child.steps,
+        return derive_genotype(self.rounds.scores("normal"), self.rounds.scores("reduce"), self.ops, self.child.steps,
                                self.child.multiplier, self.space.zero_op)
 
     def estimate(self, genotype: Genotype) -> dict[str, float]:
@@ -510,15 +343,15 @@ class CPNASSearch(SearchStrategy):
 
     def survivors(self) -> dict[str, list[list[str]]]:
         """The ops still left on every edge."""
-        return {c: [[self.ops[i] for i in rem] for rem in self.remaining[c]] for c in CELLS}
+        return self.rounds.survivors()
 
     def history_dict(self) -> dict[str, Any]:
         """Everything the removal steps decided, for cpnas_history.json and `plot_cpnas_scores`."""
         return {
             "strategy": self.name, "space": self.space.name, "ops": list(self.ops),
-            "settings": self.settings(), "removals": self.history, "survivors": self.survivors(),
-            "genotype": self.genotype().to_dict(), "samples": self.samples_done,
-            "scores": {c: self._scores(c).tolist() for c in CELLS},
+            "settings": self.settings(), "removals": self.rounds.history,
+            "survivors": self.survivors(), "genotype": self.genotype().to_dict(), "samples": self.rounds.samples_done,
+            "scores": {c: self.rounds.scores(c).tolist() for c in CELLS},
         }
 
     def settings(self) -> dict[str, Any]:
@@ -542,8 +375,9 @@ class CPNASSearch(SearchStrategy):
         plot_cpnas_scores(hist, self.ctx.run.file("plots") / "cpnas_scores.png")
 
     def result_info(self) -> dict[str, Any]:
-        return {"samples": self.samples_done, "removal_steps": self.removals, "survivors": self.survivors(),
-                "settings": self.settings(), "history": self.history, "history_file": "cpnas_history.json"}
+        r = self.rounds
+        return {"samples": r.samples_done, "removal_steps": r.removals, "survivors": self.survivors(),
+                "settings": self.settings(), "history": r.history, "history_file": "cpnas_history.json"}
 
     def models(self) -> dict[str, nn.Module]:
         return {"child": self.child, "parent": self.parent}
@@ -555,14 +389,8 @@ class CPNASSearch(SearchStrategy):
             "weights": pack_tensors({
                 "nets": {n: net.state_dict() for n, net in self.nets.items()},
                 "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()}}),
-            "train_stream": self.train_stream.state_dict(), "generator": self.gen.get_state(),
-            "remaining": self.remaining, "perms": self.perms,
-            "z_sum": {c: t.clone() for c, t in self.z_sum.items()},
-            "z_count": {c: t.clone() for c, t in self.z_count.items()},
-            "last_e": {c: t.clone() for c, t in self.last_e.items()},
-            "warmup_epoch": self.warmup_epoch, "removals": self.removals, "round": self.round, "sample": self.sample,
-            "samples_done": self.samples_done, "pending_removal": self.pending_removal, "step": self.step,
-            "units": self.units, "stats": dict(self.stats), "history": self.history,
+            "train_stream": self.train_stream.state_dict(), "generator": self.rounds.gen.get_state(),
+            **self.rounds.state_dict(), "warmup_epoch": self.warmup_epoch, "units": self.units,
             "partial": None if self.partial is None else {
                 "done": self.partial["done"], "lr": self.partial["lr"],
                 "meters": {n: m.state_dict() for n, m in self.partial["meters"].items()}},
@@ -576,33 +404,15 @@ class CPNASSearch(SearchStrategy):
             net.load_state_dict(weights["nets"][n])
             self.optimizers[n].load_state_dict(weights["optimizers"][n])
         self.train_stream.load_state_dict(state["train_stream"])
-        self.gen.set_state(state["generator"])
-        self.remaining = {c: [[int(i) for i in rem] for rem in state["remaining"][c]] for c in CELLS}
-        perms = state["perms"]
-        self.perms = None if perms is None else {c: [[int(i) for i in p] for p in perms[c]] for c in CELLS}
-        for name in ("z_sum", "z_count", "last_e"):
-            getattr(self, name).update({c: state[name][c].clone() for c in CELLS})
-        self.warmup_epoch, self.removals = int(state["warmup_epoch"]), int(state["removals"])
-        self.round, self.sample = int(state["round"]), int(state["sample"])
-        self.samples_done, self.step = int(state["samples_done"]), int(state["step"])
-        self.pending_removal = bool(state["pending_removal"])
+        self.rounds.gen.set_state(state["generator"])
+        self.rounds.load_state_dict(state)
+        self.warmup_epoch = int(state["warmup_epoch"])
         self.units = int(state["units"])
-        self.stats = dict(state["stats"])
-        self.history = list(state["history"])
         partial = state.get("partial")
         self.partial = None if not partial else {
             "done": int(partial["done"]), "lr": float(partial["lr"]),
             "meters": {n: Meter.from_state(m) for n, m in partial["meters"].items()}}
 
-
-
-SHORT_NAMES = {"none": "0", "skip_connect": "id", "max_pool_3x3": "max", "avg_pool_3x3": "avg",
-               "sep_conv_3x3": "s3", "sep_conv_5x5": "s5", "dil_conv_3x3": "d3", "dil_conv_5x5": "d5"}
-
-
-def _short(op: str) -> str:
-    """A compact op name for log lines."""
-    return SHORT_NAMES.get(op, op)
 
 
 STRATEGIES.register("cpnas", CPNASSearch, aliases=("cp-nas", "cp_nas"))

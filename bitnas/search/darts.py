@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from bitnas.search.architect import Architect
 from bitnas.search.collapse import TemperatureSchedule
 from bitnas.search.config import SearchConfig
 from bitnas.search.early_stopping import EarlyStopping, ranking
-from bitnas.search.steps import Meter, evaluate, make_weight_optimizer, progress, weight_step
+from bitnas.search.steps import Meter, evaluate, make_weight_optimizer, weight_step
 from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy
 from bitnas.search.supernet import fit_partial_ratio, genotype_paths
 from bitnas.space.genotypes import Genotype
@@ -41,6 +42,19 @@ log = logging.getLogger("bitnas")
 
 def nested(t: Tensor) -> list[Any]:
     return t.detach().cpu().tolist()
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a differentiable strategy uses for the keys left at `auto` / 0 / -1: partial-channel ratio
+    K (normal, reduce), edge normalisation, warm-up as a fraction of the epochs, α learning rate and
+    early-stopping criterion. DARTS' own values; PC-DARTS and UBNAS change some of them."""
+
+    k: tuple[int, int] = (1, 1)
+    edge_norm: bool = False
+    warmup_fraction: float = 0.0
+    arch_lr: float = 3e-4
+    early_stop: str = "none"
 
 
 class DifferentiableSearch(SearchStrategy):
@@ -54,21 +68,18 @@ class DifferentiableSearch(SearchStrategy):
         "k_normal", "k_reduce", "edge_norm", "warmup_epochs", "early_stop", "early_stop_skips",
         "early_stop_patience", "early_stop_min_epochs", "early_stop_tolerance", "max_param_free_ops",
         "alpha_temperature", "alpha_temperature_end", "alpha_temperature_schedule"}
-    default_k = (1, 1)
-    default_edge_norm = False
-    default_warmup_fraction = 0.0
-    default_arch_lr = 3e-4
-    default_early_stop = "none"
+    defaults = Defaults()
 
     def __init__(self, ctx: SearchContext) -> None:
         super().__init__(ctx)
         cfg = self.cfg
-        self.k_normal = self._partial_ratio(cfg.k_normal or self.default_k[0], "k_normal")
-        self.k_reduce = self._partial_ratio(cfg.k_reduce or self.default_k[1], "k_reduce")
-        self.edge_norm = self.default_edge_norm if cfg.edge_norm == "auto" else cfg.edge_norm == "on"
-        self.warmup = (int(self.default_warmup_fraction * cfg.epochs + 0.5) if cfg.warmup_epochs < 0
+        d = self.defaults
+        self.k_normal = self._partial_ratio(cfg.k_normal or d.k[0], "k_normal")
+        self.k_reduce = self._partial_ratio(cfg.k_reduce or d.k[1], "k_reduce")
+        self.edge_norm = d.edge_norm if cfg.edge_norm == "auto" else cfg.edge_norm == "on"
+        self.warmup = (int(d.warmup_fraction * cfg.epochs + 0.5) if cfg.warmup_epochs < 0
                        else cfg.warmup_epochs)
-        self.arch_lr = cfg.arch_lr or self.default_arch_lr
+        self.arch_lr = cfg.arch_lr or d.arch_lr
         self.model = self.build_supernet(cfg.precision, self.k_normal, self.k_reduce, self.edge_norm)
         self.model.max_param_free = cfg.max_param_free_ops
         self.w_params = self.model.weight_parameters()
@@ -85,11 +96,10 @@ class DifferentiableSearch(SearchStrategy):
         self.temperature = TemperatureSchedule(t0, t1, cfg.alpha_temperature_schedule,
                                                cfg.epochs * len(self.train_loader))
         self.model.temperature = self.temperature.at(0)
-        criterion = self.default_early_stop if cfg.early_stop == "auto" else cfg.early_stop
+        criterion = d.early_stop if cfg.early_stop == "auto" else cfg.early_stop
         self.stopper = EarlyStopping(criterion, cfg.early_stop_skips, cfg.early_stop_patience,
                                      cfg.early_stop_min_epochs, tolerance=cfg.early_stop_tolerance)
         self.epoch = 0
-        self.step = 0
         self.stop_epoch = -1
         self.best_acc = float("-inf")
         self.best_epoch = -1
@@ -136,7 +146,7 @@ class DifferentiableSearch(SearchStrategy):
         if self.partial is None:
             self.partial = {"train": Meter(), "arch": Meter()}
         train_m, arch_m = self.partial["train"], self.partial["arch"]
-        batches = progress(self.train_loader, ctx, f"{self.name} epoch {self.epoch + 1}/{cfg.epochs}",
+        batches = self.steps.bar(self.train_loader, f"{self.name} epoch {self.epoch + 1}/{cfg.epochs}",
                            len(self.train_loader) - self.train_loader.position)
         for x, y in batches:
             x, y = x.to(ctx.device), y.to(ctx.device)
@@ -146,7 +156,7 @@ class DifferentiableSearch(SearchStrategy):
                 xv, yv = xv.to(ctx.device), yv.to(ctx.device)
                 vloss, vlogits = self.architect.step((x, y), (xv, yv), lr, self.w_optimizer, cfg.unrolled)
                 arch_m.add(vloss, vlogits, yv)
-                self.images += yv.shape[0] * ctx.world_size
+                self.steps.add_images(yv.shape[0] * ctx.world_size)
                 faults.point("search.arch_step", self.step + 1, tensors=model.arch_parameters)
             loss, logits = weight_step(ctx, model, self.w_optimizer, self.w_params, x, y, cfg.grad_clip)
             train_m.add(loss, logits, y)
@@ -157,7 +167,7 @@ class DifferentiableSearch(SearchStrategy):
         ctx.broadcast_buffers(model)
         train_loss, train_acc = train_m.result(ctx)
         val_loss, val_acc = evaluate(ctx, model, self.eval_loader)
-        self.images += len(self.eval_loader.indices()) * ctx.world_size
+        self.steps.add_images(len(self.eval_loader.indices()) * ctx.world_size)
         g = model.genotype()
         rec: dict[str, Any] = {
             "epoch": self.epoch, "lr": lr, "arch_updates": update_arch, "alpha_temperature": model.temperature,
@@ -221,7 +231,7 @@ class DifferentiableSearch(SearchStrategy):
     def state_dict(self) -> dict[str, Any]:
         st = super().state_dict()
         st.update({
-            "epoch": self.epoch, "step": self.step,
+            "epoch": self.epoch,
             "stop_epoch": self.stop_epoch, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
             "best": self.best.to_dict() if self.best else None,
             "partial": {k: m.state_dict() for k, m in self.partial.items()} if self.partial else None,
@@ -230,7 +240,7 @@ class DifferentiableSearch(SearchStrategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.epoch = int(state["epoch"])
         self.stop_epoch = int(state["stop_epoch"])
         self.best_acc, self.best_epoch = float(state["best_acc"]), int(state["best_epoch"])
         self.best = Genotype.from_dict(state["best"]) if state["best"] else None

@@ -8,7 +8,7 @@ the paper). Adam lr 6e-4, weight decay 1e-3 on α/β.
 """
 from __future__ import annotations
 
-from bitnas.search.darts import DifferentiableSearch
+from bitnas.search.darts import Defaults, DifferentiableSearch
 from bitnas.search.strategy import STRATEGIES
 
 
@@ -17,10 +17,7 @@ class PCDartsSearch(DifferentiableSearch):
 
     name = "pcdarts"
     default_space = "darts"
-    default_k = (4, 4)
-    default_edge_norm = True
-    default_warmup_fraction = 0.3
-    default_arch_lr = 6e-4
+    defaults = Defaults(k=(4, 4), edge_norm=True, warmup_fraction=0.3, arch_lr=6e-4)
 
 
 STRATEGIES.register("pcdarts", PCDartsSearch, aliases=("pc-darts", "pc_darts"))

@@ -24,7 +24,7 @@ from bitnas.common.schedules import LRSchedule
 from bitnas.data.loader import mix_seed
 from bitnas.errors import ConfigError
 from bitnas.search.config import SearchConfig
-from bitnas.search.steps import Meter, make_weight_optimizer, progress, weight_step
+from bitnas.search.steps import Meter, make_weight_optimizer, weight_step
 from bitnas.search.sampled import BestOfSamples
 from bitnas.search.strategy import STRATEGIES, WEIGHT_KEYS, SearchContext, SearchStrategy
 from bitnas.search.supernet import SuperNetwork, fit_partial_ratio, genotype_paths
@@ -59,7 +59,6 @@ class RandomSearch(BestOfSamples, SearchStrategy):
         self.path_gen = torch.Generator().manual_seed(mix_seed(cfg.seed, 1))
         self.sample_gen = torch.Generator().manual_seed(mix_seed(cfg.seed, 2))
         self.epoch = 0
-        self.step = 0
         self.samples: list[dict[str, Any]] = []
         self.partial: Meter | None = None
         log.info("random: %d epochs of uniform single-path training, then %d sampled genotypes scored on %d "
@@ -89,7 +88,7 @@ class RandomSearch(BestOfSamples, SearchStrategy):
                 x, y = x.to(self.ctx.device), y.to(self.ctx.device)
                 logits = self.model(x, paths=paths(i))[0]
                 m.add(F.cross_entropy(logits, y), logits, y)
-        self.images += len(self.eval_loader.indices()) * self.ctx.world_size
+        self.steps.add_images(len(self.eval_loader.indices()) * self.ctx.world_size)
         return m.result(self.ctx)
 
     def run_unit(self) -> dict[str, Any]:
@@ -117,7 +116,7 @@ class RandomSearch(BestOfSamples, SearchStrategy):
             self.partial = Meter()
         m = self.partial
         desc = f"random epoch {self.epoch + 1}/{cfg.epochs}"
-        for x, y in progress(self.train_loader, ctx, desc, len(self.train_loader) - self.train_loader.position):
+        for x, y in self.steps.bar(self.train_loader, desc, len(self.train_loader) - self.train_loader.position):
             x, y = x.to(ctx.device), y.to(ctx.device)
             paths = genotype_paths(self.draw(self.path_gen), self.ops)
             loss, logits = weight_step(ctx, model, self.w_optimizer, self.w_params, x, y, cfg.grad_clip, paths)
@@ -159,7 +158,7 @@ class RandomSearch(BestOfSamples, SearchStrategy):
     def state_dict(self) -> dict[str, Any]:
         st = super().state_dict()
         st.update({"path_gen": self.path_gen.get_state(), "sample_gen": self.sample_gen.get_state(),
-                   "epoch": self.epoch, "step": self.step, "samples": self.samples,
+                   "epoch": self.epoch, "samples": self.samples,
                    "partial": self.partial.state_dict() if self.partial else None})
         return st
 
@@ -167,7 +166,7 @@ class RandomSearch(BestOfSamples, SearchStrategy):
         super().load_state_dict(state)
         self.path_gen.set_state(state["path_gen"])
         self.sample_gen.set_state(state["sample_gen"])
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.epoch = int(state["epoch"])
         self.samples = [dict(s) for s in state["samples"]]
         self.partial = Meter.from_state(state["partial"]) if state.get("partial") else None
 

@@ -120,15 +120,15 @@ def _run(cfg: SearchConfig, strategy: type[SearchStrategy], resume: bool, stop: 
              ctx.world_size)
     hint = f"continue with the same command and --resume (--out {cfg.out})"
     while not strat.finished:
-        if ctx.should_stop():
+        if strat.steps.stop_requested():
             _checkpoint(ctx, strat, records, elapsed)
-            raise stop.interrupted(hint)
+            raise strat.steps.interrupted(hint)
         t0 = time.perf_counter()
         try:
             rec = strat.run_unit()
         except UnitInterrupted:
             _checkpoint(ctx, strat, records, elapsed + time.perf_counter() - t0)
-            raise stop.interrupted(hint) from None
+            raise strat.steps.interrupted(hint) from None
         dt = time.perf_counter() - t0
         faults.point("search.unit", records + 1)
         elapsed += dt

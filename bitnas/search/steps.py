@@ -74,15 +74,6 @@ class Meter:
         return (loss / n, 100.0 * correct / n) if n else (float("nan"), float("nan"))
 
 
-def progress(iterable: Any, ctx: SearchContext, desc: str, total: int) -> Any:
-    """Wrap in tqdm when progress bars are on (rank 0)."""
-    if not ctx.show_progress:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
-
-
 @torch.no_grad()
 def evaluate(ctx: SearchContext, model: SuperNetwork, loader: Any, paths: Any = None) -> tuple[float, float]:
     """(loss, accuracy %) over a loader's full epoch, eval-mode BN; `paths(i)` gives a per-batch path."""

@@ -13,10 +13,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from bitnas.common import faults
-from bitnas.common.distributed import DistInfo, any_rank, broadcast_buffers
+from bitnas.common.distributed import DistInfo, broadcast_buffers
 from bitnas.common.layout import CHANNELS_LAST_CHOICES
 from bitnas.common.signals import StopRequest
+from bitnas.common.steps import Steps
 from bitnas.data import BatchLoader, ImageDataset
 from bitnas.errors import ConfigError
 from bitnas.registry import Registry
@@ -26,7 +26,6 @@ from bitnas.search.supernet import SuperNetwork
 from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Genotype
 from bitnas.space.spaces import SearchSpace, get_space
-from bitnas.run import progress_enabled
 
 STRATEGIES: Registry[type["SearchStrategy"]] = Registry("search strategy")
 
@@ -45,10 +44,10 @@ class SearchContext:
     extra: dict[str, Any] = field(default_factory=dict)
     stop: StopRequest = field(default_factory=StopRequest)
 
-    def should_stop(self) -> bool:
-        """True when a stop was requested (SIGINT/SIGTERM) on any rank. Collective under torchrun:
-        every rank calls it at the same point of the same step."""
-        return any_rank(self.stop.requested, DistInfo(self.rank, self.world_size, device=self.device))
+    @property
+    def info(self) -> DistInfo:
+        """This process's place in the process group."""
+        return DistInfo(self.rank, self.world_size, device=self.device)
 
     @property
     def in_channels(self) -> int:
@@ -95,14 +94,7 @@ class SearchContext:
 
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
-        broadcast_buffers(module, DistInfo(self.rank, self.world_size, device=self.device))
-
-    @property
-    def show_progress(self) -> bool:
-        """tqdm bars: on rank 0 only, when `progress` is on, or auto and `progress_enabled()`."""
-        if self.rank != 0 or self.cfg.progress == "off":
-            return False
-        return self.cfg.progress == "on" or progress_enabled()
+        broadcast_buffers(module, self.info)
 
     def reduce_sums(self, values: list[float]) -> list[float]:
         """Sum scalars over ranks (metric totals)."""
@@ -169,8 +161,7 @@ class SearchStrategy:
         self.check_config(ctx.cfg)
         self.ctx = ctx
         self.cfg = ctx.cfg
-        self.images = 0
-        self.step = 0
+        self.steps = Steps("search.step", ctx.info, ctx.cfg.progress, ctx.stop)
         self.stop_reason = ""
 
     @classmethod
@@ -208,14 +199,22 @@ class SearchStrategy:
         net.channels_last = CHANNELS_LAST_CHOICES[self.cfg.channels_last]
         return net
 
+    @property
+    def images(self) -> int:
+        """Images processed so far (all ranks): weight and α steps, evaluations, scoring."""
+        return self.steps.images
+
+    @property
+    def step(self) -> int:
+        """Weight steps taken so far."""
+        return self.steps.step
+
     def end_weight_step(self, batch: int, loader: BatchLoader) -> None:
         """After a weight step on `batch` images of `loader`'s epoch: count them, mark the step for
         fault injection, and stop here if a stop was requested — a safe point inside the unit, whose
         partial state the strategy's `state_dict()` holds (never after the epoch's last batch)."""
-        self.images += batch * self.ctx.world_size
-        self.step += 1
-        faults.point("search.step", self.step)
-        if loader.position < len(loader) and self.ctx.should_stop():
+        self.steps.done(images=batch * self.ctx.world_size)
+        if loader.position < len(loader) and self.steps.stop_requested():
             raise UnitInterrupted
 
     # -- to implement -------------------------------------------------------------------
@@ -246,12 +245,12 @@ class SearchStrategy:
     stateful: tuple[str, ...] = ()
 
     def state_dict(self) -> dict[str, Any]:
-        st: dict[str, Any] = {"images": self.images, "stop_reason": self.stop_reason}
+        st: dict[str, Any] = {**self.steps.state_dict(), "stop_reason": self.stop_reason}
         st.update({name: getattr(self, name).state_dict() for name in self.stateful})
         return st
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.images = int(state["images"])
+        self.steps.load_state_dict(state)
         self.stop_reason = str(state["stop_reason"])
         for name in self.stateful:
             getattr(self, name).load_state_dict(state[name])

@@ -40,8 +40,10 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from bitnas.search.darts import DifferentiableSearch
+from bitnas.search.pcdarts import PCDartsSearch
 from bitnas.search.strategy import STRATEGIES, SearchContext
 
 log = logging.getLogger("bitnas")
@@ -52,11 +54,7 @@ class UBNASSearch(DifferentiableSearch):
 
     name = "ubnas"
     default_space = "ubnas"
-    default_k = (8, 4)
-    default_edge_norm = True
-    default_warmup_fraction = 0.3
-    default_arch_lr = 6e-4
-    default_early_stop = "genotype"
+    defaults = replace(PCDartsSearch.defaults, k=(8, 4), early_stop="genotype")  # PC-DARTS' warm-up, edge norm, α lr
 
     def __init__(self, ctx: SearchContext) -> None:
         super().__init__(ctx)

@@ -76,7 +76,7 @@ class ZeroCostSearch(BestOfSamples, SearchStrategy):
     def score(self, genotype: Genotype) -> float:
         """The estimator's score of `genotype`'s network at initialisation."""
         model = init_network(genotype, self.build_kw, self.cfg.seed).to(self.ctx.device)
-        self.images += images_read([self.estimator], self.batches)
+        self.steps.add_images(images_read([self.estimator], self.batches))
         return score_network(model, self.batches, [self.estimator])[self.estimator]
 
     def run_unit(self) -> dict[str, Any]:

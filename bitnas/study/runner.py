@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 
 from bitnas.common.safe_yaml import read_yaml
-from bitnas.common.signals import StopRequest, graceful_stop
+from bitnas.common.signals import graceful_stop
+from bitnas.common.steps import Steps
 from bitnas.errors import BitnasError, ConfigError
 from bitnas.run import check_creatable
 from bitnas.study.checks import check_trials, read_records
@@ -31,7 +32,6 @@ from bitnas.study.records import TrialFiles, build_record, random_genotype_for
 from bitnas.study.reuse import shared_records
 from bitnas.study.spec import StudySpec, Trial
 from bitnas.common.files import atomic_write_text
-from bitnas.run import progress_enabled
 
 log = logging.getLogger("bitnas")
 
@@ -118,12 +118,14 @@ class StudyRunner:
         todo = [t for t in self.trials if t.id not in self.records]
         log.info("study %s: %d trials, %d already finished, %d to run → %s", self.spec.name, len(self.trials),
                  len(self.trials) - len(todo), len(todo), self.out)
-        bar = self._bar(len(todo))
         from bitnas.study.report import write_report
 
+        bar = None
         try:
             with graceful_stop() as stop:
-                self._loop(todo, executor, bar, stop)
+                steps = Steps("study.trial", stop=stop)
+                bar = steps.counter(len(todo), f"study {self.spec.name}", "trial")
+                self._loop(todo, executor, bar, steps)
         finally:  # a stopped study still reports what it has finished (table.md says it is incomplete)
             if bar is not None:
                 bar.close()
@@ -136,25 +138,18 @@ class StudyRunner:
                               "rerun the same command to retry them")
         return report
 
-    def _bar(self, total: int) -> Any:
-        if not progress_enabled() or total == 0:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=f"study {self.spec.name}", unit="trial", dynamic_ncols=True)
-
     def _ready(self, t: Trial, running: set[str]) -> bool:
         return t.id not in running and all(d in self.records for d in t.deps)
 
-    def _loop(self, todo: list[Trial], executor: Any, bar: Any, stop: StopRequest) -> None:
+    def _loop(self, todo: list[Trial], executor: Any, bar: Any, steps: Steps) -> None:
         pending = list(todo)
         running: set[str] = set()
         while pending or running:
-            if stop.requested:
-                log.info("study: %s received, checkpointing %d running trial(s)", stop.name, len(running))
+            if steps.stop_requested():
+                log.info("study: %s received, checkpointing %d running trial(s)", steps.stop.name, len(running))
                 executor.stop(signal.SIGTERM)
                 self._write_records()
-                raise stop.interrupted("rerun the same command to resume")
+                raise steps.interrupted("rerun the same command to resume")
             blocked = [t for t in pending if any(d in self.failed for d in t.deps)]
             for t in blocked:
                 pending.remove(t)
@@ -170,14 +165,15 @@ class StudyRunner:
                 break
             for job_id, rc in executor.wait(timeout=2.0):
                 running.discard(job_id)
-                self._finished(self.by_id[job_id], rc, stop)
+                self._finished(self.by_id[job_id], rc, steps.stop.requested)
                 if bar is not None:
                     bar.update(1)
+                steps.done()
 
-    def _finished(self, t: Trial, rc: int, stop: StopRequest) -> None:
+    def _finished(self, t: Trial, rc: int, stopping: bool) -> None:
         if rc != 0:
             why = self.files.last_error(t) or f"exit code {rc}"
-            if rc in (-signal.SIGTERM, 143, -signal.SIGINT, 130) and stop.requested:
+            if rc in (-signal.SIGTERM, 143, -signal.SIGINT, 130) and stopping:
                 return
             self.failed[t.id] = why
             log.error("study: %s failed: %s (log: %s)", t.id, why, self.files.log(t))

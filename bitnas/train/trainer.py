@@ -14,15 +14,14 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitnas.binary import binarized_layers
-from bitnas.common import faults, signals
-from bitnas.common.distributed import DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier, wrap_model
+from bitnas.common.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, wrap_model
 from bitnas.common.finite import check_step, grad_norm
 from bitnas.common.layout import CHANNELS_LAST_CHOICES
 from bitnas.common.schedules import LRSchedule
@@ -39,7 +38,7 @@ from bitnas.train.evaluate import evaluate_model
 from bitnas.common.checkpoint import load_checkpoint, save_checkpoint
 from bitnas.common.files import truncate_jsonl
 from bitnas.common.rng import rng_state, seed_everything, set_rng_state
-from bitnas.run import progress_enabled
+from bitnas.common.steps import Steps
 
 log = logging.getLogger("bitnas")
 
@@ -88,7 +87,7 @@ class Trainer:
         self.epochs = cfg.epochs
         self.stage1_epochs = cfg.stage1_epochs if cfg.precision == "binary" else 0
         self.epoch = 0
-        self.global_step = 0
+        self.steps = Steps("train.step", info, cfg.progress)
         self.metrics: list[dict[str, Any]] = []
         # Model selection reads the validation split only; without one, the last epoch is kept.
         self.best: dict[str, Any] = {"key": "val_top1" if data.val is not None else "last_epoch", "value": None,
@@ -133,11 +132,6 @@ class Trainer:
     def _prefix(self) -> str:
         return f"[{self.label}] " if self.label else ""
 
-    def _show_progress(self) -> bool:
-        if not self.info.is_main or self.cfg.progress == "off":
-            return False
-        return self.cfg.progress == "on" or progress_enabled()
-
     # -------------------------------------------------------------- state
 
     def state_dict(self) -> dict[str, Any]:
@@ -150,7 +144,7 @@ class Trainer:
             "rng": all_gather_objects(rng_state(), self.info),
             "loader": self.train_loader.state_dict(),
             "epoch": self.epoch,
-            "global_step": self.global_step,
+            "global_step": self.steps.step,
             "stage": self.stage,
             "arch": self.arch,
             "precision": self.cfg.precision,
@@ -181,7 +175,7 @@ class Trainer:
         set_rng_state(state["rng"][self.info.rank])
         self.train_loader.load_state_dict(state["loader"])
         self.epoch = int(state["epoch"])
-        self.global_step = int(state["global_step"])
+        self.steps.step = int(state["global_step"])
         self.metrics = list(state["metrics"])
         self.best = dict(state["best"])
         self.partial = dict(state["partial"]) if state.get("partial") else None
@@ -268,15 +262,9 @@ class Trainer:
         self.net.train()
         if self.parent is not None:
             self.parent.eval()
-        stop = signals.current()
-        batches: Iterable = self.train_loader
-        bar = None
-        if self._show_progress():
-            from tqdm import tqdm
-
-            bar = tqdm(batches, total=len(self.train_loader) - self.train_loader.position, leave=False,
-                       desc=f"{self.label or 'train'} {epoch + 1}/{self.epochs}", dynamic_ncols=True)
-            batches = bar
+        batches = self.steps.bar(self.train_loader, f"{self.label or 'train'} {epoch + 1}/{self.epochs}",
+                                 len(self.train_loader) - self.train_loader.position)
+        bar = batches if self.steps.show else None  # the tqdm bar, for its loss / top-1 postfix
         for x, y in batches:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             self.scheduler.apply()
@@ -286,7 +274,7 @@ class Trainer:
             loss.backward()
             params = [p for p in self.model.parameters() if p.grad is not None]
             norm = nn.utils.clip_grad_norm_(params, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else grad_norm(params)
-            check_step(loss.detach(), norm, f"{self._prefix()}epoch {epoch + 1} step {self.global_step + 1}",
+            check_step(loss.detach(), norm, f"{self._prefix()}epoch {epoch + 1} step {self.steps.step + 1}",
                        self.optimizer.param_groups[0]["lr"], self.info.world_size)
             self.optimizer.step()
             self.scheduler.step()
@@ -298,18 +286,17 @@ class Trainer:
             loss_sum += float(loss.detach()) * b
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * b
-            self.global_step += 1
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", top1=f"{100.0 * n_correct / n_seen:.1f}")
-            faults.point("train.step", self.global_step)
-            if self.train_loader.position < len(self.train_loader) and any_rank(stop.requested, self.info):
+            self.steps.done()
+            if self.train_loader.position < len(self.train_loader) and self.steps.stop_requested():
                 # a safe point mid-epoch: keep the partial sums, write last.pt, stop
                 self.partial = {"lr": first_lr, "n_seen": n_seen, "n_correct": n_correct, "loss_sum": loss_sum,
                                 "sums": dict(sums)}
                 if bar is not None:
                     bar.close()
                 self.save("last.pt")
-                raise stop.interrupted(self._resume_hint())
+                raise self.steps.interrupted(self._resume_hint())
         if bar is not None:
             bar.close()
         keys = sorted(sums)
@@ -359,8 +346,8 @@ class Trainer:
                 self.save("best.pt")
             self.save("last.pt")
             self._log_epoch(record)
-            if self.epoch < self.epochs and any_rank(signals.current().requested, self.info):
-                raise signals.current().interrupted(self._resume_hint())
+            if self.epoch < self.epochs and self.steps.stop_requested():
+                raise self.steps.interrupted(self._resume_hint())
         barrier(self.info)
         return self.metrics[-1] if self.metrics else {}
 

@@ -37,11 +37,30 @@ def _normalise(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255 - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
 
 
-@pytest.fixture(scope="module")
-def data() -> dict[str, torch.Tensor]:
+def embedded_images() -> dict[str, torch.Tensor]:
+    """The embedded Fashion-MNIST test split and 1,024 training images, normalised (also read by
+    scripts/onnx_acceptance.py)."""
     test, train = load_dataset("fashion-mnist-embedded", "test"), load_dataset("fashion-mnist-embedded", "train")
     return {"x": _normalise(test.images), "y": test.labels, "x_train": _normalise(train.images[:1024]),
             "y_train": train.labels[:1024]}
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, torch.Tensor]:
+    return embedded_images()
+
+
+def hand_designed(blocks: str, pad_value: float, data: dict[str, torch.Tensor]) -> tuple[nn.Module, dict]:
+    """A binary hand-designed network (`bireal`, `reactnet`) with random weights and BN statistics of
+    128 real images, in eval mode, and its arch spec."""
+    torch.manual_seed(0)
+    kw = dict(blocks=blocks, precision="binary", structure=blocks, init_channels=4, layers=3, num_classes=10,
+              in_channels=1, pad_value=pad_value)
+    net = build_network(None, **kw)
+    net.train()
+    with torch.no_grad():
+        net(data["x_train"][:128])
+    return net.eval(), arch_spec(None, **kw)
 
 
 def calibrated(structure: str, pad_value: float, data: dict[str, torch.Tensor], c: int = 8, probe: bool = False,

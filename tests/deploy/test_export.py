@@ -92,3 +92,32 @@ def test_export_refuses_what_is_not_a_checkpoint(tmp_path: Path, capsys: pytest.
     assert "notes.pt" in err and "Traceback" not in err
     assert main(["export", str(tmp_path / "missing.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+class _UnknownHolder(torch.nn.Module):
+    """A module the engine's table does not know, holding a binary conv and the BN after it."""
+
+    def __init__(self, conv: torch.nn.Module, bn: torch.nn.Module) -> None:
+        super().__init__()
+        self.conv, self.bn = conv, bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+def test_export_refuses_a_binary_conv_in_a_module_the_engine_does_not_know() -> None:
+    from bitnas.errors import BitnasError
+
+    net, spec = _trained_like("channel", "cpnas", auxiliary=False)
+    name = next(n for n, _ in binarized_layers(net) if n.endswith(".conv"))
+    holder_name = name.rpartition(".")[0]
+    holder = net.get_submodule(holder_name)
+    parent_name, _, attr = holder_name.rpartition(".")
+    setattr(net.get_submodule(parent_name), attr, _UnknownHolder(holder.conv, holder.bn))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        net(x)  # still a working network: only the export refuses it
+    with pytest.raises(BitnasError) as e:
+        export_network(net, spec)
+    msg = str(e.value)
+    assert "\n" not in msg and f"binary conv {name} " in msg and "_UnknownHolder" in msg

@@ -24,10 +24,9 @@ from bitnas.cli import main
 from bitnas.deploy import export_network, load_export, network_from_export
 from bitnas.deploy.onnx_export import onnx_model
 from bitnas.deploy.runtimes import RuntimeNetwork
-from bitnas.nets import arch_spec, build_network
 from bitnas.space.structures import STRUCTURES
 from test_deploy_cli import _checkpoint, files, refused
-from test_engine_network import calibrated, data, float64_reference, relative_error  # noqa: F401 (fixture)
+from test_engine_network import calibrated, data, float64_reference, hand_designed, relative_error  # noqa: F401 (fixture)
 
 HAVE = {m: importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime", "openvino")}
 needs_onnx = pytest.mark.skipif(not HAVE["onnx"], reason="onnx not installed (pip install 'bitnas[onnx]')")
@@ -83,14 +82,7 @@ def test_every_structure_is_exact_on_the_runtimes(structure: str, pad_value: flo
 def test_hand_designed_networks_are_exact_on_the_runtimes(blocks: str, pad_value: float, engine: str, data,
                                                           tmp_path) -> None:
     """Widths 16..64 at 3×3: counts up to ±576, beyond what an int8 requantisation could hold."""
-    torch.manual_seed(0)
-    kw = dict(blocks=blocks, precision="binary", structure=blocks, init_channels=4, layers=3, num_classes=10,
-              in_channels=1, pad_value=pad_value)
-    net = build_network(None, **kw)
-    net.train()
-    with torch.no_grad():
-        net(data["x_train"][:128])
-    exp = export_network(net.eval(), arch_spec(None, **kw))
+    exp = export_network(*hand_designed(blocks, pad_value, data))
     assert max(r["shape"][1] * r["shape"][2] * r["shape"][3] for r in exp["binary"]) > 127
     check_exact(exp, data["x"][:N_IMAGES], engine, tmp_path)
 
@@ -300,14 +292,7 @@ def test_openvino_binary_convolution_form_is_exact(pad_value: float, data, tmp_p
     """Bi-Real at widths 16..64: every binary conv a BinaryConvolution with u1 weights."""
     from bitnas.deploy import openvino_export
 
-    torch.manual_seed(0)
-    kw = dict(blocks="bireal", precision="binary", structure="bireal", init_channels=4, layers=3, num_classes=10,
-              in_channels=1, pad_value=pad_value)
-    net = build_network(None, **kw)
-    net.train()
-    with torch.no_grad():
-        net(data["x_train"][:128])
-    exp = export_network(net.eval(), arch_spec(None, **kw))
+    exp = export_network(*hand_designed("bireal", pad_value, data))
     exp["input"]["image_size"] = 28
     floats = network_from_export(exp)
     ir = openvino_export.ir_model(onnx_model(exp, floats).SerializeToString(), {"bitnas.input": json.dumps(exp["input"])})

@@ -108,5 +108,26 @@ inline void correct_tile(const Geom& g, int group, std::int32_t* dot, std::int64
   for (int p = 0; p < tile; ++p) correct_border(g, group, dot + p * dot_ld, n_oob[p], oob + p * g.taps(), wsum);
 }
 
+// A depthwise core of one ISA unit for one kernel size (`Kernels::depthwise` without img_h).
+using DepthwiseCore = void (*)(const std::int8_t* img, int img_w, int cpad, int row0, int col0,
+                               const std::int8_t* wts, const Geom& g, int oy_begin, int oy_end, std::int32_t* dot,
+                               std::int64_t dot_ld);
+
+// The `Kernels::depthwise` entry of every ISA unit: 3×3 and 5×5 run the cores compiled for that
+// size (taps unrolled, weights held in registers), any other size the run-time one. A unit lists
+// `depthwise_entry<depthwise_impl<3, 3>, depthwise_impl<5, 5>, depthwise_impl<0, 0>>` in its table.
+template <DepthwiseCore K3, DepthwiseCore K5, DepthwiseCore KAny>
+void depthwise_entry(const std::int8_t* img, int img_h, int img_w, int cpad, int row0, int col0,
+                     const std::int8_t* wts, const Geom& g, int oy_begin, int oy_end, std::int32_t* dot,
+                     std::int64_t dot_ld) {
+  (void)img_h;
+  if (g.kh == 3 && g.kw == 3)
+    K3(img, img_w, cpad, row0, col0, wts, g, oy_begin, oy_end, dot, dot_ld);
+  else if (g.kh == 5 && g.kw == 5)
+    K5(img, img_w, cpad, row0, col0, wts, g, oy_begin, oy_end, dot, dot_ld);
+  else
+    KAny(img, img_w, cpad, row0, col0, wts, g, oy_begin, oy_end, dot, dot_ld);
+}
+
 }  // namespace
 }  // namespace bitnas

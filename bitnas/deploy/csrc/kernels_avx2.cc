@@ -352,22 +352,9 @@ void depthwise_impl(const std::int8_t* img, int img_w, int cpad, int row0, int c
     }
 }
 
-void depthwise_avx2(const std::int8_t* img, int img_h, int img_w, int cpad, int row0, int col0,
-                    const std::int8_t* wts, const Geom& g, int oy_begin, int oy_end, std::int32_t* dot,
-                    std::int64_t dot_ld) {
-  (void)img_h;
-  if (g.kh == 3 && g.kw == 3)
-    depthwise_impl<3, 3>(img, img_w, cpad, row0, col0, wts, g, oy_begin, oy_end, dot, dot_ld);
-  else if (g.kh == 5 && g.kw == 5)
-    depthwise_impl<5, 5>(img, img_w, cpad, row0, col0, wts, g, oy_begin, oy_end, dot, dot_ld);
-  else
-    depthwise_impl<0, 0>(img, img_w, cpad, row0, col0, wts, g, oy_begin, oy_end, dot, dot_ld);
-}
-
 const Kernels kAvx2 = {
     "avx2", pack_avx2, epilogue_avx2, dense_avx2, dense_scratch_avx2, prepare_dense_avx2,
-    expand_avx2,
-    depthwise_avx2,
+    expand_avx2, depthwise_entry<depthwise_impl<3, 3>, depthwise_impl<5, 5>, depthwise_impl<0, 0>>,
 };
 
 }  // namespace

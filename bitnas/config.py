@@ -261,7 +261,7 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
 # Keys that may change between a run and its resume without changing its trajectory.
 RESUME_FREE_KEYS = frozenset({"resume", "force", "out", "progress", "device", "num_workers", "threads", "eval_every",
                               "test_eval", "cp_concurrent", "prefetch_factor", "persistent_workers", "pin_memory",
-                              "bad_images"})
+                              "bad_images", "cudnn_benchmark", "sync_every"})
 
 
 def check_resume_config(saved: dict[str, Any], cfg: Any, source: str) -> None:

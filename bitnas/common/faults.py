@@ -6,6 +6,7 @@ unless the environment variable BITNAS_FAULTS holds a JSON list of rules, each
 that torchrun rank acts). Points:
 
     train.step        after optimizer step N of a training run (counted over the run, from 1)
+    train.end         when a Trainer has trained its last epoch N; payload `state` (its weights)
     search.step       after weight step N of a search (differentiable, random, CP-NAS)
     search.arch_step  after α step N of a differentiable search; payload `tensors` (α/β)
     search.unit       after unit N of a search is computed, before it is logged and checkpointed

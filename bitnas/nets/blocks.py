@@ -80,7 +80,7 @@ BLOCKS.register("reactnet", ReActCell, aliases=("react",))
 class BlockNetwork(nn.Module):
     """A hand-designed network (`blocks` names the cell) in the genotype networks' skeleton.
 
-    `channels_last` (None = auto: on for CPU inputs) runs the cells on channels-last activations,
+    `channels_last` (None = auto: on for CPU and CUDA inputs) runs the cells on channels-last activations,
     gradients included, as the genotype networks do (`bitnas.common.layout`).
     """
 

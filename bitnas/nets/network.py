@@ -48,7 +48,7 @@ class AuxiliaryHead(nn.Module):
 class _GenotypeNetwork(nn.Module):
     """Shared cell stack; subclasses define the stem.
 
-    `channels_last` (None = auto: on for CPU inputs, True, False) runs the cells on
+    `channels_last` (None = auto: on for CPU and CUDA inputs, True, False) runs the cells on
     channels-last activations: the stem output is relaid once, and the gradient of the last
     feature map is handed back channels-last, so every cell kernel sees one format both ways
     (see `bitnas.common.layout`). Values are those of NCHW up to float rounding.

@@ -74,8 +74,11 @@ class SearchConfig(BaseConfig):
     cp_concurrent: bool = opt(True, "CP-NAS: train and measure the child and the parent at the same time on two threads "
                               "(CPU, one process; the results are bitwise the same either way)")
     # supernet execution
-    channels_last: str = opt("auto", "channels-last activations in the supernet: auto (on for CPU), on, off",
+    channels_last: str = opt("auto", "channels-last activations in the supernet: auto (on for CPU and CUDA), on, off",
                              choices=("auto", "on", "off"))
+    amp: str = opt("none", "mixed precision of the weight steps' forward and loss: none (float32) or bf16 (autocast; "
+                   "weights, α and gradients stay float32, α steps run in float32; fp16 needs a loss scaler, "
+                   "which only `bitnas train` has)", choices=("none", "bf16"))
     threads: int = opt(0, "torch intra-op CPU threads (0 = auto: 1 — the supernet runs thousands of small kernels, "
                           "where 1 thread per process is fastest on a shared CPU and reproducible across machines; "
                           "use torchrun for more processes)")

@@ -1,7 +1,8 @@
 """The loop pieces every search strategy shares: weight optimizer and step, metric sums, evaluation.
 
 `weight_step` averages gradients over ranks before clipping and stepping, so the weights stay
-bitwise identical on every rank; `Meter` sums over ranks on demand.
+bitwise identical on every rank (its forward and loss run under `amp`, `bitnas.common.amp`);
+`Meter` sums on the device, read by the host and summed over ranks on demand.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bitnas.common.amp import autocast
 from bitnas.common.finite import check_step, grad_norm
 from bitnas.search.strategy import SearchContext
 from bitnas.search.supernet import SuperNetwork
@@ -31,8 +33,9 @@ def weight_step(ctx: SearchContext, model: SuperNetwork, optimizer: torch.optim.
     """Forward, backward (weights only), rank-average, clip and step; returns (loss, logits) detached.
 
     A NaN or infinite loss or gradient stops the search (NonFiniteError) before the step is applied."""
-    logits = model(x, paths=paths)[0] if paths is not None else model(x)[0]
-    loss = F.cross_entropy(logits, y)
+    with autocast(ctx.cfg.amp, ctx.device):
+        logits = model(x, paths=paths)[0] if paths is not None else model(x)[0]
+        loss = F.cross_entropy(logits, y)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     for p, g in zip(params, grads):
         p.grad = g
@@ -46,20 +49,32 @@ def weight_step(ctx: SearchContext, model: SuperNetwork, optimizer: torch.optim.
 
 
 class Meter:
-    """Sums of loss·n, correct and n, reduced over ranks on demand."""
+    """Sums of loss·n, correct and n, reduced over ranks on demand.
+
+    `add` reads nothing on the host (an accelerator never waits for it): loss·n and correct are
+    summed in a float64 device tensor that starts from the host sums, in the host's order and
+    arithmetic, so the figures are bitwise those of host sums; `state_dict` and `result` read it."""
 
     def __init__(self) -> None:
         self.loss = 0.0
         self.correct = 0.0
         self.n = 0.0
+        self._sums: Tensor | None = None  # [loss·n, correct] on the device since the last read
 
     def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
         n = y.shape[0]
-        self.loss += float(loss) * n
-        self.correct += float((logits.argmax(1) == y).sum())
+        if self._sums is None:
+            self._sums = torch.tensor([self.loss, self.correct], dtype=torch.float64, device=loss.device)
+        self._sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double()])
         self.n += n
 
+    def _read(self) -> None:
+        if self._sums is not None:
+            self.loss, self.correct = self._sums.tolist()
+            self._sums = None
+
     def state_dict(self) -> dict[str, float]:
+        self._read()
         return {"loss": self.loss, "correct": self.correct, "n": self.n}
 
     @classmethod
@@ -70,6 +85,7 @@ class Meter:
 
     def result(self, ctx: SearchContext) -> tuple[float, float]:
         """(mean loss, accuracy in %) over all ranks."""
+        self._read()
         loss, correct, n = ctx.reduce_sums([self.loss, self.correct, self.n])
         return (loss / n, 100.0 * correct / n) if n else (float("nan"), float("nan"))
 

@@ -111,7 +111,7 @@ COMMON_KEYS = frozenset({
     "structure", "activation", "weight_quantizer", "weight_scale", "pad_value", "binary_preprocess", "num_workers",
     "progress", "val_fraction", "channels_last", "threads", "force",
 })
-WEIGHT_KEYS = frozenset({"w_optimizer", "w_lr", "w_lr_min", "w_momentum", "w_weight_decay", "grad_clip"})
+WEIGHT_KEYS = frozenset({"w_optimizer", "w_lr", "w_lr_min", "w_momentum", "w_weight_decay", "grad_clip", "amp"})
 
 
 def keys_read(strategy: type["SearchStrategy"]) -> frozenset[str]:

@@ -254,7 +254,7 @@ class SuperNetwork(nn.Module):
         return F.softmax(alphas if self.temperature == 1.0 else alphas / self.temperature, dim=-1)
 
     def use_channels_last(self, x: Tensor) -> bool:
-        """Channels-last activations: `channels_last` if set, else on for CPU (oneDNN convs on few
+        """Channels-last activations: `channels_last` if set, else on for CPU and CUDA (oneDNN convs on few
         channels are an order of magnitude faster in NHWC than in NCHW)."""
         return use_channels_last(self.channels_last, x)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bitnas.common.amp import AMP_CHOICES
 from bitnas.config import BaseConfig, opt, refuse_failed
 from bitnas.errors import ConfigError
 
@@ -80,8 +81,15 @@ class TrainConfig(BaseConfig):
     two_stage: bool = opt(False, "stage 1: binary activations with real weights; stage 2: fully binary from stage 1")
     stage1_fraction: float = opt(0.5, "fraction of the epochs spent in stage 1 (two_stage)")
     threads: int = opt(0, "torch intra-op CPU threads (0 = torch's default; torchrun sets 1 per process)")
-    channels_last: str = opt("auto", "channels-last activations in the cells: auto (on for CPU), on, off",
+    channels_last: str = opt("auto", "channels-last activations in the cells: auto (on for CPU and CUDA), on, off",
                              choices=("auto", "on", "off"))
+    amp: str = opt("none", "mixed precision of forward and loss: none (float32), bf16 (autocast) or fp16 (autocast and "
+                   "a loss scaler); weights, optimizer and gradients stay float32 (bitnas.common.amp)",
+                   choices=AMP_CHOICES)
+    cudnn_benchmark: bool = opt(False, "CUDA: let cuDNN time its convolution algorithms and keep the fastest "
+                                "(faster for fixed shapes, not bitwise reproducible); ignored on CPU")
+    sync_every: int = opt(0, "steps between the host's reads of the step's loss, accuracy and finiteness check (0 = "
+                          "auto: 1 on CPU, 50 on CUDA, so the GPU never waits; results are the same either way)")
     resume: bool = opt(False, "continue exactly from <out>/last.pt (and the parent's own last.pt)", flag=True)
     eval_every: int = opt(1, "evaluate the validation split every N epochs and after the last (0 = only after the last)")
 
@@ -106,6 +114,7 @@ class TrainConfig(BaseConfig):
             (self.test_subset >= 0, "test_subset", "must be >= 0"),
             (self.image_size >= 0, "image_size", "must be >= 0"),
             (self.threads >= 0, "threads", "must be >= 0"),
+            (self.sync_every >= 0, "sync_every", "must be >= 0 (0 = auto)"),
             (self.prefetch_factor >= 1, "prefetch_factor", "must be at least 1"),
             (0.0 <= self.random_resized_crop < 1.0, "random_resized_crop", "must be in [0, 1)"),
             (0.0 <= self.color_jitter <= 1.0, "color_jitter", "must be in [0, 1]"),

@@ -20,12 +20,11 @@ from bitnas.train.data import Loader, checkpoint_test_loader
 from bitnas.common.checkpoint import load_checkpoint
 from bitnas.common.distributed import resolve_device
 
-def accuracy_counts(logits: Tensor, y: Tensor, k: int = 5) -> tuple[int, int]:
-    """(# top-1 correct, # top-k correct) with k capped at the number of classes."""
+def top_hits(logits: Tensor, y: Tensor, k: int = 5) -> Tensor:
+    """Boolean (batch, k): whether the label is each sample's i-th highest logit, k capped at the
+    number of classes (column 0: top-1 correct; any of the row: top-k correct)."""
     k = min(k, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hit = top.eq(y[:, None])
-    return int(hit[:, 0].sum()), int(hit.any(dim=1).sum())
+    return logits.topk(k, dim=1).indices.eq(y[:, None])
 
 
 @torch.no_grad()
@@ -38,16 +37,18 @@ def evaluate_model(model: nn.Module, loader: Loader | None, info: DistInfo, devi
     broadcast_buffers(model, info)  # each rank's share is judged with the statistics rank 0 saves
     was_training = model.training
     model.eval()
-    loss_sum, c1, c5, n = 0.0, 0, 0, 0
+    # sums kept on the device (float64, the order of the host's sums) and read once at the end
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
     if loader is not None:
         for x, y in loader:
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits, _ = model(x)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            a, b = accuracy_counts(logits, y)
-            c1, c5, n = c1 + a, c5 + b, n + int(y.shape[0])
+            hits = top_hits(logits, y)
+            sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), hits[:, 0].sum().double(),
+                                 hits.any(dim=1).sum().double(), torch.tensor(float(y.shape[0]), dtype=torch.float64,
+                                                                              device=device)])
     model.train(was_training)
-    packed = all_reduce_sum(torch.tensor([loss_sum, c1, c5, n], dtype=torch.float64), info)
+    packed = all_reduce_sum(sums.cpu(), info)
     total = max(1.0, float(packed[3]))
     return {f"{prefix}_loss": float(packed[0]) / total, f"{prefix}_top1": 100.0 * float(packed[1]) / total,
             f"{prefix}_top5": 100.0 * float(packed[2]) / total, f"{prefix}_images": int(packed[3])}

@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from bitnas.common.machine import machine_info
 from bitnas.common import signals
+from bitnas.common.amp import configure_backends
 from bitnas.common.distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed, on_main_rank
 from bitnas.nets import arch_spec
 from bitnas.nets.limits import check_build_kwargs, check_input_size
@@ -38,6 +39,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    configure_backends(cfg.cudnn_benchmark)
     info = init_distributed(cfg.device)
     if not info.is_main:
         log.setLevel(logging.ERROR)

@@ -93,9 +93,11 @@ class CenterLoss(nn.Module):
         if reduce is not None:
             packed = reduce(torch.cat([sums, counts[:, None]], dim=1))
             sums, counts = packed[:, :-1], packed[:, -1]
-        seen = counts > 0
-        means = sums[seen] / counts[seen, None]
-        self.centers[seen] -= self.alpha * (self.centers[seen] - means)
+        # no boolean indexing (its size would be read by the host at every step): the centres of the
+        # classes in the batch get the same update, the others are kept as they are
+        seen = (counts > 0)[:, None]
+        means = sums / counts.clamp_min(1.0)[:, None]
+        self.centers.copy_(torch.where(seen, self.centers - self.alpha * (self.centers - means), self.centers))
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitnas.binary import binarized_layers
+from bitnas.common import faults
+from bitnas.common.amp import autocast, grad_scaler, sync_interval
 from bitnas.common.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, wrap_model
-from bitnas.common.finite import check_step, grad_norm
+from bitnas.common.finite import StepGuard, grad_norm
 from bitnas.common.layout import CHANNELS_LAST_CHOICES
 from bitnas.common.schedules import LRSchedule
 from bitnas.data.loader import mix_seed
@@ -32,6 +34,7 @@ from bitnas.run import RunDir
 from bitnas.space.genotypes import Genotype, load_genotype
 from bitnas.train.config import TrainConfig
 from bitnas.train.data import Loader, TrainData
+from bitnas.train.sums import EpochSums
 from bitnas.train.losses import CenterLoss, KernelLoss, distillation_loss
 from bitnas.train.build import CHECKPOINT_FORMAT, build_kwargs, check_resumable, make_optimizer
 from bitnas.train.evaluate import evaluate_model
@@ -69,6 +72,8 @@ class Trainer:
         self.binary_layers = binarized_layers(self.model)
         self._weight_quantizers = {n: m.weight_quantizer for n, m in self.binary_layers}
         self.net = wrap_model(self.model, info, find_unused=cfg.two_stage and cfg.weight_scale == "learned")
+        self.scaler = grad_scaler(cfg.amp, self.device)
+        self.sync_every = sync_interval(cfg.sync_every, self.device)
 
         self.train_loader = data.train_loader(cfg, info)
         self.has_val = data.val is not None
@@ -153,6 +158,7 @@ class Trainer:
             "metrics": list(self.metrics),
             "best": dict(self.best),
             "center_loss": self.center_loss.state_dict() if self.center_loss is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "image_size": self.data.image_size,
             "data": {"name": self.data.train.name, "num_classes": self.data.num_classes,
                      "in_channels": self.data.in_channels, "mean": list(self.data.train.mean),
@@ -182,6 +188,8 @@ class Trainer:
         self._earlier = float(state.get("elapsed") or 0.0)
         if self.center_loss is not None and state.get("center_loss") is not None:
             self.center_loss.load_state_dict(state["center_loss"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     def elapsed(self) -> float:
         """Seconds of wall clock the run has cost, over every process that worked on it."""
@@ -222,43 +230,68 @@ class Trainer:
         if reseed:  # a resumed partial epoch continues from the RNG state of its checkpoint
             torch.manual_seed(mix_seed(self.cfg.seed, epoch, self.info.rank, 0x7E57))
 
-    def compute_loss(self, logits: Tensor, aux: Tensor | None, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """The training loss and its components (unweighted, for the metrics)."""
+    def compute_loss(self, logits: Tensor, aux: Tensor | None, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training loss and its components (unweighted and detached, for the metrics)."""
         cfg = self.cfg
         ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         loss = ce
-        parts = {"ce": float(ce.detach())}
+        parts = {"ce": ce.detach()}
         if aux is not None:
             a = F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
             loss = loss + cfg.auxiliary_weight * a
-            parts["aux"] = float(a.detach())
+            parts["aux"] = a.detach()
         if self.kd and self.parent is not None:
             with torch.no_grad():
                 t_logits, _ = self.parent(x)
             kd = distillation_loss(logits, t_logits, cfg.kd_temperature)
             loss = loss + cfg.kd_weight * kd
-            parts["kd"] = float(kd.detach())
+            parts["kd"] = kd.detach()
         if self.kernel_loss is not None and self.stage != 1:
             kl = self.kernel_loss()
             loss = loss + cfg.cp_lambda * kl
-            parts["kernel"] = float(kl.detach())
+            parts["kernel"] = kl.detach()
         if self.center_loss is not None:
-            c = self.center_loss(self.model.last_features, y)
+            c = self.center_loss(self.model.last_features.float(), y)
             loss = loss + cfg.cp_mu * c
-            parts["center"] = float(c.detach())
+            parts["center"] = c.detach()
         return loss, parts
+
+    def _step(self, x: Tensor, y: Tensor, guard: StepGuard, where: str, check_now: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """One optimizer step on a batch (forward and loss under `amp`); returns the loss, logits and
+        loss components, detached, without reading any of them on the host unless `check_now`."""
+        with autocast(self.cfg.amp, self.device):
+            logits, aux = self.net(x)
+            loss, parts = self.compute_loss(logits, aux, x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = nn.utils.clip_grad_norm_(params, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else grad_norm(params)
+        # under fp16 an overflowing gradient is the scaler's to skip; the loss is still checked
+        guard.add(loss, norm if self.scaler is None else torch.zeros((), device=loss.device), where,
+                  self.optimizer.param_groups[0]["lr"])
+        if check_now:
+            guard.check()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach(), logits.detach(), parts
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch over this rank's shard; returns lr (of its first step) and metrics over all ranks."""
         resuming = self.partial is not None
         self._enter_epoch(epoch, reseed=not resuming)
-        part = self.partial if resuming else {"lr": self.scheduler.lr_at(self.scheduler.step_count), "n_seen": 0,
-                                               "n_correct": 0, "loss_sum": 0.0, "sums": {}}
+        first_lr = float(self.partial["lr"]) if self.partial is not None else self.scheduler.lr_at(self.scheduler.step_count)
+        sums = EpochSums(self.device, self.partial)
         self.partial = None
-        first_lr = float(part["lr"])
-        sums: dict[str, float] = dict(part["sums"])
-        n_seen, n_correct, loss_sum = int(part["n_seen"]), int(part["n_correct"]), float(part["loss_sum"])
-        seen_before = n_seen  # images of this epoch trained before a resume (not timed by this process)
+        seen_before = sums.n_seen  # images of this epoch trained before a resume (not timed by this process)
+        guard = StepGuard(self.info.world_size)
         self.net.train()
         if self.parent is not None:
             self.parent.eval()
@@ -268,40 +301,36 @@ class Trainer:
         for x, y in batches:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             self.scheduler.apply()
-            logits, aux = self.net(x)
-            loss, parts = self.compute_loss(logits, aux, x, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            norm = nn.utils.clip_grad_norm_(params, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else grad_norm(params)
-            check_step(loss.detach(), norm, f"{self._prefix()}epoch {epoch + 1} step {self.steps.step + 1}",
-                       self.optimizer.param_groups[0]["lr"], self.info.world_size)
-            self.optimizer.step()
-            self.scheduler.step()
+            # the host reads the step's values every sync_every steps (and before any checkpoint)
+            synced = (self.steps.step + 1) % self.sync_every == 0
+            loss, logits, parts = self._step(x, y, guard, f"{self._prefix()}epoch {epoch + 1} step "
+                                             f"{self.steps.step + 1}", check_now=self.sync_every == 1)
             if self.center_loss is not None:
                 self.center_loss.update(self.model.last_features, y, lambda t: all_reduce_sum(t, self.info))
-            b = int(y.shape[0])
-            n_seen += b
-            n_correct += int(logits.detach().argmax(1).eq(y).sum())
-            loss_sum += float(loss.detach()) * b
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * b
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", top1=f"{100.0 * n_correct / n_seen:.1f}")
+            sums.add(loss, logits, y, parts)
+            if synced:
+                guard.check()
+                if bar is not None:
+                    now = sums.to_host()
+                    bar.set_postfix(loss=f"{now['loss_sum'] / now['n_seen']:.3f}",
+                                    top1=f"{100.0 * now['n_correct'] / now['n_seen']:.1f}")
             self.steps.done()
-            if self.train_loader.position < len(self.train_loader) and self.steps.stop_requested():
+            if (self.train_loader.position < len(self.train_loader) and (synced or not self.info.enabled)
+                    and self.steps.stop_requested()):
                 # a safe point mid-epoch: keep the partial sums, write last.pt, stop
-                self.partial = {"lr": first_lr, "n_seen": n_seen, "n_correct": n_correct, "loss_sum": loss_sum,
-                                "sums": dict(sums)}
+                guard.check()
+                self.partial = {"lr": first_lr, **sums.to_host()}
                 if bar is not None:
                     bar.close()
                 self.save("last.pt")
                 raise self.steps.interrupted(self._resume_hint())
         if bar is not None:
             bar.close()
-        keys = sorted(sums)
-        packed = torch.tensor([n_seen, n_correct, loss_sum, n_seen - seen_before] + [sums[k] for k in keys],
-                              dtype=torch.float64)
+        guard.check()
+        now = sums.to_host()
+        keys = sorted(now["sums"])
+        packed = torch.tensor([now["n_seen"], now["n_correct"], now["loss_sum"], now["n_seen"] - seen_before]
+                              + [now["sums"][k] for k in keys], dtype=torch.float64)
         packed = all_reduce_sum(packed, self.info)
         n = max(1.0, float(packed[0]))
         self.images_this_run = int(packed[3])
@@ -348,6 +377,7 @@ class Trainer:
             self._log_epoch(record)
             if self.epoch < self.epochs and self.steps.stop_requested():
                 raise self.steps.interrupted(self._resume_hint())
+        faults.point("train.end", self.epoch, state=lambda: {"model": self.model.state_dict()})
         barrier(self.info)
         return self.metrics[-1] if self.metrics else {}
 

@@ -126,15 +126,15 @@ def _params_ok(*ts: Tensor | None) -> bool:
 
 def batch_norm_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
                        running_var: Tensor | None, momentum: float, eps: float,
-                       residual: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                       addends: tuple[Tensor, ...] = ()) -> tuple[Tensor, Tensor, Tensor]:
     """(output, save_mean, save_invstd) of training-mode batch norm with the running statistics
-    updated in place, as `torch.native_batch_norm` computes them (output + `residual` when
-    given, as a following torch add): the C++ replay of ATen's single-threaded channels-last
-    kernels (one torch thread, x86 AVX2/AVX-512), else that op."""
+    updated in place, as `torch.native_batch_norm` computes them, the output plus each of
+    `addends` (at most two) in turn, as following torch adds: the C++ replay of ATen's
+    single-threaded channels-last kernels (one torch thread, x86 AVX2/AVX-512), else that op."""
     ext = extension()
-    if (ext is not None and torch.get_num_threads() == 1 and _channels_last_float(x) and x.numel() > x.shape[1]
-            and _aten_vector_kernels() and _params_ok(weight, bias, running_mean, running_var)
-            and (residual is None or _fusable(x, residual))):
+    if (ext is not None and len(addends) <= 2 and torch.get_num_threads() == 1 and _channels_last_float(x)
+            and x.numel() > x.shape[1] and _aten_vector_kernels() and _params_ok(weight, bias, running_mean, running_var)
+            and _fusable(x, *addends)):
         c = x.shape[1]
         y = torch.empty_like(x)
         if _same_layout(y, x):
@@ -145,10 +145,12 @@ def batch_norm_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, ru
                            0 if running_mean is None else running_mean.data_ptr(),
                            0 if running_var is None else running_var.data_ptr(), y.data_ptr(), mean.data_ptr(),
                            invstd.data_ptr(), x.numel() // c, c, momentum, eps,
-                           0 if residual is None else residual.data_ptr())
+                           *(t.data_ptr() for t in addends), *(0 for _ in range(2 - len(addends))))
             return y, mean, invstd
     y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
-    return (y if residual is None else y + residual), mean, invstd
+    for t in addends:
+        y = y + t
+    return y, mean, invstd
 
 
 def batch_norm_backward(grad: Tensor, x: Tensor, weight: Tensor | None, save_mean: Tensor, save_invstd: Tensor,

@@ -10,7 +10,7 @@ from bitnas.common.layout import spatial_slice
 from bitnas.registry import Registry
 from bitnas.space.batchnorm import BatchNorm2d
 from bitnas.space.config import OpConfig
-from bitnas.space.structures import STRUCTURES
+from bitnas.space.structures import STRUCTURES, ResidualBlock
 
 OpBuilder = Callable[[int, int, OpConfig], nn.Module]
 OPS: Registry[OpBuilder] = Registry("operation")
@@ -143,3 +143,20 @@ def build_op(name: str, c: int, stride: int, cfg: OpConfig) -> nn.Module:
 def is_parameter_free_identity(op: nn.Module) -> bool:
     """True for ops that drop path must not touch (identity)."""
     return isinstance(op, nn.Identity)
+
+
+def forward_plus(op: nn.Module, x: Tensor, addend: Tensor) -> Tensor:
+    """`op(x) + addend`, with the sum taken in the pass of op's last batch norm where op ends in
+    one (a residual block of nothing after its add, a conv unit, a chain of them): equal bit for bit
+    (float addition commutes) with one pass and one tensor fewer; the autograd graph keeps its
+    order (no node runs earlier or later), only the add's node is gone."""
+    if isinstance(op, ResidualBlock):
+        return op(x, addend)
+    if isinstance(op, BatchNorm2d):
+        return op(x, addend=addend)
+    if isinstance(op, nn.Sequential) and type(op).forward is nn.Sequential.forward and len(op) > 0:
+        *head, last = op
+        for m in head:
+            x = m(x)
+        return forward_plus(last, x, addend)
+    return op(x) + addend

@@ -222,3 +222,29 @@ def test_batch_norm_with_residual_is_batch_norm_then_add(one_thread):
     pairs = [(ya, yb), (xa.grad, xb.grad), (ra.grad, rb.grad), (a.weight.grad, b.weight.grad),
              (a.running_var, b.running_var)]
     assert all(torch.equal(bits(u), bits(v)) for u, v in pairs)
+
+
+@pytest.mark.parametrize("c", [8, 16, 12])
+def test_batch_norm_with_residual_and_addend_is_two_adds(one_thread, c):
+    """`BatchNorm2d(x, r, a)` (one C++ pass) equals `(BN(x) + r) + a` bit for bit, signed zeros and
+    special values included, gradients too (r and a get the output's gradient)."""
+    from bitnas.space.batchnorm import BatchNorm2d
+
+    a, b = BatchNorm2d(c), BatchNorm2d(c)
+    with torch.no_grad():
+        a.weight.normal_(), a.bias.normal_()
+    b.load_state_dict(a.state_dict())
+    x, g = operands((6, c, 5, 7), torch.channels_last, seed=c)
+    x = x.nan_to_num(0.0, 1.0, -1.0)  # finite batch statistics
+    r, s = operands((6, c, 5, 7), torch.channels_last, seed=c + 1)
+    gen = torch.Generator().manual_seed(c)
+    r.masked_fill_(torch.rand(r.shape, generator=gen) < 0.3, -0.0)
+    s.masked_fill_(torch.rand(s.shape, generator=gen) < 0.3, -0.0)
+    ins = [t.clone().requires_grad_() for t in (x, r, s, x, r, s)]
+    ya = a(ins[0], ins[1], ins[2])
+    yb = (b(ins[3]) + ins[4]) + ins[5]
+    ya.backward(g)
+    yb.backward(g)
+    pairs = [(ya, yb), (a.weight.grad, b.weight.grad), (a.running_mean, b.running_mean)]
+    pairs += [(u.grad, v.grad) for u, v in zip(ins[:3], ins[3:])]
+    assert all(torch.equal(bits(u), bits(v)) for u, v in pairs)

@@ -208,10 +208,24 @@ BITNAS_CLONES void bn_stats(const float* __restrict x, float* __restrict mean, f
 }
 
 // y = x·alpha + beta per channel (one fused multiply-add for the first `fused_c` channels), then
-// + residual when one is given (a separate rounding, as a following torch add).
+// + residual when one is given and + addend after it (separate roundings, as following torch adds).
 BITNAS_CLONES void bn_apply(const float* __restrict x, const float* __restrict alpha, const float* __restrict beta,
                             float* __restrict y, std::int64_t rows, std::int64_t c, std::int64_t fused_c,
-                            const float* __restrict residual = nullptr) {
+                            const float* __restrict residual = nullptr, const float* __restrict addend = nullptr) {
+  if (residual && addend) {
+    for (std::int64_t i = 0; i < rows; ++i) {
+      const float* xr = x + i * c;
+      const float* rr = residual + i * c;
+      const float* ar = addend + i * c;
+      float* yr = y + i * c;
+      for (std::int64_t j = 0; j < c; ++j) {
+        const float t = std::fma(xr[j], alpha[j], beta[j]);
+        const float u = t + rr[j];
+        yr[j] = u + ar[j];
+      }
+    }
+    return;
+  }
   if (residual) {
     for (std::int64_t i = 0; i < rows; ++i) {
       const float* xr = x + i * c;
@@ -239,11 +253,11 @@ BITNAS_CLONES void bn_apply(const float* __restrict x, const float* __restrict a
 // kernels compute it: the statistics above; invstd = float(1 / sqrt(double(var_sum / N) + eps));
 // running_mean = m·mean + (1 − m)·running_mean (separate roundings), running_var = a fused
 // m·var_sum/(N − 1) + float((1 − m)·running_var); y = x·alpha + beta (fused) with
-// alpha = invstd·w, beta = b − mean·alpha (fused), + residual if given. Null running statistics
-// are skipped.
+// alpha = invstd·w, beta = b − mean·alpha (fused), + residual if given, then + addend if given
+// (only with a residual). Null running statistics are skipped.
 void bn_forward(const float* x, const float* w, const float* b, float* running_mean, float* running_var, float* y,
                 float* save_mean, float* save_invstd, std::int64_t rows, std::int64_t c, float momentum, double eps,
-                const float* residual) {
+                const float* residual, const float* addend) {
   std::vector<float> var_sum(c), alpha(c), beta(c);
   switch (c) {
     case 8: bn_stats<8>(x, save_mean, var_sum.data(), rows, c); break;
@@ -266,7 +280,7 @@ void bn_forward(const float* x, const float* w, const float* b, float* running_m
     alpha[j] = save_invstd[j] * w[j];
     beta[j] = std::fma(-save_mean[j], alpha[j], b[j]);
   }
-  bn_apply(x, alpha.data(), beta.data(), y, rows, c, c, residual);
+  bn_apply(x, alpha.data(), beta.data(), y, rows, c, c, residual, addend);
 }
 
 }  // namespace
@@ -310,13 +324,13 @@ PYBIND11_MODULE(_fused, m) {
   m.def("bn_forward", [](std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, std::uintptr_t running_mean,
                          std::uintptr_t running_var, std::uintptr_t y, std::uintptr_t save_mean,
                          std::uintptr_t save_invstd, std::int64_t rows, std::int64_t c, float momentum, double eps,
-                         std::uintptr_t residual) {
+                         std::uintptr_t residual, std::uintptr_t addend) {
     py::gil_scoped_release nogil;
     bn_forward(ptr<const float>(x), ptr<const float>(w), ptr<const float>(b), ptr<float>(running_mean),
                ptr<float>(running_var), ptr<float>(y), ptr<float>(save_mean), ptr<float>(save_invstd), rows, c,
-               momentum, eps, ptr<const float>(residual));
-  }, "training-mode batch-norm forward of a channels-last float tensor (rows x c), plus residual if not 0; "
-     "0 skips running stats");
+               momentum, eps, ptr<const float>(residual), ptr<const float>(addend));
+  }, "training-mode batch-norm forward of a channels-last float tensor (rows x c), plus residual if not 0, then "
+     "plus addend if not 0 (only with a residual); 0 skips running stats");
   m.def("bn_backward_generic", [](std::uintptr_t x, std::uintptr_t dy, std::int64_t n, std::int64_t c, std::int64_t h,
                                   std::int64_t w_, std::int64_t sn, std::int64_t sc, std::int64_t sh, std::int64_t sw,
                                   std::uintptr_t mean, std::uintptr_t invstd, std::uintptr_t w, std::uintptr_t sum,

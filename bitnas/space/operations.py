@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from bitnas.common.layout import spatial_slice
+from bitnas.common.layout import spatial_slice, spatial_slices
 from bitnas.registry import Registry
 from bitnas.space.batchnorm import BatchNorm2d
 from bitnas.space.config import OpConfig
@@ -44,8 +44,9 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.pre(x)
         if self.conv_1.subsamples_first(x):  # each conv reads its own stride-2 grid of x, no 1-offset copy
-            a = self.conv_1(spatial_slice(x, (0, 0), (2, 2)), subsampled=True)
-            b = self.conv_2(spatial_slice(x, (1, 1), (2, 2)), subsampled=True)
+            xa, xb = spatial_slices(x, ((0, 0), (1, 1)), (2, 2))  # one backward: one zero fill, no sum
+            a = self.conv_1(xa, subsampled=True)
+            b = self.conv_2(xb, subsampled=True)
         else:
             a = self.conv_1(x)
             b = self.conv_2(spatial_slice(x, (1, 1), (1, 1)))

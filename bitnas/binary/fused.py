@@ -191,3 +191,41 @@ def batch_norm_backward(grad: Tensor, x: Tensor, weight: Tensor | None, save_mea
     dx, dw, db = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, save_mean, save_invstd, True,
                                                            eps, list(mask))
     return (dx if mask[0] else None), (dw if mask[1] else None), (db if mask[2] else None)
+
+
+def _pool_size(h: int, k: int, s: int, p: int) -> int:
+    return (h + 2 * p - k) // s + 1
+
+
+def max_pool_fits(x: Tensor, k: int, s: int, p: int) -> bool:
+    """True when `max_pool_forward` serves `x`: the C++ extension, a channels-last float32 CPU
+    tensor, a padding torch accepts and a non-empty output."""
+    return (extension() is not None and _channels_last_float(x) and x.shape[2] * x.shape[3] < 2 ** 31
+            and 0 <= p <= k // 2 and s >= 1 and _pool_size(x.shape[2], k, s, p) >= 1
+            and _pool_size(x.shape[3], k, s, p) >= 1)
+
+
+def max_pool_forward(x: Tensor, k: int, s: int, p: int) -> tuple[Tensor, Tensor]:
+    """(output, int32 flat h·w indices of the maxima) of k×k max pooling (stride s, padding p, no
+    dilation, floor mode) of a tensor `max_pool_fits` accepts, as ATen's channels-last kernel
+    picks them (ties: the first in row order; NaN: the last NaN)."""
+    ext = extension()
+    assert ext is not None
+    n, c, h, w = x.shape
+    oh, ow = _pool_size(h, k, s, p), _pool_size(w, k, s, p)
+    y = torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
+    idx = torch.empty((n, c, oh, ow), dtype=torch.int32, memory_format=torch.channels_last)
+    ext.max_pool_forward(x.data_ptr(), y.data_ptr(), idx.data_ptr(), n, h, w, c, oh, ow, k, s, p)
+    return y, idx
+
+
+def max_pool_backward(grad: Tensor, idx: Tensor, shape: torch.Size) -> Tensor:
+    """The input gradient of `max_pool_forward` (channels-last, the input of `shape`), bitwise
+    ATen's: zeros, then each output gradient added at its maximum, output positions in row order."""
+    ext = extension()
+    assert ext is not None
+    grad = grad.to(torch.float32).contiguous(memory_format=torch.channels_last)
+    n, c, h, w = shape
+    out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+    ext.max_pool_backward(grad.data_ptr(), idx.data_ptr(), out.data_ptr(), n, h * w, c, idx.shape[2] * idx.shape[3])
+    return out

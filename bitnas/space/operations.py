@@ -10,6 +10,7 @@ from bitnas.common.layout import spatial_slice, spatial_slices
 from bitnas.registry import Registry
 from bitnas.space.batchnorm import BatchNorm2d
 from bitnas.space.config import OpConfig
+from bitnas.space.pooling import MaxPool2d
 from bitnas.space.structures import STRUCTURES, ResidualBlock
 
 OpBuilder = Callable[[int, int, OpConfig], nn.Module]
@@ -101,7 +102,7 @@ def skip_connect(c: int, stride: int, cfg: OpConfig) -> nn.Module:
 def _pool(kind: str) -> OpBuilder:
     def build(c: int, stride: int, cfg: OpConfig) -> nn.Module:
         if kind == "max":
-            return nn.MaxPool2d(3, stride=stride, padding=1)
+            return MaxPool2d(3, stride=stride, padding=1)
         return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
 
     return build

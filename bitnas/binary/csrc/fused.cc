@@ -5,7 +5,9 @@
 // checks); the GIL is released while a kernel runs.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <vector>
 
@@ -283,6 +285,63 @@ void bn_forward(const float* x, const float* w, const float* b, float* running_m
   bn_apply(x, alpha.data(), beta.data(), y, rows, c, c, residual, addend);
 }
 
+// Max pooling (no dilation, floor mode) of a channels-last float tensor (n, h, w, c) as ATen's
+// channels-last CPU kernel takes it: per output position the window is clipped to the image, the
+// running maximum starts at −inf with the window's first in-image index, and an element replaces
+// it when greater or NaN (so ties keep the first element in row order and the last NaN wins).
+// Outputs are elements of x (no rounding); `idx` holds the flat h·w index of each maximum.
+BITNAS_CLONES void max_pool_forward(const float* __restrict x, float* __restrict y, std::int32_t* __restrict idx,
+                                    std::int64_t n, std::int64_t h, std::int64_t w, std::int64_t c,
+                                    std::int64_t oh, std::int64_t ow, std::int64_t k, std::int64_t s,
+                                    std::int64_t p) {
+  for (std::int64_t b = 0; b < n; ++b) {
+    for (std::int64_t i = 0; i < oh; ++i) {
+      std::int64_t ih0 = i * s - p;
+      const std::int64_t ih1 = std::min(ih0 + k, h);
+      while (ih0 < 0) ++ih0;
+      for (std::int64_t j = 0; j < ow; ++j) {
+        std::int64_t iw0 = j * s - p;
+        const std::int64_t iw1 = std::min(iw0 + k, w);
+        while (iw0 < 0) ++iw0;
+        float* yo = y + ((b * oh + i) * ow + j) * c;
+        std::int32_t* io = idx + ((b * oh + i) * ow + j) * c;
+        const std::int32_t first = static_cast<std::int32_t>(ih0 * w + iw0);
+        for (std::int64_t ch = 0; ch < c; ++ch) {
+          yo[ch] = -std::numeric_limits<float>::infinity();
+          io[ch] = first;
+        }
+        for (std::int64_t ih = ih0; ih < ih1; ++ih) {
+          for (std::int64_t iw = iw0; iw < iw1; ++iw) {
+            const float* xr = x + ((b * h + ih) * w + iw) * c;
+            const std::int32_t at = static_cast<std::int32_t>(ih * w + iw);
+            for (std::int64_t ch = 0; ch < c; ++ch) {
+              const float v = xr[ch];
+              const bool take = (v > yo[ch]) || std::isnan(v);
+              yo[ch] = take ? v : yo[ch];
+              io[ch] = take ? at : io[ch];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Its backward as ATen's channels-last kernel takes it: grad_input zero, then every output
+// gradient added at its maximum's index, output positions in row order (the same float sums).
+void max_pool_backward(const float* go, const std::int32_t* idx, float* gi, std::int64_t n, std::int64_t hw,
+                       std::int64_t c, std::int64_t ohw) {
+  std::fill(gi, gi + n * hw * c, 0.0f);
+  for (std::int64_t b = 0; b < n; ++b) {
+    float* g = gi + b * hw * c;
+    for (std::int64_t o = 0; o < ohw; ++o) {
+      const float* gr = go + (b * ohw + o) * c;
+      const std::int32_t* ir = idx + (b * ohw + o) * c;
+      for (std::int64_t ch = 0; ch < c; ++ch) g[ir[ch] * c + ch] += gr[ch];
+    }
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_fused, m) {
@@ -341,4 +400,15 @@ PYBIND11_MODULE(_fused, m) {
                         ptr<const float>(invstd), ptr<const float>(w), ptr<const float>(sum), ptr<float>(dx),
                         ptr<float>(grad_weight), ptr<float>(grad_bias));
   }, "the same backward for dy of any strides (ATen's generic path); sum = dy summed per channel");
+  m.def("max_pool_forward", [](std::uintptr_t x, std::uintptr_t y, std::uintptr_t idx, std::int64_t n,
+                               std::int64_t h, std::int64_t w, std::int64_t c, std::int64_t oh, std::int64_t ow,
+                               std::int64_t k, std::int64_t s, std::int64_t p) {
+    py::gil_scoped_release nogil;
+    max_pool_forward(ptr<const float>(x), ptr<float>(y), ptr<std::int32_t>(idx), n, h, w, c, oh, ow, k, s, p);
+  }, "k x k max pooling (stride s, padding p, floor mode) of a channels-last float tensor; int32 indices");
+  m.def("max_pool_backward", [](std::uintptr_t go, std::uintptr_t idx, std::uintptr_t gi, std::int64_t n,
+                                std::int64_t hw, std::int64_t c, std::int64_t ohw) {
+    py::gil_scoped_release nogil;
+    max_pool_backward(ptr<const float>(go), ptr<const std::int32_t>(idx), ptr<float>(gi), n, hw, c, ohw);
+  }, "gradient of max_pool_forward (bitwise ATen's scatter-add into zeros)");
 }

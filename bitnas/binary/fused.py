@@ -13,7 +13,8 @@ kernels (same float sums in the same row order, the same fused multiply-adds whe
 vectorised loops have them), or ATen's generic loops for a gradient laid out otherwise, so their
 results are bitwise ATen's; they serve x86 CPUs where ATen runs its AVX2 or AVX-512 kernels
 (checked at run time), the channels-last replays one torch thread only, and the ATen operators
-everywhere else.
+everywhere else. `max_pool_forward` / `max_pool_backward` replay ATen's channels-last max
+pooling (the same maxima, the same scatter-add order) for one torch thread.
 """
 from __future__ import annotations
 
@@ -198,9 +199,11 @@ def _pool_size(h: int, k: int, s: int, p: int) -> int:
 
 
 def max_pool_fits(x: Tensor, k: int, s: int, p: int) -> bool:
-    """True when `max_pool_forward` serves `x`: the C++ extension, a channels-last float32 CPU
-    tensor, a padding torch accepts and a non-empty output."""
-    return (extension() is not None and _channels_last_float(x) and x.shape[2] * x.shape[3] < 2 ** 31
+    """True when `max_pool_forward` serves `x`: the C++ extension, one torch thread (the kernel is
+    serial; ATen splits the batch over threads), a channels-last float32 CPU tensor, a padding
+    torch accepts and a non-empty output."""
+    return (extension() is not None and torch.get_num_threads() == 1 and _channels_last_float(x)
+            and x.shape[2] * x.shape[3] < 2 ** 31
             and 0 <= p <= k // 2 and s >= 1 and _pool_size(x.shape[2], k, s, p) >= 1
             and _pool_size(x.shape[3], k, s, p) >= 1)
 

@@ -5,7 +5,7 @@ took ~5 % of a training step of the protocol network; `bitnas.binary.fused.max_p
 `max_pool_backward` take the same window scans and the same adds in the same order, so outputs,
 chosen maxima (ties, NaN) and gradients are bitwise ATen's. Anything else (no gradient needed,
 NCHW, other dtypes or devices, dilation, ceil mode, returned indices, tracing, the extension
-not built) runs `nn.MaxPool2d` unchanged.
+not built, several torch threads) runs `nn.MaxPool2d` unchanged.
 """
 from __future__ import annotations
 

@@ -253,7 +253,7 @@ def test_batch_norm_with_residual_and_addend_is_two_adds(one_thread, c):
 @pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (2, 2, 0), (3, 2, 0), (5, 1, 2)])
 @pytest.mark.parametrize("size", [(7, 7), (8, 9), (14, 14)])
 @pytest.mark.parametrize("c", [3, 16, 24])
-def test_max_pool_is_atens(k, s, p, size, c):
+def test_max_pool_is_atens(one_thread, k, s, p, size, c):
     """The C++ channels-last max pool (`bitnas.space.pooling.MaxPool2d` in training) gives ATen's
     output and, bit for bit, ATen's input gradient: ties (small integers), NaN, −inf and −0
     pick the maxima ATen picks; the output gradient arrives as a strided channel slice."""

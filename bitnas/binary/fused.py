@@ -13,7 +13,8 @@ kernels (same float sums in the same row order, the same fused multiply-adds whe
 vectorised loops have them), or ATen's generic loops for a gradient laid out otherwise, so their
 results are bitwise ATen's; they serve x86 CPUs where ATen runs its AVX2 or AVX-512 kernels
 (checked at run time), the channels-last replays one torch thread only, and the ATen operators
-everywhere else.
+everywhere else. `max_pool_forward` / `max_pool_backward` replay ATen's channels-last max
+pooling (the same maxima, the same scatter-add order) for one torch thread.
 """
 from __future__ import annotations
 
@@ -126,15 +127,15 @@ def _params_ok(*ts: Tensor | None) -> bool:
 
 def batch_norm_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
                        running_var: Tensor | None, momentum: float, eps: float,
-                       residual: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                       addends: tuple[Tensor, ...] = ()) -> tuple[Tensor, Tensor, Tensor]:
     """(output, save_mean, save_invstd) of training-mode batch norm with the running statistics
-    updated in place, as `torch.native_batch_norm` computes them (output + `residual` when
-    given, as a following torch add): the C++ replay of ATen's single-threaded channels-last
-    kernels (one torch thread, x86 AVX2/AVX-512), else that op."""
+    updated in place, as `torch.native_batch_norm` computes them, the output plus each of
+    `addends` (at most two) in turn, as following torch adds: the C++ replay of ATen's
+    single-threaded channels-last kernels (one torch thread, x86 AVX2/AVX-512), else that op."""
     ext = extension()
-    if (ext is not None and torch.get_num_threads() == 1 and _channels_last_float(x) and x.numel() > x.shape[1]
-            and _aten_vector_kernels() and _params_ok(weight, bias, running_mean, running_var)
-            and (residual is None or _fusable(x, residual))):
+    if (ext is not None and len(addends) <= 2 and torch.get_num_threads() == 1 and _channels_last_float(x)
+            and x.numel() > x.shape[1] and _aten_vector_kernels() and _params_ok(weight, bias, running_mean, running_var)
+            and _fusable(x, *addends)):
         c = x.shape[1]
         y = torch.empty_like(x)
         if _same_layout(y, x):
@@ -145,10 +146,12 @@ def batch_norm_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, ru
                            0 if running_mean is None else running_mean.data_ptr(),
                            0 if running_var is None else running_var.data_ptr(), y.data_ptr(), mean.data_ptr(),
                            invstd.data_ptr(), x.numel() // c, c, momentum, eps,
-                           0 if residual is None else residual.data_ptr())
+                           *(t.data_ptr() for t in addends), *(0 for _ in range(2 - len(addends))))
             return y, mean, invstd
     y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
-    return (y if residual is None else y + residual), mean, invstd
+    for t in addends:
+        y = y + t
+    return y, mean, invstd
 
 
 def batch_norm_backward(grad: Tensor, x: Tensor, weight: Tensor | None, save_mean: Tensor, save_invstd: Tensor,
@@ -189,3 +192,43 @@ def batch_norm_backward(grad: Tensor, x: Tensor, weight: Tensor | None, save_mea
     dx, dw, db = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, save_mean, save_invstd, True,
                                                            eps, list(mask))
     return (dx if mask[0] else None), (dw if mask[1] else None), (db if mask[2] else None)
+
+
+def _pool_size(h: int, k: int, s: int, p: int) -> int:
+    return (h + 2 * p - k) // s + 1
+
+
+def max_pool_fits(x: Tensor, k: int, s: int, p: int) -> bool:
+    """True when `max_pool_forward` serves `x`: the C++ extension, one torch thread (the kernel is
+    serial; ATen splits the batch over threads), a channels-last float32 CPU tensor, a padding
+    torch accepts and a non-empty output."""
+    return (extension() is not None and torch.get_num_threads() == 1 and _channels_last_float(x)
+            and x.shape[2] * x.shape[3] < 2 ** 31
+            and 0 <= p <= k // 2 and s >= 1 and _pool_size(x.shape[2], k, s, p) >= 1
+            and _pool_size(x.shape[3], k, s, p) >= 1)
+
+
+def max_pool_forward(x: Tensor, k: int, s: int, p: int) -> tuple[Tensor, Tensor]:
+    """(output, int32 flat h·w indices of the maxima) of k×k max pooling (stride s, padding p, no
+    dilation, floor mode) of a tensor `max_pool_fits` accepts, as ATen's channels-last kernel
+    picks them (ties: the first in row order; NaN: the last NaN)."""
+    ext = extension()
+    assert ext is not None
+    n, c, h, w = x.shape
+    oh, ow = _pool_size(h, k, s, p), _pool_size(w, k, s, p)
+    y = torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
+    idx = torch.empty((n, c, oh, ow), dtype=torch.int32, memory_format=torch.channels_last)
+    ext.max_pool_forward(x.data_ptr(), y.data_ptr(), idx.data_ptr(), n, h, w, c, oh, ow, k, s, p)
+    return y, idx
+
+
+def max_pool_backward(grad: Tensor, idx: Tensor, shape: torch.Size) -> Tensor:
+    """The input gradient of `max_pool_forward` (channels-last, the input of `shape`), bitwise
+    ATen's: zeros, then each output gradient added at its maximum, output positions in row order."""
+    ext = extension()
+    assert ext is not None
+    grad = grad.to(torch.float32).contiguous(memory_format=torch.channels_last)
+    n, c, h, w = shape
+    out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+    ext.max_pool_backward(grad.data_ptr(), idx.data_ptr(), out.data_ptr(), n, h * w, c, idx.shape[2] * idx.shape[3])
+    return out

@@ -61,7 +61,7 @@ class _SpatialSlice(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:
         shape, fmt, (h0, w0), (sh, sw) = ctx.meta  # type: ignore[attr-defined]
-        out = torch.zeros(shape, dtype=grad.dtype, device=grad.device).contiguous(memory_format=fmt)
+        out = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=fmt).zero_()
         out[:, :, h0::sh, w0::sw] = grad
         return out, None, None
 
@@ -73,3 +73,35 @@ def spatial_slice(x: Tensor, start: tuple[int, int], step: tuple[int, int]) -> T
         return _SpatialSlice.apply(x, start, step)
     (h0, w0), (sh, sw) = start, step
     return x[:, :, h0::sh, w0::sw]
+
+
+class _SpatialSlices(torch.autograd.Function):
+    """Several `_SpatialSlice` grids of one channels-last tensor with one backward: the gradients
+    are added into one zero tensor in the order given, which gives bit for bit what autograd's
+    sum of one zero-filled scatter per grid gives (each value + 0, an exact identity but for
+    −0 → +0, which the sum of scatters also produces), with one fill and no full-size sum."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, starts: tuple[tuple[int, int], ...],
+                step: tuple[int, int]) -> tuple[Tensor, ...]:
+        ctx.meta = (x.shape, starts, step)  # type: ignore[attr-defined]
+        sh, sw = step
+        return tuple(x[:, :, h0::sh, w0::sw].contiguous(memory_format=torch.channels_last) for h0, w0 in starts)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, *grads: Tensor | None) -> tuple[Tensor, None, None]:
+        shape, starts, (sh, sw) = ctx.meta  # type: ignore[attr-defined]
+        g0 = next(g for g in grads if g is not None)
+        out = torch.empty(shape, dtype=g0.dtype, device=g0.device, memory_format=torch.channels_last).zero_()
+        for (h0, w0), g in zip(starts, grads):
+            if g is not None:
+                out[:, :, h0::sh, w0::sw].add_(g)
+        return out, None, None
+
+
+def spatial_slices(x: Tensor, starts: tuple[tuple[int, int], ...], step: tuple[int, int]) -> tuple[Tensor, ...]:
+    """`spatial_slice(x, start, step)` for each of `starts` (grids that do not overlap), with one
+    backward for all: the same values and, bit for bit, the same gradient."""
+    if is_channels_last(x):
+        return _SpatialSlices.apply(x, starts, step)
+    return tuple(spatial_slice(x, start, step) for start in starts)

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from bitnas.space.config import OpConfig
 from bitnas.space.genotypes import Edge
-from bitnas.space.operations import FactorizedReduce, ReLUConvBN, build_op
+from bitnas.space.operations import FactorizedReduce, ReLUConvBN, build_op, forward_plus
 
 
 def drop_path(x: Tensor, drop_prob: float) -> Tensor:
@@ -39,11 +39,19 @@ class Cell(nn.Module):
     def forward(self, s0: Tensor, s1: Tensor, drop_prob: float = 0.0) -> Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for i in range(self.steps):
-            total: Tensor | None = None
-            for j in (2 * i, 2 * i + 1):
-                h = self.ops[j](states[self.indices[j]])
-                if self.training and drop_prob > 0 and not isinstance(self.ops[j], nn.Identity):
-                    h = drop_path(h, drop_prob)
-                total = h if total is None else total + h  # no `0 + h` pass over the first term
-            states.append(total)
+            if self.training and drop_prob > 0:
+                total: Tensor | None = None
+                for j in (2 * i, 2 * i + 1):
+                    h = self.ops[j](states[self.indices[j]])
+                    if not isinstance(self.ops[j], nn.Identity):
+                        h = drop_path(h, drop_prob)
+                    total = h if total is None else total + h  # no `0 + h` pass over the first term
+                states.append(total)
+                continue
+            a, b = 2 * i, 2 * i + 1
+            if isinstance(self.ops[b], nn.Identity):  # the identity's term added in op a's last pass
+                states.append(forward_plus(self.ops[a], states[self.indices[a]], states[self.indices[b]]))
+            else:  # op a first as before, its output added in op b's last pass
+                h = self.ops[a](states[self.indices[a]])
+                states.append(forward_plus(self.ops[b], states[self.indices[b]], h))
         return torch.cat([states[i] for i in self.concat], dim=1)

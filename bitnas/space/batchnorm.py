@@ -36,13 +36,14 @@ def _slow_channels_last(x: Tensor) -> bool:
 
 class _TrainingBatchNorm(torch.autograd.Function):
     """Training-mode batch norm: `batch_norm_forward` (running statistics updated in place) and
-    `batch_norm_backward`, bitwise ATen's `native_batch_norm` and its backward."""
+    `batch_norm_backward`, bitwise ATen's `native_batch_norm` and its backward; the output plus
+    `addends` in turn (each addend's gradient is the output's)."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor | None, bias: Tensor | None,
                 running_mean: Tensor | None, running_var: Tensor | None, momentum: float, eps: float,
-                residual: Tensor | None) -> Tensor:
-        out, mean, invstd = batch_norm_forward(x, weight, bias, running_mean, running_var, momentum, eps, residual)
+                *addends: Tensor) -> Tensor:
+        out, mean, invstd = batch_norm_forward(x, weight, bias, running_mean, running_var, momentum, eps, addends)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps  # type: ignore[attr-defined]
         return out
@@ -53,30 +54,35 @@ class _TrainingBatchNorm(torch.autograd.Function):
         need = ctx.needs_input_grad  # type: ignore[attr-defined]
         mask = (need[0], need[1] and weight is not None, need[2])
         dx, dw, db = batch_norm_backward(grad, x, weight, mean, invstd, ctx.eps, mask)  # type: ignore[attr-defined]
-        return dx, dw, db, None, None, None, None, (grad if need[7] else None)
+        return (dx, dw, db, None, None, None, None) + tuple(grad if n else None for n in need[7:])
 
 
 class BatchNorm2d(nn.BatchNorm2d):
     """`nn.BatchNorm2d` with a faster route for channels-last CPU inputs of few channels."""
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        """BN(x), or BN(x) + residual (one pass where the C++ forward applies; the sum rounds as
-        the separate add did)."""
+    def forward(self, x: Tensor, residual: Tensor | None = None, addend: Tensor | None = None) -> Tensor:
+        """BN(x), + residual, + addend (each when given; one pass where the C++ forward applies, the
+        sums rounding as separate adds in that order did)."""
+        addends = tuple(t for t in (residual, addend) if t is not None)
         if _slow_channels_last(x):
             cl, nchw = torch.channels_last, torch.contiguous_format
             out = relayout(self._normalise(relayout(x, nchw, cl)), cl, nchw)
-            return out if residual is None else out + residual
-        return self._normalise(x, residual)
+            for t in addends:
+                out = out + t
+            return out
+        return self._normalise(x, addends)
 
-    def _normalise(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        """`nn.BatchNorm2d.forward` (+ residual); in training mode with batch statistics through
-        `_TrainingBatchNorm` (the same momentum and running-statistics bookkeeping)."""
+    def _normalise(self, x: Tensor, addends: tuple[Tensor, ...] = ()) -> Tensor:
+        """`nn.BatchNorm2d.forward` (+ each of `addends`); in training mode with batch statistics
+        through `_TrainingBatchNorm` (the same momentum and running-statistics bookkeeping)."""
         if not (self.training and x.dim() == 4):
             out = super().forward(x)
-            return out if residual is None else out + residual
+            for t in addends:
+                out = out + t
+            return out
         factor = 0.0 if self.momentum is None else self.momentum
         if self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         return _TrainingBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var, factor,
-                                        self.eps, residual)
+                                        self.eps, *addends)

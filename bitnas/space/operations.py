@@ -6,11 +6,12 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from bitnas.common.layout import spatial_slice
+from bitnas.common.layout import spatial_slice, spatial_slices
 from bitnas.registry import Registry
 from bitnas.space.batchnorm import BatchNorm2d
 from bitnas.space.config import OpConfig
-from bitnas.space.structures import STRUCTURES
+from bitnas.space.pooling import MaxPool2d
+from bitnas.space.structures import STRUCTURES, ResidualBlock
 
 OpBuilder = Callable[[int, int, OpConfig], nn.Module]
 OPS: Registry[OpBuilder] = Registry("operation")
@@ -44,8 +45,9 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.pre(x)
         if self.conv_1.subsamples_first(x):  # each conv reads its own stride-2 grid of x, no 1-offset copy
-            a = self.conv_1(spatial_slice(x, (0, 0), (2, 2)), subsampled=True)
-            b = self.conv_2(spatial_slice(x, (1, 1), (2, 2)), subsampled=True)
+            xa, xb = spatial_slices(x, ((0, 0), (1, 1)), (2, 2))  # one backward: one zero fill, no sum
+            a = self.conv_1(xa, subsampled=True)
+            b = self.conv_2(xb, subsampled=True)
         else:
             a = self.conv_1(x)
             b = self.conv_2(spatial_slice(x, (1, 1), (1, 1)))
@@ -100,7 +102,7 @@ def skip_connect(c: int, stride: int, cfg: OpConfig) -> nn.Module:
 def _pool(kind: str) -> OpBuilder:
     def build(c: int, stride: int, cfg: OpConfig) -> nn.Module:
         if kind == "max":
-            return nn.MaxPool2d(3, stride=stride, padding=1)
+            return MaxPool2d(3, stride=stride, padding=1)
         return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
 
     return build
@@ -143,3 +145,20 @@ def build_op(name: str, c: int, stride: int, cfg: OpConfig) -> nn.Module:
 def is_parameter_free_identity(op: nn.Module) -> bool:
     """True for ops that drop path must not touch (identity)."""
     return isinstance(op, nn.Identity)
+
+
+def forward_plus(op: nn.Module, x: Tensor, addend: Tensor) -> Tensor:
+    """`op(x) + addend`, with the sum taken in the pass of op's last batch norm where op ends in
+    one (a residual block of nothing after its add, a conv unit, a chain of them): equal bit for bit
+    (float addition commutes) with one pass and one tensor fewer; the autograd graph keeps its
+    order (no node runs earlier or later), only the add's node is gone."""
+    if isinstance(op, ResidualBlock):
+        return op(x, addend)
+    if isinstance(op, BatchNorm2d):
+        return op(x, addend=addend)
+    if isinstance(op, nn.Sequential) and type(op).forward is nn.Sequential.forward and len(op) > 0:
+        *head, last = op
+        for m in head:
+            x = m(x)
+        return forward_plus(last, x, addend)
+    return op(x) + addend

@@ -119,14 +119,20 @@ class ResidualBlock(nn.Module):
                 "relu": lambda: nn.ReLU(inplace=False), "none": nn.Identity}
         self.act = acts[act]()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, addend: Tensor | None = None) -> Tensor:
+        """The block of `x`, + `addend` when given (a cell node's other term: summed in the batch
+        norm's pass when nothing follows the residual add, as a separate add after it did)."""
         out = self.conv(self.pre(self.bn_in(x)))
         if self.shortcut is not None and isinstance(self.bn, BatchNorm2d):
-            return self.act(self.bn(out, residual=self.shortcut(x)))  # BN and the residual add in one pass
-        out = self.bn(out)
-        if self.shortcut is not None:
-            out = out + self.shortcut(x)
-        return self.act(out)
+            if isinstance(self.act, nn.Identity):  # BN, the residual add and the addend in one pass
+                return self.bn(out, self.shortcut(x), addend)
+            out = self.act(self.bn(out, residual=self.shortcut(x)))
+        else:
+            out = self.bn(out)
+            if self.shortcut is not None:
+                out = out + self.shortcut(x)
+            out = self.act(out)
+        return out if addend is None else out + addend
 
 
 class _ResidualStructure(Structure):

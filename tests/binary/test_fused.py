@@ -222,3 +222,58 @@ def test_batch_norm_with_residual_is_batch_norm_then_add(one_thread):
     pairs = [(ya, yb), (xa.grad, xb.grad), (ra.grad, rb.grad), (a.weight.grad, b.weight.grad),
              (a.running_var, b.running_var)]
     assert all(torch.equal(bits(u), bits(v)) for u, v in pairs)
+
+
+@pytest.mark.parametrize("c", [8, 16, 12])
+def test_batch_norm_with_residual_and_addend_is_two_adds(one_thread, c):
+    """`BatchNorm2d(x, r, a)` (one C++ pass) equals `(BN(x) + r) + a` bit for bit, signed zeros and
+    special values included, gradients too (r and a get the output's gradient)."""
+    from bitnas.space.batchnorm import BatchNorm2d
+
+    a, b = BatchNorm2d(c), BatchNorm2d(c)
+    with torch.no_grad():
+        a.weight.normal_(), a.bias.normal_()
+    b.load_state_dict(a.state_dict())
+    x, g = operands((6, c, 5, 7), torch.channels_last, seed=c)
+    x = x.nan_to_num(0.0, 1.0, -1.0)  # finite batch statistics
+    r, s = operands((6, c, 5, 7), torch.channels_last, seed=c + 1)
+    gen = torch.Generator().manual_seed(c)
+    r.masked_fill_(torch.rand(r.shape, generator=gen) < 0.3, -0.0)
+    s.masked_fill_(torch.rand(s.shape, generator=gen) < 0.3, -0.0)
+    ins = [t.clone().requires_grad_() for t in (x, r, s, x, r, s)]
+    ya = a(ins[0], ins[1], ins[2])
+    yb = (b(ins[3]) + ins[4]) + ins[5]
+    ya.backward(g)
+    yb.backward(g)
+    pairs = [(ya, yb), (a.weight.grad, b.weight.grad), (a.running_mean, b.running_mean)]
+    pairs += [(u.grad, v.grad) for u, v in zip(ins[:3], ins[3:])]
+    assert all(torch.equal(bits(u), bits(v)) for u, v in pairs)
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (2, 2, 0), (3, 2, 0), (5, 1, 2)])
+@pytest.mark.parametrize("size", [(7, 7), (8, 9), (14, 14)])
+@pytest.mark.parametrize("c", [3, 16, 24])
+def test_max_pool_is_atens(one_thread, k, s, p, size, c):
+    """The C++ channels-last max pool (`bitnas.space.pooling.MaxPool2d` in training) gives ATen's
+    output and, bit for bit, ATen's input gradient: ties (small integers), NaN, −inf and −0
+    pick the maxima ATen picks; the output gradient arrives as a strided channel slice."""
+    from bitnas.space.pooling import MaxPool2d
+
+    gen = torch.Generator().manual_seed(c + size[1])
+    x = torch.randint(-3, 4, (4, c, *size), generator=gen).float()
+    x.view(-1)[:7] = torch.tensor([float("nan"), -float("inf"), -0.0, 0.0, float("nan"), float("inf"), -float("inf")])
+    x[1] = -float("inf")
+    x = x.contiguous(memory_format=torch.channels_last)
+    pool = MaxPool2d(k, stride=s, padding=p)
+    assert torch.nn.MaxPool2d(k, stride=s, padding=p)(x).shape == pool(x).shape
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = pool(xa), F.max_pool2d(xb, k, s, p)
+    assert ya.grad_fn is not None and "MaxPool" in type(ya.grad_fn).__name__ and type(ya.grad_fn) is not type(yb.grad_fn)
+    assert torch.equal(bits(ya), bits(yb)) and ya.is_contiguous(memory_format=torch.channels_last)
+    _, want_idx = F.max_pool2d(x, k, s, p, return_indices=True)
+    assert torch.equal(fused.max_pool_forward(x, k, s, p)[1].long(), want_idx)  # the same maxima chosen
+    wide = torch.randn(ya.shape[0], 2 * c, *ya.shape[2:], generator=gen).contiguous(memory_format=torch.channels_last)
+    g = wide[:, c // 2:c // 2 + c]  # a channel slice, as a concatenation's backward hands out
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(bits(xa.grad), bits(xb.grad)) and xa.grad.is_contiguous(memory_format=torch.channels_last)

@@ -269,3 +269,51 @@ def test_cells_run_channels_last_both_ways_on_cpu(kind, name):
     _train_step(net, torch.randn(4, 1, 28, 28))
     assert len(seen) > 20
     assert [s for s in seen if not s[2]] == []
+
+
+def _reference_cell_forward(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+    """A cell's forward as separate ops and adds (each node: op a, op b, then `h_a + h_b`)."""
+    states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+    for i in range(cell.steps):
+        a, b = 2 * i, 2 * i + 1
+        h = cell.ops[a](states[cell.indices[a]])
+        states.append(h + cell.ops[b](states[cell.indices[b]]))
+    return torch.cat([states[i] for i in cell.concat], dim=1)
+
+
+@pytest.mark.parametrize("structure", ["bireal", "darts", "reactnet"])
+def test_cell_node_sums_in_batch_norm_pass_are_bitwise_separate_adds(structure):
+    """The training cell adds a node's two terms inside an op's last batch-norm pass
+    (`forward_plus`); outputs, every gradient and the running statistics equal separate ops and
+    adds bit for bit, for a normal and a reduction cell of a genotype with skips and pools."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = build_network(GENOTYPES.get("DARTS_V2"), precision="binary", structure=structure, init_channels=8,
+                            layers=3, num_classes=10, in_channels=1, activation="approx_sign").train()
+        twin = build_network(GENOTYPES.get("DARTS_V2"), precision="binary", structure=structure, init_channels=8,
+                             layers=3, num_classes=10, in_channels=1, activation="approx_sign").train()
+        twin.load_state_dict(net.state_dict())
+        gen = torch.Generator().manual_seed(1)
+        cl = torch.channels_last
+        s0 = torch.randn(4, 24, 12, 12, generator=gen).contiguous(memory_format=cl)
+        for i in (0, 1):  # normal, then reduction
+            cell, ref = net.cells[i], twin.cells[i]
+            c_p = cell.preprocess1.conv.in_channels
+            s1 = torch.randn(4, c_p, 12, 12, generator=gen).contiguous(memory_format=cl)
+            x = [t.clone().requires_grad_() for t in (s0, s1, s0, s1)]
+            out = cell(x[0], x[1])
+            want = _reference_cell_forward(ref, x[2], x[3])
+            g = torch.randn(out.shape, generator=gen).contiguous(memory_format=cl)
+            out.backward(g)
+            want.backward(g)
+            got = [out, x[0].grad, x[1].grad] + [p.grad for p in cell.parameters()] + list(cell.buffers())
+            exp = [want, x[2].grad, x[3].grad] + [p.grad for p in ref.parameters()] + list(ref.buffers())
+            assert len(got) == len(exp)
+            for u, v in zip(got, exp):
+                assert (u is None) == (v is None)
+                if u is not None:
+                    assert torch.equal(u.contiguous().view(-1).view(torch.uint8), v.contiguous().view(-1).view(torch.uint8))
+    finally:
+        torch.set_num_threads(threads)

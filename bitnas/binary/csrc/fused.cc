@@ -5,7 +5,9 @@
 // checks); the GIL is released while a kernel runs.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <vector>
 
@@ -208,10 +210,24 @@ BITNAS_CLONES void bn_stats(const float* __restrict x, float* __restrict mean, f
 }
 
 // y = x·alpha + beta per channel (one fused multiply-add for the first `fused_c` channels), then
-// + residual when one is given (a separate rounding, as a following torch add).
+// + residual when one is given and + addend after it (separate roundings, as following torch adds).
 BITNAS_CLONES void bn_apply(const float* __restrict x, const float* __restrict alpha, const float* __restrict beta,
                             float* __restrict y, std::int64_t rows, std::int64_t c, std::int64_t fused_c,
-                            const float* __restrict residual = nullptr) {
+                            const float* __restrict residual = nullptr, const float* __restrict addend = nullptr) {
+  if (residual && addend) {
+    for (std::int64_t i = 0; i < rows; ++i) {
+      const float* xr = x + i * c;
+      const float* rr = residual + i * c;
+      const float* ar = addend + i * c;
+      float* yr = y + i * c;
+      for (std::int64_t j = 0; j < c; ++j) {
+        const float t = std::fma(xr[j], alpha[j], beta[j]);
+        const float u = t + rr[j];
+        yr[j] = u + ar[j];
+      }
+    }
+    return;
+  }
   if (residual) {
     for (std::int64_t i = 0; i < rows; ++i) {
       const float* xr = x + i * c;
@@ -239,11 +255,11 @@ BITNAS_CLONES void bn_apply(const float* __restrict x, const float* __restrict a
 // kernels compute it: the statistics above; invstd = float(1 / sqrt(double(var_sum / N) + eps));
 // running_mean = m·mean + (1 − m)·running_mean (separate roundings), running_var = a fused
 // m·var_sum/(N − 1) + float((1 − m)·running_var); y = x·alpha + beta (fused) with
-// alpha = invstd·w, beta = b − mean·alpha (fused), + residual if given. Null running statistics
-// are skipped.
+// alpha = invstd·w, beta = b − mean·alpha (fused), + residual if given, then + addend if given
+// (only with a residual). Null running statistics are skipped.
 void bn_forward(const float* x, const float* w, const float* b, float* running_mean, float* running_var, float* y,
                 float* save_mean, float* save_invstd, std::int64_t rows, std::int64_t c, float momentum, double eps,
-                const float* residual) {
+                const float* residual, const float* addend) {
   std::vector<float> var_sum(c), alpha(c), beta(c);
   switch (c) {
     case 8: bn_stats<8>(x, save_mean, var_sum.data(), rows, c); break;
@@ -266,7 +282,64 @@ void bn_forward(const float* x, const float* w, const float* b, float* running_m
     alpha[j] = save_invstd[j] * w[j];
     beta[j] = std::fma(-save_mean[j], alpha[j], b[j]);
   }
-  bn_apply(x, alpha.data(), beta.data(), y, rows, c, c, residual);
+  bn_apply(x, alpha.data(), beta.data(), y, rows, c, c, residual, addend);
+}
+
+// Max pooling (no dilation, floor mode) of a channels-last float tensor (n, h, w, c) as ATen's
+// channels-last CPU kernel takes it: per output position the window is clipped to the image, the
+// running maximum starts at −inf with the window's first in-image index, and an element replaces
+// it when greater or NaN (so ties keep the first element in row order and the last NaN wins).
+// Outputs are elements of x (no rounding); `idx` holds the flat h·w index of each maximum.
+BITNAS_CLONES void max_pool_forward(const float* __restrict x, float* __restrict y, std::int32_t* __restrict idx,
+                                    std::int64_t n, std::int64_t h, std::int64_t w, std::int64_t c,
+                                    std::int64_t oh, std::int64_t ow, std::int64_t k, std::int64_t s,
+                                    std::int64_t p) {
+  for (std::int64_t b = 0; b < n; ++b) {
+    for (std::int64_t i = 0; i < oh; ++i) {
+      std::int64_t ih0 = i * s - p;
+      const std::int64_t ih1 = std::min(ih0 + k, h);
+      while (ih0 < 0) ++ih0;
+      for (std::int64_t j = 0; j < ow; ++j) {
+        std::int64_t iw0 = j * s - p;
+        const std::int64_t iw1 = std::min(iw0 + k, w);
+        while (iw0 < 0) ++iw0;
+        float* yo = y + ((b * oh + i) * ow + j) * c;
+        std::int32_t* io = idx + ((b * oh + i) * ow + j) * c;
+        const std::int32_t first = static_cast<std::int32_t>(ih0 * w + iw0);
+        for (std::int64_t ch = 0; ch < c; ++ch) {
+          yo[ch] = -std::numeric_limits<float>::infinity();
+          io[ch] = first;
+        }
+        for (std::int64_t ih = ih0; ih < ih1; ++ih) {
+          for (std::int64_t iw = iw0; iw < iw1; ++iw) {
+            const float* xr = x + ((b * h + ih) * w + iw) * c;
+            const std::int32_t at = static_cast<std::int32_t>(ih * w + iw);
+            for (std::int64_t ch = 0; ch < c; ++ch) {
+              const float v = xr[ch];
+              const bool take = (v > yo[ch]) || std::isnan(v);
+              yo[ch] = take ? v : yo[ch];
+              io[ch] = take ? at : io[ch];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Its backward as ATen's channels-last kernel takes it: grad_input zero, then every output
+// gradient added at its maximum's index, output positions in row order (the same float sums).
+void max_pool_backward(const float* go, const std::int32_t* idx, float* gi, std::int64_t n, std::int64_t hw,
+                       std::int64_t c, std::int64_t ohw) {
+  std::fill(gi, gi + n * hw * c, 0.0f);
+  for (std::int64_t b = 0; b < n; ++b) {
+    float* g = gi + b * hw * c;
+    for (std::int64_t o = 0; o < ohw; ++o) {
+      const float* gr = go + (b * ohw + o) * c;
+      const std::int32_t* ir = idx + (b * ohw + o) * c;
+      for (std::int64_t ch = 0; ch < c; ++ch) g[ir[ch] * c + ch] += gr[ch];
+    }
+  }
 }
 
 }  // namespace
@@ -310,13 +383,13 @@ PYBIND11_MODULE(_fused, m) {
   m.def("bn_forward", [](std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, std::uintptr_t running_mean,
                          std::uintptr_t running_var, std::uintptr_t y, std::uintptr_t save_mean,
                          std::uintptr_t save_invstd, std::int64_t rows, std::int64_t c, float momentum, double eps,
-                         std::uintptr_t residual) {
+                         std::uintptr_t residual, std::uintptr_t addend) {
     py::gil_scoped_release nogil;
     bn_forward(ptr<const float>(x), ptr<const float>(w), ptr<const float>(b), ptr<float>(running_mean),
                ptr<float>(running_var), ptr<float>(y), ptr<float>(save_mean), ptr<float>(save_invstd), rows, c,
-               momentum, eps, ptr<const float>(residual));
-  }, "training-mode batch-norm forward of a channels-last float tensor (rows x c), plus residual if not 0; "
-     "0 skips running stats");
+               momentum, eps, ptr<const float>(residual), ptr<const float>(addend));
+  }, "training-mode batch-norm forward of a channels-last float tensor (rows x c), plus residual if not 0, then "
+     "plus addend if not 0 (only with a residual); 0 skips running stats");
   m.def("bn_backward_generic", [](std::uintptr_t x, std::uintptr_t dy, std::int64_t n, std::int64_t c, std::int64_t h,
                                   std::int64_t w_, std::int64_t sn, std::int64_t sc, std::int64_t sh, std::int64_t sw,
                                   std::uintptr_t mean, std::uintptr_t invstd, std::uintptr_t w, std::uintptr_t sum,
@@ -327,4 +400,15 @@ PYBIND11_MODULE(_fused, m) {
                         ptr<const float>(invstd), ptr<const float>(w), ptr<const float>(sum), ptr<float>(dx),
                         ptr<float>(grad_weight), ptr<float>(grad_bias));
   }, "the same backward for dy of any strides (ATen's generic path); sum = dy summed per channel");
+  m.def("max_pool_forward", [](std::uintptr_t x, std::uintptr_t y, std::uintptr_t idx, std::int64_t n,
+                               std::int64_t h, std::int64_t w, std::int64_t c, std::int64_t oh, std::int64_t ow,
+                               std::int64_t k, std::int64_t s, std::int64_t p) {
+    py::gil_scoped_release nogil;
+    max_pool_forward(ptr<const float>(x), ptr<float>(y), ptr<std::int32_t>(idx), n, h, w, c, oh, ow, k, s, p);
+  }, "k x k max pooling (stride s, padding p, floor mode) of a channels-last float tensor; int32 indices");
+  m.def("max_pool_backward", [](std::uintptr_t go, std::uintptr_t idx, std::uintptr_t gi, std::int64_t n,
+                                std::int64_t hw, std::int64_t c, std::int64_t ohw) {
+    py::gil_scoped_release nogil;
+    max_pool_backward(ptr<const float>(go), ptr<const std::int32_t>(idx), ptr<float>(gi), n, hw, c, ohw);
+  }, "gradient of max_pool_forward (bitwise ATen's scatter-add into zeros)");
 }

@@ -102,6 +102,34 @@ def test_float_form_is_exact_too(engine: str, data, tmp_path) -> None:
     check_exact(export_network(net, spec), data["x"][:100], engine, tmp_path, form="float")
 
 
+@pytest.mark.skipif(not (HAVE["onnx"] and HAVE["openvino"]), reason="openvino not installed (pip install 'bitnas[openvino]')")
+def test_openvino_runs_a_batch_in_micro_batches_with_the_same_logits(data, tmp_path, monkeypatch) -> None:
+    """micro_batch: the budget over the largest per-image tensor (here the stem's C·H·W floats);
+    a batch run in micro-batches gives each image's logits as a call of its own does."""
+    from bitnas.deploy import runtimes
+
+    net, spec = calibrated("bireal", 0.0, data, c=4, batches=1)
+    exp = export_network(net, spec)
+    exp["input"]["image_size"] = 28
+    path = tmp_path / "m.onnx"
+    path.write_bytes(onnx_model(exp, network_from_export(exp)).SerializeToString())
+    model, _ = runtimes.read_openvino(path)
+    floats, sizes = network_from_export(exp), []
+    for m in floats.modules():  # the float path's tensors, as float32 bytes per image
+        m.register_forward_hook(lambda mod, args, out: sizes.append(4 * (out[0] if isinstance(out, tuple)
+                                                                             else out)[0].numel()))
+    with torch.no_grad():
+        floats(data["x"][:1])
+    widest = max(sizes)
+    monkeypatch.setattr(runtimes, "MICRO_BATCH_BYTES", 3 * widest + 7)
+    assert runtimes.micro_batch(model, (50, 1, 28, 28)) == 3
+    x = data["x"][:10]
+    ov_net = load_export(path, "openvino")
+    whole = ov_net(x)[0]
+    singles = torch.cat([ov_net(x[i:i + 1])[0] for i in range(len(x))])
+    assert torch.equal(whole, singles)
+
+
 @needs_onnx
 def test_graph_holds_the_trained_signs_as_int8_and_the_metadata(data) -> None:
     import onnx

@@ -4,8 +4,11 @@ and beside the same architecture's fp32 twin quantised to int8 in each runtime; 
 Contenders, batch 1 and 64, 3×32×32 inputs (the `bireal` network of `benchmarks/inference.py`):
 - bitpack: the `.bitnas` export on our engine (`load_export(..., "bitpack")`);
 - ort_qdq / ort_float: our exact ONNX export (Q/DQ int8 form; ±1 float-weight form) on ONNX Runtime;
-- ov_int8 / ov_float: our OpenVINO IR converted from those ONNX forms, compiled with f32 inference
-  precision (what keeps the float parts exact; see `bitnas/deploy/runtimes.py`);
+- ov_int8: our OpenVINO IR converted from the Q/DQ form, compiled with f32 inference precision
+  (what keeps the float parts exact; see `bitnas/deploy/runtimes.py`), a batch in the micro-batches
+  `load_export(..., "openvino")` runs (`runtimes.micro_batch`: each tensor within ~L2, 8 images
+  here); ov_int8_one_call: the same compiled model, the batch in one call;
+- ov_float: the IR of the ±1 float-weight form, one call;
 - ov_binary: the IR with OpenVINO's BinaryConvolution (u1 weights) for the binary convs, compiled
   for the batch size (static shapes; the row of the other batch size is a no-op);
 - ort_twin_int8 / ov_twin_int8: the fp32 twin (ReLU where the child signs; `torch.onnx.export(...,
@@ -13,7 +16,7 @@ Contenders, batch 1 and 64, 3×32×32 inputs (the `bireal` network of `benchmark
   pre-processing (QDQ, per-channel int8 weights, int8 activations, calibrated on 8 random
   batches; `runtimes.quantize_int8`), on each runtime with its defaults
   (OpenVINO, through `openvino.convert_model`, may then run the unquantised parts in bf16 on AMX
-  CPUs, as a deployer would get).
+  CPUs, as a deployer would get); ov_twin_int8_micro: the twin in the same micro-batches as ov_int8.
 
 All contenders of one batch size are timed interleaved in one process (the order alternates
 between rounds, one warm-up); figures are wall-clock medians and "cpu" the medians of the
@@ -43,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bitnas.deploy import engine, export_checkpoint, load_export  # noqa: E402
-from bitnas.deploy.runtimes import openvino_config  # noqa: E402
+from bitnas.deploy.runtimes import micro_batch, openvino_config  # noqa: E402
 from bitnas.nets import arch_spec  # noqa: E402
 from bitnas.common.checkpoint import save_checkpoint
 
@@ -117,15 +120,21 @@ def runners(paths: dict[str, Path], twin: Path) -> dict[str, Callable[[np.ndarra
         req = ov.Core().compile_model(model, "CPU", openvino_config(1)).create_infer_request()
         return lambda x: req.infer({0: x}) if x.shape[0] == batch else None
 
+    def micro_batched(run: Callable[[np.ndarray], object], n: int) -> Callable[[np.ndarray], object]:
+        return lambda x: [run(x[i:i + n]) for i in range(0, len(x), n)]
+
     net = load_export(paths["bitnas"], "bitpack")
+    n = micro_batch(ov.Core().read_model(str(paths["ir_int8"])), (64, 3, 32, 32))
     ov_default = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    twin_run, int8_run = ov_model(twin, ov_default), ov_model(paths["ir_int8"], openvino_config(1))
     return {
         "bitpack": lambda x: net(torch.from_numpy(x)),
         "ort_qdq": ort_session(paths["qdq"]), "ort_float": ort_session(paths["float"]),
         "ort_twin_int8": ort_session(twin),
-        "ov_int8": ov_model(paths["ir_int8"], openvino_config(1)), "ov_float": ov_model(paths["ir_float"], openvino_config(1)),
+        "ov_int8": micro_batched(int8_run, n), "ov_int8_one_call": int8_run,
+        "ov_float": ov_model(paths["ir_float"], openvino_config(1)),
         "ov_binary_b1": ov_static(paths["ir_binary"], 1), "ov_binary_b64": ov_static(paths["ir_binary"], 64),
-        "ov_twin_int8": ov_model(twin, ov_default),
+        "ov_twin_int8": twin_run, "ov_twin_int8_micro": micro_batched(twin_run, n),
     }
 
 
@@ -166,12 +175,18 @@ def main() -> int:
     print(f"{result['machine']['cpu']}, 1 thread; ORT {onnxruntime.__version__}, OpenVINO {openvino.__version__}; "
           "medians of interleaved runs (ms)")
     names = list(rows[0]["ms"])
-    print(f"{'batch':<6}" + "".join(f"{n:>15}" for n in names))
-    for r in rows:
-        print(f"{r['batch']:<6}" + "".join(f"{r['ms'][n]:15.2f}" for n in names))
+    print(f"{'batch':<6}" + "".join(f"{n:>19}" for n in names))
+    for key, what in (("ms", "wall"), ("cpu_ms", "process CPU time")):
+        print(f"{what}:")
+        for r in rows:
+            print(f"{r['batch']:<6}" + "".join(f"{r[key][n]:19.2f}" for n in names))
     for r in rows:
         m = r["ms"]
-        print(f"batch {r['batch']}: ov_int8 / ov_twin_int8 = {m['ov_int8'] / m['ov_twin_int8']:.2f}x, "
+        c = r["cpu_ms"]
+        print(f"batch {r['batch']}: CPU time ov_int8 / ov_twin_int8 = {c['ov_int8'] / c['ov_twin_int8']:.2f}x "
+              f"(one call {c['ov_int8_one_call'] / c['ov_twin_int8']:.2f}x; / twin micro-batched "
+              f"{c['ov_int8'] / c['ov_twin_int8_micro']:.2f}x); wall: "
+              f"ov_int8 / ov_twin_int8 = {m['ov_int8'] / m['ov_twin_int8']:.2f}x, "
               f"ort_qdq / ort_twin_int8 = {m['ort_qdq'] / m['ort_twin_int8']:.2f}x, "
               f"ort_float / ort_twin_int8 = {m['ort_float'] / m['ort_twin_int8']:.2f}x, "
               f"bitpack / best exported = {m['bitpack'] / min(m[k] for k in ('ov_int8', 'ov_float', 'ort_qdq', 'ort_float')):.2f}x")

@@ -5,9 +5,11 @@ embedded Fashion-MNIST test images, against the float path and a float64 evaluat
 Networks as in `tests/deploy/test_engine_network.py` (random binary weights, BN statistics of
 real images, a ridge-regression classifier on their own features, C = 4, 3 cells). Per network
 and runtime: images whose float64 evaluation takes a sign within float32 rounding of zero
-(counted, left out), the largest relative logit error on the rest, top-1 agreement with the
-float64 evaluation and with the float32 float path (where they differ: whether the float64 logits' top two lie within the 1e-4
-tolerance — a tie any two float32 implementations may break differently), and accuracy.
+(counted, left out); on the rest the largest relative logit error of the runtime and of the float32
+float path (which accumulates ±1 products as exact integers), the images where the runtime's top-1
+differs from the float path's (must be none) and from float64's (allowed only where the float64
+logits' top two lie within the 1e-4 tolerance — a tie any two float32 implementations may break
+differently), and accuracy.
 
     .venv/bin/python scripts/onnx_acceptance.py [--json]
 """
@@ -62,35 +64,31 @@ def main() -> int:
             path.write_bytes(onnx_model(exp, floats).SerializeToString())
             f = batched(floats, x)
             want, ambiguous = float64_reference(floats, x)
+            ok = ~ambiguous
+            float_err = float(relative_error(f, want)[ok].max())
+            top2 = want.topk(2, 1).values
+            tie = (top2[:, 0] - top2[:, 1]) / want.abs().amax(1) < 1e-4  # top two within the tolerance
             for engine in ("onnxruntime", "openvino"):
                 got = batched(load_export(path, engine), x)
-                ok = ~ambiguous
                 err = relative_error(got, want)
-                float_exact = relative_error(f, want) < 1e-4
-                top2 = want.topk(2, 1).values
-                tie = (top2[:, 0] - top2[:, 1]) / want.abs().amax(1) < 1e-4  # top two within the tolerance
-                differs = (got.argmax(1) != f.argmax(1)) & ok & float_exact
+                differs = (got.argmax(1) != f.argmax(1)) & ok
                 differs64 = (got.argmax(1) != want.argmax(1)) & ok
                 rows.append({"structure": structure, "pad_value": pv, "engine": engine,
                              "ambiguous": int(ambiguous.sum()), "max_rel_err": float(err[ok].max()),
-                             "top1_eq_float64": bool(torch.equal(got.argmax(1)[ok], want.argmax(1)[ok])),
-                             "top1_eq_float_path": bool(torch.equal(got.argmax(1), f.argmax(1))),
-                             "float_path_off_float64": int((~float_exact).sum()),
-                             "top1_eq_float_path_where_exact": bool(torch.equal(got.argmax(1)[float_exact],
-                                                                                f.argmax(1)[float_exact])),
+                             "float_path_max_rel_err": float_err,
+                             "top1_differs_float_path": int(differs.sum()),
+                             "top1_differs_float64": int(differs64.sum()),
                              "top1_differs_float64_not_tie": int((differs64 & ~tie).sum()),
-                             "top1_differs": int(differs.sum()), "top1_differs_not_tie": int((differs & ~tie).sum()),
+                             "float64_ties": int((tie & ok).sum()),
                              "accuracy": float((got.argmax(1) == y).float().mean())})
                 r = rows[-1]
                 if not a.json:
                     print(f"{structure:<13} pad {pv:.0f} {engine:<11} ambiguous {r['ambiguous']:4d}/2000  "
-                          f"max rel err {r['max_rel_err']:.1e}  top-1 = float64 {r['top1_eq_float64']} "
-                          f"(non-tie differences {r['top1_differs_float64_not_tie']})  "
-                          f"= float path {r['top1_eq_float_path']} (float path off float64 on "
-                          f"{r['float_path_off_float64']}; differs elsewhere on {r['top1_differs']}, of which "
-                          f"{r['top1_differs_not_tie']} not a top-2 tie within 1e-4)  "
-                          f"acc {100 * r['accuracy']:.1f}%", flush=True)
-    passed = all(r["max_rel_err"] < 1e-4 and r["top1_differs_not_tie"] == 0
+                          f"max rel err {r['max_rel_err']:.1e} (float path {float_err:.1e})  "
+                          f"top-1 differs from the float path on {r['top1_differs_float_path']}, from float64 on "
+                          f"{r['top1_differs_float64']} ({r['top1_differs_float64_not_tie']} not a top-2 tie within "
+                          f"1e-4; ties {r['float64_ties']})  acc {100 * r['accuracy']:.1f}%", flush=True)
+    passed = all(r["max_rel_err"] < 1e-4 and r["float_path_max_rel_err"] < 1e-4 and r["top1_differs_float_path"] == 0
                  and r["top1_differs_float64_not_tie"] == 0 and r["ambiguous"] < 500 for r in rows)
     if a.json:
         print(json.dumps({"rows": rows, "passed": passed}))

@@ -26,6 +26,12 @@ class BinaryConv2d(nn.Conv2d):
         (PCNN), a learned per-channel α initialised from mean|W|, or none (α = 1).
     pad_value: value used for spatial padding. 0 (default, as DARTS/Bi-Real code) pads a
         ±1 input with zeros, i.e. a ternary border; 1.0 keeps it strictly binary (Larq).
+
+    In eval mode, when the input is ±1 (an input quantizer that signs, or `signed_input` set by a
+    block that signs before the conv, as ReActNet's RSign) and the weights are α·sign(W), the conv
+    accumulates sign(x)·sign(W) — integers, exact in float32 up to 2^24 — and scales by α after:
+    the exact α·Σ±1, where a float32 sum of ±α that is exactly zero could round to a tiny ±ε and
+    flip the next sign. Training keeps conv(sign(x), α·sign(W)) bit for bit.
     """
 
     def __init__(
@@ -51,7 +57,10 @@ class BinaryConv2d(nn.Conv2d):
         self.weight_quantizer = wq
         self.weight_scale = weight_scale
         self.pad_value = float(pad_value)
+        self.signed_input = False
         self.register_buffer("frozen_kernel", None, persistent=False)
+        self.register_buffer("frozen_signs", None, persistent=False)
+        self.register_buffer("frozen_alpha", None, persistent=False)
         if wq is not None and weight_scale == "learned":
             init = self.weight.detach().abs().mean(dim=(1, 2, 3)).view(-1, 1, 1, 1)
             self.scale = nn.Parameter(init.clone())
@@ -87,9 +96,26 @@ class BinaryConv2d(nn.Conv2d):
         in every forward. Not saved in state_dict; `unfreeze()` undoes it."""
         k = self.binary_weight() if kernel is None else kernel
         self.frozen_kernel = k.detach().clone().to(self.weight.device, self.weight.dtype)
+        self.frozen_signs, self.frozen_alpha = _factorise(self.frozen_kernel)
 
     def unfreeze(self) -> None:
-        self.frozen_kernel = None
+        self.frozen_kernel = self.frozen_signs = self.frozen_alpha = None
+
+    def integer_kernel(self) -> tuple[Tensor, Tensor | None] | None:
+        """(sign(W), α or None when there is no α) when this forward accumulates ±1 products as
+        integers: eval mode, ±1 input, α·sign(W) weights. None otherwise (the kernel is used as
+        it is)."""
+        if self.training or self.weight_quantizer is None or not getattr(self.weight_quantizer, "signs", False):
+            return None
+        iq = self.input_quantizer
+        if not (self.signed_input if iq is None else getattr(iq, "signs", False)):
+            return None
+        if self.frozen_kernel is not None:
+            if self.frozen_signs is None:
+                return None
+            return self.frozen_signs, self.frozen_alpha
+        signs = self.weight_quantizer(self.weight)
+        return signs, (None if self.weight_scale == "none" else self.alpha())
 
     def subsamples_first(self, x: Tensor) -> bool:
         """True for a strided 1×1 conv without padding on a channels-last CPU input: `conv2d` runs
@@ -101,23 +127,43 @@ class BinaryConv2d(nn.Conv2d):
     def forward(self, x: Tensor, subsampled: bool = False) -> Tensor:
         """The conv of `x`; `subsampled=True`: `x` is already subsampled by the stride
         (`x[:, :, h0::sh, w0::sw]`, only for the convs `subsamples_first` accepts)."""
+        split = self.integer_kernel()
+        if split is None:
+            return self._conv(x, self.binary_weight(), self.bias, subsampled)
+        signs, alpha = split
+        y = self._conv(x, signs, None, subsampled)
+        if alpha is not None:
+            y = y * alpha.reshape(1, -1, 1, 1)
+        return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
+
+    def _conv(self, x: Tensor, w: Tensor, bias: Tensor | None, subsampled: bool) -> Tensor:
+        """Input quantizer, padding and the conv with kernel `w` (the forward's paths)."""
         if subsampled or self.subsamples_first(x):
             if not subsampled:
                 x = spatial_slice(x, (0, 0), self.stride)
             if self.input_quantizer is not None:
                 x = self.input_quantizer(x)
-            return F.conv2d(x, self.binary_weight(), self.bias, 1, 0, 1, self.groups)
+            return F.conv2d(x, w, bias, 1, 0, 1, self.groups)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        w = self.binary_weight()
         if self.pad_value != 0.0 and any(p > 0 for p in self.padding):
             ph, pw = self.padding
             x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
-            return conv2d(x, w, self.bias, self.stride, (0, 0), self.dilation, self.groups)
-        return conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return conv2d(x, w, bias, self.stride, (0, 0), self.dilation, self.groups)
+        return conv2d(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
         iq = getattr(self.input_quantizer, "name", None)
         wq = getattr(self.weight_quantizer, "name", None)
         return f"{s}, input_quantizer={iq}, weight_quantizer={wq}, weight_scale={self.weight_scale}"
+
+
+def _factorise(kernel: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """(signs ±1, α per output channel, C_out×1×1×1) with α·signs == `kernel` exactly, or
+    (None, None) when the kernel is not of that form (a channel of more than one magnitude)."""
+    alpha = kernel.abs().amax(dim=(1, 2, 3), keepdim=True)
+    signs = torch.where(kernel >= 0, 1.0, -1.0).to(kernel.dtype)
+    if not torch.equal(alpha * signs, kernel):
+        return None, None
+    return signs, alpha

@@ -61,6 +61,9 @@ class Quantizer(nn.Module):
     """Base class: a module mapping real tensors to {-1, +1}."""
 
     name = "quantizer"
+    # True when forward returns only ±1 (every sign quantizer here): a conv may then accumulate
+    # ±1 products as exact integers (`BinaryConv2d`, eval mode).
+    signs = True
 
     def extra_repr(self) -> str:
         return ""
@@ -121,7 +124,10 @@ class LearnableBiasSign(Quantizer):
 
 
 class CallableQuantizer(Quantizer):
-    """Wraps a user callable so it can live inside a module tree."""
+    """Wraps a user callable so it can live inside a module tree (its values unknown: `signs`
+    is False)."""
+
+    signs = False
 
     def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
         super().__init__()

@@ -113,6 +113,7 @@ class ResidualBlock(nn.Module):
         self.conv = cfg.conv(c_in, c_out, k, stride, pad, dil, groups)
         if use_rsign:
             self.conv.input_quantizer = None
+            self.conv.signed_input = True
         self.bn = BatchNorm2d(c_out, affine=cfg.affine) if bn_out else nn.Identity()
         self.shortcut = _shortcut(c_in, c_out, stride) if residual else None
         acts = {"prelu": lambda: nn.PReLU(c_out), "rprelu": lambda: RPReLU(c_out),

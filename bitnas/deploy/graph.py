@@ -370,7 +370,7 @@ class EngineNetwork(nn.Module):
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.net = model.eval().to(memory_format=CL)
         self.isa, self.threads = engine.resolve_isa(isa), int(threads)
-        compiler = Compiler(exp, self.isa, self.threads)
+        compiler = Compiler(exp, engine.isa_spec(isa), self.threads)  # "auto": per-layer kernel choice
         self.genotype_cells = hasattr(model, "stem_forward")
         self.stems = {n: fold_conv_bn(getattr(model, n)) for n in ("stem", "stem0", "stem1") if hasattr(model, n)}
         if self.genotype_cells:

@@ -100,6 +100,21 @@ def resolve_isa(isa: str | None = None) -> str:
     return _checked(name, "isa" if isa else f"${ENV_ISA}")
 
 
+AMX_NOTE = ("note: this CPU has AMX-INT8, on which the OpenVINO export (`bitnas export CHECKPOINT --format "
+            "openvino`, run with `--engine openvino`) runs 1-bit networks faster than the bitpack engine; see the "
+            "README's 'Which to deploy'")
+
+
+def deployment_note() -> str | None:
+    """One line for bitpack users on a CPU with AMX-INT8 that Linux grants: OpenVINO's int8 kernels
+    run the exact ±1 graph faster there than this engine (its amx row only reaches its popcount
+    row's speed, measured in benchmarks/inference.py); None elsewhere or without the extension."""
+    if not available():
+        return None
+    f = cpu_features()
+    return AMX_NOTE if f.get("amx_int8") and f.get("amx_granted") else None
+
+
 def isa_spec(isa: str | None = None) -> str:
     """What the kernels are told: "auto" (the best row, with its per-layer choice) unless a row is
     forced by `isa` or $BITNAS_ENGINE_ISA, then that row's checked name."""

@@ -320,6 +320,16 @@ def test_forcing_a_row_the_cpu_lacks_is_refused_in_one_line(monkeypatch, row: st
                                         None, None, r["name"], 1)
 
 
+@needs_engine
+@pytest.mark.parametrize("amx_int8, granted", [(True, True), (True, False), (False, False)])
+def test_the_deployment_note_names_openvino_only_where_amx_runs(monkeypatch, amx_int8: bool, granted: bool) -> None:
+    feats = dict(engine.cpu_features(), amx_int8=amx_int8, amx_granted=granted)
+    monkeypatch.setattr(engine, "cpu_features", lambda: feats)
+    note = engine.deployment_note()
+    assert note == (engine.AMX_NOTE if amx_int8 and granted else None)
+    assert note is None or ("\n" not in note and "--format openvino" in note)
+
+
 @pytest.mark.skipif(not os.environ.get("BITNAS_REQUIRE_ENGINE"), reason="only where the engine must be built (CI)")
 def test_the_extension_is_built_where_it_is_required() -> None:
     assert engine.available()

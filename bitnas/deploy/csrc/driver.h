@@ -44,8 +44,8 @@ class BinaryConv {
   bool depthwise() const { return depthwise_; }
   // Input: (n, h, w, words_for(cin)) words; the outputs and addends are described by io.
   // pick: where the row has a rival (isa.h), run the dense core on whichever of the two was
-  // faster for this input shape and thread count, timed once on the first call with that shape
-  // (both give the same integers, so the choice never changes a result).
+  // faster for this input shape and thread count (the row by at least 10 %), timed once on the
+  // first call with that shape (both give the same integers, so the choice never changes a result).
   void run(const word_t* in, int n, int h, int w, int oh, int ow, const EpiIO& io, int isa, int threads,
            bool pick = false) const;
   // The row whose kernels ran the last call (-1 before any).

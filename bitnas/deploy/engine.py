@@ -11,7 +11,8 @@ F/BW/VL/VPOPCNTDQ, else AVX2 with AVX2/FMA/POPCNT/BMI2, else the portable scalar
 Forcing a row the CPU lacks is refused. A forced row runs its own kernels on every layer; the
 automatic choice (`isa_spec` "auto") lets a row with a rival (amx: avx512) run each binary conv's
 dense core on whichever of the two was faster for that layer and input shape (the row only when
-at least 10 % faster), timed once on the first call (`BinaryConv.last_isa` tells which ran); both give the same integers.
+at least 10 % faster), timed once on the first call (`BinaryConv.last_isa` tells which ran); both
+give the same integers.
 """
 from __future__ import annotations
 

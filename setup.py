@@ -4,7 +4,8 @@
 Metadata lives in pyproject.toml. The extension is compiled with the machine's C++ compiler
 (C++17, -O3). Every ISA file is always compiled, each with its own flags on x86-64 (the AVX2
 unit with -mavx2 -mfma -mpopcnt -mbmi2, the AVX-512 unit with -mavx512f -mavx512bw -mavx512vl
--mavx512vpopcntdq) while everything else stays portable; the row of the ISA table
+-mavx512vpopcntdq, the AMX unit with -mamx-tile -mamx-int8 and those, or without them, as an empty
+row, where the compiler lacks AMX) while everything else stays portable; the row of the ISA table
 (csrc/isa.cc) is picked at run time from the CPU's features. If the compiler
 is missing or the build fails, bitnas still installs (the torch path works) and
 `engine="bitpack"` explains how to build the extension; training then runs the same arithmetic
@@ -19,11 +20,12 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError
 
 CSRC = Path("bitnas") / "deploy" / "csrc"
 FUSED = Path("bitnas") / "binary" / "csrc" / "fused.cc"
 SOURCES = ["bindings.cc", "driver.cc", "isa.cc", "kernels_reference.cc", "kernels_scalar.cc", "kernels_avx2.cc",
-           "kernels_avx512.cc"]
+           "kernels_avx512.cc", "kernels_amx.cc"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "x64")
 UNIX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-ffp-contract=off", "-pthread"]
 # Per-file instruction-set flags, by the suffix of the kernel file.
@@ -31,6 +33,8 @@ ISA_FLAGS = {
     "_avx2.cc": ["-mavx2", "-mfma", "-mpopcnt", "-mbmi2"],
     "_avx512.cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq", "-mavx2", "-mfma", "-mpopcnt",
                    "-mbmi2", "-Wno-maybe-uninitialized"],
+    "_amx.cc": ["-mamx-tile", "-mamx-int8", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq", "-mavx2",
+                "-mfma", "-mpopcnt", "-mbmi2"],
 }
 
 
@@ -46,7 +50,15 @@ class OptionalBuildExt(build_ext):
                 for suffix, flags in ISA_FLAGS.items():
                     if src.endswith(suffix):
                         extra += flags
-                return original(obj, src, ext_, cc_args, extra, pp_opts)
+                try:
+                    return original(obj, src, ext_, cc_args, extra, pp_opts)
+                except CompileError:
+                    if not src.endswith("_amx.cc"):
+                        raise
+                    # A compiler without AMX (GCC < 11): the unit compiles to an empty row.
+                    sys.stderr.write("warning: bitnas: this compiler cannot build AMX code; the engine's amx row is "
+                                     "left out\n")
+                    return original(obj, src, ext_, cc_args, list(extra_postargs), pp_opts)
             compiler._compile = _compile
         try:
             super().build_extension(ext)

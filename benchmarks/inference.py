@@ -18,7 +18,9 @@ Per layer OpenVINO's BinaryConvolution and a bf16 OpenVINO conv join in (`ratio_
 `ratio_ov_bf16`: their median over the engine's); per network ONNX Runtime fp32/int8 and OpenVINO
 fp32/bf16/int8 on the fp32 twin (`ratio_ort_fp32`, `ratio_ort_int8`, `ratio_ov_fp32`,
 `ratio_ov_bf16`, `ratio_ov_int8`; null when the runtime is absent), plus a 2-thread row per
-network. `--also-isa avx2` times that row of the engine too, interleaved in the same rounds
+network. "isa_ran" says which row ran: per layer the row the automatic choice picked (on an AMX
+CPU amx or its rival avx512, timed per layer on first use), per network the count of binary convs
+on each row. `--also-isa avx2` times that row of the engine too, interleaved in the same rounds
 (`also_isa`), so a faster row's gain and a slower row's regressions show on the same machine load.
 
 All contenders of a row are timed interleaved in one process (alternating the order), one thread
@@ -145,9 +147,10 @@ def bench_layer(name: str, ci: int, co: int, hw: int, k: int, rounds: int, batch
     fns.update(runtimes.layer_runners((w < 0).numpy(), mul, add, w.numpy(), np.ascontiguousarray(xn), k // 2))
     with torch.inference_mode():
         t = interleaved(fns, rounds)
+    binary()  # the automatic row's choice for this layer, after any forced extra rows ran
     macs = batch * hw * hw * co * ci * k * k
     s = summary(t, "torch_fp32", "bitpack")
-    return {"name": name, "batch": batch, **s, **contenders(t, ["ov_binary", "ov_bf16"]),
+    return {"name": name, "batch": batch, "isa_ran": conv.last_isa, **s, **contenders(t, ["ov_binary", "ov_bf16"]),
             "also_isa": also_isa(t, list(extra_isas)), "binary_gmacs": macs / (s["bitpack_ms"] * 1e6),
             "fp32_gmacs": macs / (s["torch_fp32_ms"] * 1e6)}
 
@@ -166,7 +169,7 @@ def kernel_ceiling(reps: int = 40) -> dict:
         for _ in range(10):
             conv.run(bits, out_ints=ints)
         best = min(best, (time.thread_time() - t0) / 10)
-    return {"binary_gmacs": n * hw * hw * co * ci / best / 1e9, "isa": engine.resolve_isa()}
+    return {"binary_gmacs": n * hw * hw * co * ci / best / 1e9, "isa": engine.resolve_isa(), "isa_ran": conv.last_isa}
 
 
 def with_bn_statistics(genotype: Any, precision: str, **kw: Any) -> torch.nn.Module:
@@ -213,9 +216,11 @@ def bench_network(key: str, path: Path, twin: torch.nn.Module, onnx: tuple[Path 
     try:
         with torch.inference_mode():
             t = interleaved(fns, rounds)
+        net(x)  # the rows the automatic choice ran each binary conv on
     finally:
         torch.set_num_threads(1)
-    return {"name": key, "batch": batch, "threads": threads, **summary(t, "torch_fp32", "bitpack"),
+    return {"name": key, "batch": batch, "threads": threads, "isa_ran": net.kernel_rows(),
+            **summary(t, "torch_fp32", "bitpack"),
             **contenders(t, NET_CONTENDERS), "also_isa": also_isa(t, list(extra_isas))}
 
 
@@ -280,15 +285,18 @@ def main() -> int:
         print(m["runtimes_note"])
     print(f"kernel ceiling (L1-resident 1x1 conv, 2048 channels, CPU time): {k['binary_gmacs']:.0f} G binary MACs/s")
     print("ratios: wall-clock median / CPU-time median (other jobs on the machine inflate wall time)")
-    print(f"{'layer (batch 64)':<22} {'torch fp32':>11} {'bitpack':>9} {'vs torch':>12} {'vs OV bin':>12} {'vs OV bf16':>12}")
+    print(f"{'layer (batch 64)':<22} {'torch fp32':>11} {'bitpack':>9} {'vs torch':>12} {'vs OV bin':>12} {'vs OV bf16':>12}"
+          "  ran on")
     for r in result["layers"]:
         print(f"{r['name']:<22} {r['torch_fp32_ms']:9.2f}ms {r['bitpack_ms']:7.2f}ms {pair(r['ratio'], r['cpu_ratio']):>12} "
-              f"{pair(r['ratio_ov_binary'], r['cpu_ratio_ov_binary']):>12} {pair(r['ratio_ov_bf16'], r['cpu_ratio_ov_bf16']):>12}")
+              f"{pair(r['ratio_ov_binary'], r['cpu_ratio_ov_binary']):>12} {pair(r['ratio_ov_bf16'], r['cpu_ratio_ov_bf16']):>12}"
+              f"  {r['isa_ran']}")
     print(f"{'network':<22} {'torch':>11} {'bitpack':>9} {'vs torch':>12} " + " ".join(f"{'vs ' + c:>12}" for c in NET_CONTENDERS))
     for r in result["networks"]:
         label = f"{r['name']} b{r['batch']} t{r['threads']}"
         print(f"{label:<22} {r['torch_fp32_ms']:9.1f}ms {r['bitpack_ms']:7.1f}ms {pair(r['ratio'], r['cpu_ratio']):>12} "
-              + " ".join(f"{pair(r['ratio_' + c], r['cpu_ratio_' + c]):>12}" for c in NET_CONTENDERS))
+              + " ".join(f"{pair(r['ratio_' + c], r['cpu_ratio_' + c]):>12}" for c in NET_CONTENDERS)
+              + "  " + ", ".join(f"{n} {k}" for k, n in r["isa_ran"].items()))
     for r in result["layers"] + result["networks"]:
         for isa, v in r["also_isa"].items():
             print(f"  {r['name']} b{r['batch']}: {isa} row {v['ms']:.2f} ms, {pair(v['ratio'], v['cpu_ratio'])} torch; "

@@ -85,6 +85,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
         print(json.dumps(s.to_dict(per_layer=not args.no_layers)))
     else:
         print(format_table(s, per_layer=not args.no_layers))
+    if s.params_1bit:
+        from bitnas.deploy.engine import deployment_note
+
+        note = deployment_note()
+        if note:
+            print(f"bitnas: {note}", file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def classify(model_path: str, images: list[Path], *, engine: str = "auto", threa
     import torch
 
     from bitnas.data.formats.imagefolder import _decode
-    from bitnas.deploy.engine import resolve_isa as engine_isa
+    from bitnas.deploy.engine import deployment_note, resolve_isa as engine_isa
     from bitnas.deploy.export import load_export
     from bitnas.deploy.runtimes import RUNTIMES, file_kind
 
@@ -166,8 +167,9 @@ def classify(model_path: str, images: list[Path], *, engine: str = "auto", threa
                 {"class": c, "name": names[c] if names and c < len(names) else str(c), "prob": round(float(v), 6)}
                 for v, c in zip(vals, idx)]})
     isa = engine_isa() if used == "bitpack" else None
-    return {"model": model_path, "engine": used, "isa": isa, "image_size": list(hw), "num_images": len(images),
-            "predictions": preds}
+    note = deployment_note() if used == "bitpack" else None
+    return {"model": model_path, "engine": used, "isa": isa, "note": note, "image_size": list(hw),
+            "num_images": len(images), "predictions": preds}
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -180,6 +182,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
                           ".onnx / OpenVINO .xml file")
     r = classify(args.model, _image_list(Path(args.images)), engine=args.engine, threads=args.threads,
                  topk=args.topk, batch_size=args.batch_size)
+    if r["note"]:
+        print(f"bitnas: {r['note']}", file=sys.stderr)
     if args.json:
         print(json.dumps(r))
         return 0

@@ -5,9 +5,14 @@ engine raises one `BitnasError` line saying how to build it. The kernels take pl
 buffers (NHWC floats, packed uint64 words); torch tensors reach them through `.numpy()` views.
 
 ISA: the engine's ISA table (csrc/isa.cc, `isas()`) lists every path, plain to fastest:
-reference, scalar, avx2, avx512. `isa=None` uses $BITNAS_ENGINE_ISA when set (any row's name),
-else the best row this CPU and OS support (AVX-512 with F/BW/VL/VPOPCNTDQ, else AVX2 with
-AVX2/FMA/POPCNT/BMI2, else the portable scalar kernels). Forcing a row the CPU lacks is refused.
+reference, scalar, avx2, avx512, amx. `isa=None` uses $BITNAS_ENGINE_ISA when set (any row's name),
+else the best row this CPU and OS support (AMX-INT8 granted by the OS, else AVX-512 with
+F/BW/VL/VPOPCNTDQ, else AVX2 with AVX2/FMA/POPCNT/BMI2, else the portable scalar kernels).
+Forcing a row the CPU lacks is refused. A forced row runs its own kernels on every layer; the
+automatic choice (`isa_spec` "auto") lets a row with a rival (amx: avx512) run each binary conv's
+dense core on whichever of the two was faster for that layer and input shape (the row only when
+at least 10 % faster), timed once on the first call (`BinaryConv.last_isa` tells which ran); both
+give the same integers.
 """
 from __future__ import annotations
 
@@ -94,6 +99,29 @@ def resolve_isa(isa: str | None = None) -> str:
     if name == "auto":
         return str(mod.best_isa())
     return _checked(name, "isa" if isa else f"${ENV_ISA}")
+
+
+AMX_NOTE = ("note: this CPU has AMX-INT8, on which the OpenVINO export (`bitnas export CHECKPOINT --format "
+            "openvino`, run with `--engine openvino`) runs 1-bit networks faster than the bitpack engine; see the "
+            "README's 'Which to deploy'")
+
+
+def deployment_note() -> str | None:
+    """One line for bitpack users on a CPU with AMX-INT8 that Linux grants: OpenVINO's int8 kernels
+    run the exact ±1 graph faster there than this engine (its amx row only reaches its popcount
+    row's speed, measured in benchmarks/inference.py); None elsewhere or without the extension."""
+    if not available():
+        return None
+    f = cpu_features()
+    return AMX_NOTE if f.get("amx_int8") and f.get("amx_granted") else None
+
+
+def isa_spec(isa: str | None = None) -> str:
+    """What the kernels are told: "auto" (the best row, with its per-layer choice) unless a row is
+    forced by `isa` or $BITNAS_ENGINE_ISA, then that row's checked name."""
+    extension()
+    name = (isa or os.environ.get(ENV_ISA, "")).strip().lower() or "auto"
+    return name if name == "auto" else _checked(name, "isa" if isa else f"${ENV_ISA}")
 
 
 def words(channels: int) -> int:
@@ -189,7 +217,12 @@ class BinaryConv:
             post: np.ndarray | None = None, threshold: bool = False, isa: str | None = None, threads: int = 1) -> None:
         """Convolve packed `bits` (N, H, W, words); write into the given NHWC outputs."""
         oh, ow = out_hw or self.out_size(bits.shape[1], bits.shape[2])
-        self._conv.run(bits, oh, ow, out, out_bits, out_ints, res, post, threshold, resolve_isa(isa), threads)
+        self._conv.run(bits, oh, ow, out, out_bits, out_ints, res, post, threshold, isa_spec(isa), threads)
+
+    @property
+    def last_isa(self) -> str | None:
+        """The ISA row whose kernels ran the last call (None before any)."""
+        return self._conv.last_isa
 
     def __call__(self, x: np.ndarray, out_hw: tuple[int, int] | None = None, *, want: tuple[str, ...] = ("floats",),
                  isa: str | None = None, threads: int = 1, **kw: Any) -> dict[str, np.ndarray]:

@@ -74,6 +74,7 @@ class Compiler:
         self.exp = exp
         self.isa, self.threads = isa, threads
         self.compiled = 0  # binary convs placed on the kernels
+        self.kernels: list[engine.BinaryConv] = []
 
     def fold(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         return folded(self.exp, self.rows[name])
@@ -81,9 +82,11 @@ class Compiler:
     def kernel(self, layer: BinaryConv2d, name: str, padding: tuple[int, int] | None = None) -> engine.BinaryConv:
         row = self.rows[name]
         self.compiled += 1
-        return engine.BinaryConv(neg_bits(row, self.exp["bits"]), layer.in_channels, stride=tuple(layer.stride),
+        conv = engine.BinaryConv(neg_bits(row, self.exp["bits"]), layer.in_channels, stride=tuple(layer.stride),
                                  padding=padding or tuple(layer.padding), dilation=tuple(layer.dilation),
                                  groups=layer.groups, pad_value=layer.pad_value if any(layer.padding) else 0.0)
+        self.kernels.append(conv)
+        return conv
 
     def chain(self, steps: list[Step]) -> "Chain":
         for i, st in enumerate(steps):
@@ -370,7 +373,7 @@ class EngineNetwork(nn.Module):
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.net = model.eval().to(memory_format=CL)
         self.isa, self.threads = engine.resolve_isa(isa), int(threads)
-        compiler = Compiler(exp, self.isa, self.threads)
+        compiler = Compiler(exp, engine.isa_spec(isa), self.threads)  # "auto": per-layer kernel choice
         self.genotype_cells = hasattr(model, "stem_forward")
         self.stems = {n: fold_conv_bn(getattr(model, n)) for n in ("stem", "stem0", "stem1") if hasattr(model, n)}
         if self.genotype_cells:
@@ -378,6 +381,16 @@ class EngineNetwork(nn.Module):
         else:
             self.cells = [compiler.unit(c, f"cells.{i}") for i, c in enumerate(model.cells)]
         self.units = compiler.compiled
+        self.kernels = compiler.kernels
+
+    def kernel_rows(self) -> dict[str, int]:
+        """How many binary convs ran on each ISA row in their last call (the automatic choice may
+        put a layer on the best row's rival, e.g. amx or avx512)."""
+        rows: dict[str, int] = {}
+        for conv in self.kernels:
+            if conv.last_isa is not None:
+                rows[conv.last_isa] = rows.get(conv.last_isa, 0) + 1
+        return rows
 
     def forward(self, x: Tensor) -> tuple[Tensor, None]:
         with torch.inference_mode():

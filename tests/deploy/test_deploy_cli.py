@@ -114,8 +114,13 @@ def test_infer_classifies_image_files_like_the_engine(exported, tmp_path, capsys
     for i in range(5):
         Image.fromarray(test.images[i, 0].numpy()).save(pics / ("sub" if i % 2 else "") / f"img{i}.png")
     assert main(["infer", str(exported["model"]), str(pics), "--json", "--topk", "3"]) == 0
-    r = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    r = json.loads(out.out)
     assert r["engine"] == "bitpack" and r["num_images"] == 5 and r["isa"] == engine.resolve_isa()
+    f = engine.cpu_features()
+    amx = f["amx_int8"] and f["amx_granted"]  # there the OpenVINO export is the faster deployment: one line says so
+    assert r["note"] == (engine.AMX_NOTE if amx else None)
+    assert out.err == (f"bitnas: {engine.AMX_NOTE}\n" if amx else "")
     paths = sorted(p for p in pics.rglob("*.png"))
     assert [p["file"] for p in r["predictions"]] == [str(p) for p in paths]
     exp = read_export(exported["model"])

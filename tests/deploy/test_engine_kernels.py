@@ -3,8 +3,10 @@
 Integer results of the binary convolution must equal a numpy ±1 convolution (zero or +1
 padding) bit for bit; packing must equal numpy's comparison + packbits; the output transform
 must equal the same float32 arithmetic done by numpy. Every test runs once per row of the
-engine's ISA table (reference, scalar, avx2, avx512): rows this CPU lacks are compiled but skipped
-with the features it lacks; every row must agree exactly, with any number of threads.
+engine's ISA table (reference, scalar, avx2, avx512, amx): rows this CPU lacks are compiled but
+skipped with the features it lacks; every row must agree exactly, with any number of threads. A
+forced row runs its own kernels on every layer (the amx row: int8 tiles on every dense conv); the
+automatic choice, which may run a row's rival instead, is held to the same integers.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from bitnas.errors import BitnasError
 
 needs_engine = pytest.mark.skipif(not engine.available(), reason="C++ extension not built")
 
-ROWS = engine.ISAS or ("reference", "scalar", "avx2", "avx512")
+ROWS = engine.ISAS or ("reference", "scalar", "avx2", "avx512", "amx")
 
 
 @pytest.fixture(params=ROWS)
@@ -228,6 +230,30 @@ def test_threads_give_the_same_result(case, isa: str) -> None:
 
 
 @needs_engine
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[9], CASES[10], CASES[18]],
+                         ids=["dense", "1x1", "groups", "depthwise", "tiles"])
+def test_the_automatic_choice_gives_the_forced_rows_integers(case, threads: int) -> None:
+    """isa=None: the best row, which (amx) may run each layer on its rival's kernels by measured
+    speed; whichever runs, the integers are numpy's, the choice is one of the two rows, and it is
+    kept for the shape (a second call runs the same row)."""
+    x, wt, conv, bits = _case(case, 0, seed=7)
+    want = np_conv(x, wt, conv.stride, conv.padding, conv.dilation, conv.groups, 0,
+                   conv.out_size(x.shape[2], x.shape[3]))
+    best = engine.resolve_isa()
+    rival = {r["name"]: r for r in engine.isas()}[best]["rival"]
+    got = conv(bits, want=("ints",), threads=threads)["ints"]
+    assert np.array_equal(got, want)
+    ran = conv.last_isa
+    assert ran in {best, rival}
+    if conv._conv.depthwise and rival:
+        assert ran == rival  # the row's depthwise kernels are its rival's
+    assert np.array_equal(conv(bits, want=("ints",), threads=threads)["ints"], want) and conv.last_isa == ran
+    conv(bits, want=("ints",), isa=best, threads=threads)  # forced: the row's own kernels
+    assert conv.last_isa == (rival if conv._conv.depthwise and rival else best)
+
+
+@needs_engine
 def test_float_output_into_a_channel_slice(isa: str) -> None:
     """Two convs write the two halves of one NHWC buffer (a concatenation without a copy)."""
     x, wt, conv, bits = _case(CASES[1], 0, seed=9)
@@ -243,10 +269,12 @@ def test_dispatch_picks_the_best_supported_row_and_obeys_the_environment(monkeyp
     f = engine.cpu_features()
     monkeypatch.delenv(engine.ENV_ISA, raising=False)
     avx512 = all(f[k] for k in ("avx512f", "avx512bw", "avx512vl", "avx512vpopcntdq", "os_avx512"))
+    amx = avx512 and all(f[k] for k in ("amx_tile", "amx_int8", "os_amx", "amx_granted"))
     avx2 = all(f[k] for k in ("avx2", "fma", "popcnt", "bmi2", "os_avx"))
-    assert engine.resolve_isa() == ("avx512" if avx512 else "avx2" if avx2 else "scalar")
+    assert engine.resolve_isa() == ("amx" if amx else "avx512" if avx512 else "avx2" if avx2 else "scalar")
+    assert engine.isa_spec() == "auto"
     monkeypatch.setenv(engine.ENV_ISA, "scalar")
-    assert engine.resolve_isa() == "scalar"
+    assert engine.resolve_isa() == "scalar" and engine.isa_spec() == "scalar"
     assert engine.resolve_isa("reference") == "reference"
     monkeypatch.setenv(engine.ENV_ISA, "sse9")
     with pytest.raises(BitnasError, match="BITNAS_ENGINE_ISA"):
@@ -256,36 +284,50 @@ def test_dispatch_picks_the_best_supported_row_and_obeys_the_environment(monkeyp
 @needs_engine
 def test_the_isa_table_lists_every_path_and_its_requirements() -> None:
     rows = engine.isas()
-    assert [r["name"] for r in rows] == list(engine.ISAS) == ["reference", "scalar", "avx2", "avx512"]
+    assert [r["name"] for r in rows] == list(engine.ISAS) == ["reference", "scalar", "avx2", "avx512", "amx"]
     by = {r["name"]: r for r in rows}
     assert by["reference"]["supported"] and by["scalar"]["supported"]
     assert {"avx512f", "avx512bw", "avx512vl", "avx512vpopcntdq"} <= set(by["avx512"]["features"])
+    assert set(by["avx512"]["features"]) | {"amx_tile", "amx_int8", "os_amx", "amx_granted"} <= set(by["amx"]["features"])
+    assert by["amx"]["rival"] == "avx512" and all(r["rival"] is None for r in rows if r["name"] != "amx")
     f = engine.cpu_features()
     for r in rows:
         assert r["supported"] == (r["compiled"] and all(f[k] for k in r["features"])), r["name"]
         assert r["missing"] == ",".join(k for k in r["features"] if not f[k])
-        assert r["tile_max"] > 0 and r["word_bytes"] in (8, 16) and r["channel_pad"] % 32 == 0
+        assert r["tile_max"] > 0 and r["word_bytes"] in (8, 16, 72) and r["channel_pad"] % 32 == 0
 
 
 @needs_engine
-def test_forcing_a_row_the_cpu_lacks_is_refused_in_one_line(monkeypatch) -> None:
+@pytest.mark.parametrize("row, feature", [("avx512", "avx512vpopcntdq"), ("amx", "amx_int8")])
+def test_forcing_a_row_the_cpu_lacks_is_refused_in_one_line(monkeypatch, row: str, feature: str) -> None:
     """A CPU without a row's features: the row is refused (here simulated by a missing feature)."""
     real = engine.isas()
-    fake = [dict(r, supported=False, missing="avx512vpopcntdq") if r["name"] == "avx512" else r for r in real]
+    fake = [dict(r, supported=False, missing=feature) if r["name"] == row else r for r in real]
     monkeypatch.setattr(engine, "isas", lambda: fake)
     engine._checked.cache_clear()
     monkeypatch.setattr(engine, "_checked", engine._checked.__wrapped__)  # uncached: reads the fake table
-    monkeypatch.setenv(engine.ENV_ISA, "avx512")
-    with pytest.raises(BitnasError) as e:
-        engine.resolve_isa()
-    assert "\n" not in str(e.value) and "avx512vpopcntdq" in str(e.value)
-    with pytest.raises(BitnasError, match="^isa: .*lacks avx512vpopcntdq"):
-        engine.resolve_isa("avx512")
+    monkeypatch.setenv(engine.ENV_ISA, row)
+    for resolve in (engine.resolve_isa, engine.isa_spec):
+        with pytest.raises(BitnasError) as e:
+            resolve()
+        assert "\n" not in str(e.value) and feature in str(e.value)
+    with pytest.raises(BitnasError, match=f"^isa: .*lacks {feature}"):
+        engine.resolve_isa(row)
     for r in real:  # and the extension itself refuses a row the machine lacks
         if not r["supported"]:
             with pytest.raises(ValueError, match="lacks"):
                 engine.extension().pack(np.zeros((1, 1, 1, 3), np.float32), np.zeros((1, 1, 1, 1), np.uint64),
                                         None, None, r["name"], 1)
+
+
+@needs_engine
+@pytest.mark.parametrize("amx_int8, granted", [(True, True), (True, False), (False, False)])
+def test_the_deployment_note_names_openvino_only_where_amx_runs(monkeypatch, amx_int8: bool, granted: bool) -> None:
+    feats = dict(engine.cpu_features(), amx_int8=amx_int8, amx_granted=granted)
+    monkeypatch.setattr(engine, "cpu_features", lambda: feats)
+    note = engine.deployment_note()
+    assert note == (engine.AMX_NOTE if amx_int8 and granted else None)
+    assert note is None or ("\n" not in note and "--format openvino" in note)
 
 
 @pytest.mark.skipif(not os.environ.get("BITNAS_REQUIRE_ENGINE"), reason="only where the engine must be built (CI)")

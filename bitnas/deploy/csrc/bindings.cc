@@ -125,7 +125,7 @@ struct PyConv {
     if (threshold && (t.thr.empty() || io.out || io.res || io.post))
       throw std::invalid_argument("threshold mode needs thresholds and writes bits (or ints) only");
     py::gil_scoped_release nogil;
-    conv.run(in, int(n), int(h), int(w), oh, ow, io, isa, threads);
+    conv.run(in, int(n), int(h), int(w), oh, ow, io, isa, threads, isa_name_ == "auto");
   }
 };
 
@@ -161,6 +161,7 @@ PYBIND11_MODULE(_engine, m) {
       d["tile_max"] = r.layout.tile_max;
       d["word_bytes"] = r.layout.word_bytes;
       d["channel_pad"] = r.layout.channel_pad;
+      d["rival"] = r.rival ? py::object(py::str(r.rival)) : py::object(py::none());
       rows.append(d);
     }
     return rows;
@@ -205,6 +206,11 @@ PYBIND11_MODULE(_engine, m) {
       .def_readonly("out_channels", &PyConv::cout)
       .def_readonly("in_channels", &PyConv::cin)
       .def_property_readonly("depthwise", [](const PyConv& c) { return c.conv.depthwise(); })
+      .def_property_readonly("last_isa", [](const PyConv& c) -> py::object {
+        const int row = c.conv.last_row();
+        if (row < 0) return py::none();
+        return py::str(isa_row(row).name);
+      }, "The ISA row whose kernels ran the last call (None before any)")
       .def("set_transform", &PyConv::set_transform, py::arg("mul") = py::none(), py::arg("add") = py::none(),
            py::arg("act") = 0, py::arg("slope") = py::none(), py::arg("shift_in") = py::none(),
            py::arg("shift_out") = py::none(), py::arg("bits_scale") = py::none(), py::arg("bits_shift") = py::none(),

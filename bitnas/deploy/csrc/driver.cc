@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -194,13 +195,48 @@ Geom BinaryConv::geom(int n, int h, int w, int oh, int ow) const {
 }
 
 void BinaryConv::run(const word_t* in, int n, int h, int w, int oh, int ow, const EpiIO& io, int isa,
-                     int threads) const {
+                     int threads, bool pick) const {
   const Geom g = geom(n, h, w, oh, ow);
   if (g.out_pixels() == 0) return;
   const Kernels* k = kernels_for(isa);
   prepare(isa);
-  if (depthwise_ && k->depthwise) return run_depthwise(in, g, io, isa, threads);
-  run_dense(in, g, io, isa, threads);
+  if (depthwise_ && k->depthwise) {  // a row with a rival runs the rival's depthwise kernels
+    const char* rival = isa_row(isa).rival;
+    last_row_.store(rival ? find_isa(rival) : isa);
+    return run_depthwise(in, g, io, isa, threads);
+  }
+  const int row = pick ? pick_row(in, g, isa, threads) : isa;
+  last_row_.store(row);
+  run_dense(in, g, io, row, threads);
+}
+
+int BinaryConv::pick_row(const word_t* in, const Geom& g, int isa, int threads) const {
+  const char* rival_name = isa_row(isa).rival;
+  const int rival = rival_name ? find_isa(rival_name) : -1;
+  if (rival < 0 || !isa_supported(rival)) return isa;
+  const std::array<int, 6> key = {g.n, g.h, g.w, g.oh, g.ow, threads};
+  std::lock_guard<std::mutex> lk(choice_mutex_);  // one timing per shape, even with callers in parallel
+  const auto found = choices_.find(key);
+  if (found != choices_.end()) return found->second;
+  prepare(rival);
+  // The dense cores alone (an empty output transform), alternating, three rounds; the faster
+  // minimum wins. The first round also warms each row's weights into the caches.
+  const EpiIO none;
+  double best[2] = {1e300, 1e300};
+  const int rows[2] = {isa, rival};
+  for (int round = 0; round < 3; ++round)
+    for (int j = 0; j < 2; ++j) {
+      const int which = round % 2 ? 1 - j : j;
+      const auto t0 = std::chrono::steady_clock::now();
+      run_dense(in, g, none, rows[which], threads);
+      best[which] = std::min(best[which], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  // The row beats its rival only by a clear margin: timings on a shared core scatter by ~10 %, and
+  // at equal speed the rival (the popcount kernels) needs less scratch memory.
+  constexpr double kMargin = 0.9;
+  const int row = best[0] < kMargin * best[1] ? isa : rival;
+  choices_.emplace(key, row);
+  return row;
 }
 
 void BinaryConv::run_dense(const word_t* in, const Geom& g, const EpiIO& io, int isa, int threads) const {

@@ -3,7 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <array>
+#include <atomic>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -40,12 +43,19 @@ class BinaryConv {
   Geom geom(int n, int h, int w, int oh, int ow) const;
   bool depthwise() const { return depthwise_; }
   // Input: (n, h, w, words_for(cin)) words; the outputs and addends are described by io.
-  void run(const word_t* in, int n, int h, int w, int oh, int ow, const EpiIO& io, int isa, int threads) const;
+  // pick: where the row has a rival (isa.h), run the dense core on whichever of the two was
+  // faster for this input shape and thread count (the row by at least 10 %), timed once on the
+  // first call with that shape (both give the same integers, so the choice never changes a result).
+  void run(const word_t* in, int n, int h, int w, int oh, int ow, const EpiIO& io, int isa, int threads,
+           bool pick = false) const;
+  // The row whose kernels ran the last call (-1 before any).
+  int last_row() const { return last_row_.load(); }
 
  private:
   void run_dense(const word_t* in, const Geom& g, const EpiIO& io, int isa, int threads) const;
   void run_depthwise(const word_t* in, const Geom& g, const EpiIO& io, int isa, int threads) const;
   void prepare(int isa) const;
+  int pick_row(const word_t* in, const Geom& g, int isa, int threads) const;
 
   Geom base_;
   std::vector<word_t> canon_;        // [cout][taps][g_words]
@@ -63,6 +73,10 @@ class BinaryConv {
   mutable std::vector<RowWeights> rows_;
   mutable std::mutex prepare_mutex_;
   Transform transform_;
+  // pick's choices: (n, h, w, oh, ow, threads) -> row.
+  mutable std::map<std::array<int, 6>, int> choices_;
+  mutable std::mutex choice_mutex_;
+  mutable std::atomic<int> last_row_{-1};
 };
 
 }  // namespace bitnas

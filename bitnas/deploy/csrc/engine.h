@@ -112,6 +112,7 @@ const Kernels* kernels_reference();
 const Kernels* kernels_scalar();
 const Kernels* kernels_avx2();
 const Kernels* kernels_avx512();
+const Kernels* kernels_amx();  // dense on AMX tiles, the rest the avx512 table's
 
 // The plain reference output transform (the scalar table uses it too).
 void reference_epilogue(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout,

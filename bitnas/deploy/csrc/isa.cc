@@ -17,12 +17,15 @@ namespace bitnas {
 namespace {
 
 const IsaRow kRows[] = {
-    // name        required features                                    kernels             layout
-    {"reference", "", kernels_reference, {16384, 60, 8, 64}},
-    {"scalar", "", kernels_scalar, {16384, 60, 8, 32}},
-    {"avx2", "avx2,fma,popcnt,bmi2,os_avx", kernels_avx2, {16384, 60, 16, 32}},
+    // name        required features                                    kernels             layout   rival
+    {"reference", "", kernels_reference, {16384, 60, 8, 64}, nullptr},
+    {"scalar", "", kernels_scalar, {16384, 60, 8, 32}, nullptr},
+    {"avx2", "avx2,fma,popcnt,bmi2,os_avx", kernels_avx2, {16384, 60, 16, 32}, nullptr},
     {"avx512", "avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt,bmi2,os_avx512", kernels_avx512,
-     {24576, 96, 8, 64}},
+     {24576, 96, 8, 64}, nullptr},
+    // AMX int8 tiles for dense convs; packing, output transform and depthwise are the avx512 row's.
+    {"amx", "avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt,bmi2,os_avx512,amx_tile,amx_int8,os_amx,amx_granted",
+     kernels_amx, {1 << 20, 256, 72, 64}, "avx512"},
 };
 constexpr int kCount = int(sizeof(kRows) / sizeof(kRows[0]));
 

@@ -16,7 +16,7 @@ namespace bitnas {
 struct Layout {
   int tile_bytes;    // L1 budget of one dense tile's gathered activations
   int tile_max;      // most output pixels per dense tile
-  int word_bytes;    // scratch bytes one gathered 64-bit word takes (16: the AVX2 nibble split)
+  int word_bytes;    // scratch bytes one gathered 64-bit word takes (16: the AVX2 nibble split; 72: AMX sign bytes)
   int channel_pad;   // depthwise sign-byte images and weights: channels rounded up to this
 };
 
@@ -25,6 +25,10 @@ struct IsaRow {
   const char* features;           // required CPU (and OS) features, comma-separated, as cpu_features() names them
   const Kernels* (*kernels)();    // nullptr when the row is not compiled for this architecture
   Layout layout;
+  // The row whose dense kernels `pick` weighs against this row's, layer by layer, by measured
+  // speed (the AMX row: the AVX-512 popcount kernels, which also serve all its other units);
+  // nullptr for rows that always run their own.
+  const char* rival;
 };
 
 int isa_count();

@@ -30,5 +30,6 @@ def machine_info() -> dict[str, Any]:
     """The machine of a result: CPU model, usable cores, torch version, oneDNN ISA cap if set."""
     import torch
 
-    return {"cpu": cpu_model(), "cores": usable_cores(), "torch": torch.__version__,
+    # str(): torch.__version__ is a TorchVersion, which a weights_only checkpoint load refuses
+    return {"cpu": cpu_model(), "cores": usable_cores(), "torch": str(torch.__version__),
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or None}

@@ -149,6 +149,7 @@ def test_search_with_both_remedies_records_them(tmp_path: Path) -> None:
     assert "max_param_free_ops: 1" in cfg_text and "alpha_temperature_end: 0.5" in cfg_text
 
 
+@pytest.mark.slow  # tens of seconds: a run killed and resumed, a study, or two ranks
 def test_stopped_mid_epoch_with_remedies_resumes_bitwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM after the 3rd step (inside epoch 2 of 3); the resumed search ends bitwise where an
     uninterrupted one ends: α, weights, metrics (temperature included) and genotype."""

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import torch
 
 from bitnas.common import faults
@@ -20,6 +22,7 @@ from bitnas.common.files import read_jsonl
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # tens of seconds: a run killed and resumed, a study, or two ranks
 def test_two_ranks_hold_identical_alpha_and_genotype(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     out, dump = tmp_path / "run", tmp_path / "dump"

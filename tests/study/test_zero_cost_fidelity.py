@@ -92,6 +92,7 @@ def test_report_rows_per_zero_cost_estimator_per_seed_and_averaged() -> None:
     assert "Zero-cost" not in table_markdown(spec, arm_rows(spec, _records(truth, {})), search_only)
 
 
+@pytest.mark.slow  # tens of seconds: a run killed and resumed, a study, or two ranks
 def test_tiny_study_with_zero_cost_fidelity(tmp_path: Path) -> None:
     study = {"name": "tinyzc", "data": "fashion-mnist-embedded", "seeds": [0, 1], "workers": 2,
              "protocol": {"init_channels": 2, "layers": 2, "epochs": 1, "train_subset": 40, "test_subset": 20,

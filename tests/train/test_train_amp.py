@@ -73,6 +73,7 @@ def test_bf16_training_runs_lowers_its_loss_and_stays_near_float32(tmp_path: Pat
     assert ck["scaler"] is None
 
 
+@pytest.mark.slow  # tens of seconds: a run killed and resumed, a study, or two ranks
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_a_mixed_precision_run_stopped_mid_epoch_resumes_bitwise(tmp_path: Path, amp: str) -> None:
     """SIGTERM after step 2 of epoch 1, then --resume: the metrics and weights are bitwise those of an

@@ -32,6 +32,7 @@ def strip(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
+@pytest.mark.slow  # tens of seconds: a run killed and resumed, a study, or two ranks
 def test_streamed_training_stopped_killed_and_resumed_is_bitwise_identical(tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture) -> None:
     folder = write_image_folder(tmp_path / "images", classes=3, per_class=40, val_per_class=6)

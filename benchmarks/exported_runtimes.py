@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bitnas.common.machine import cpu_model  # noqa: E402
 from bitnas.deploy import engine, export_checkpoint, load_export  # noqa: E402
 from bitnas.deploy.runtimes import micro_batch, openvino_config  # noqa: E402
 from bitnas.nets import arch_spec  # noqa: E402
@@ -59,16 +59,13 @@ NETWORK = dict(blocks="bireal", structure="bireal", init_channels=16, layers=6, 
 
 
 def cpu_name() -> str:
+    """CPU model and the int8/popcount features that decide the runtimes' kernels."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                flags = Path("/proc/cpuinfo").read_text()
-                extra = [f for f in ("avx512_vnni", "amx_int8", "avx512_vpopcntdq") if f" {f}" in flags]
-                return f"{name} ({', '.join(extra) or 'no AVX-512 VNNI/AMX'})"
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return cpu_model()
+    extra = [f for f in ("avx512_vnni", "amx_int8", "avx512_vpopcntdq") if f" {f}" in flags]
+    return f"{cpu_model()} ({', '.join(extra) or 'no AVX-512 VNNI/AMX'})"
 
 
 def twin_int8(tmp: Path) -> Path:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -55,6 +54,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import runtimes  # noqa: E402
+from bitnas.common.machine import cpu_model  # noqa: E402
 from bitnas.deploy import engine, export_checkpoint, load_export  # noqa: E402
 from bitnas.nets import arch_spec, build_network  # noqa: E402
 from bitnas.space.genotypes import GENOTYPES  # noqa: E402
@@ -226,11 +226,7 @@ def bench_network(key: str, path: Path, twin: torch.nn.Module, onnx: tuple[Path 
 
 def machine() -> dict:
     """The CPU this ran on (model name and the features the engine reads), the engine's row, the runtimes."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-        model = names[0] if names else model
+    model = cpu_model()
     feats = engine.cpu_features()
     return {"cpu": model, "isa": engine.resolve_isa(), "isa_features": feats,
             "isa_label": ", ".join(k for k, v in feats.items() if v and not k.startswith("os_")),

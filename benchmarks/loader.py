@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -34,18 +33,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bitnas.common.machine import cpu_model, usable_cores
+
 
 def cpu_label() -> str:
     """CPU model, usable cores and 1-minute load average of this machine."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    model, cores = cpu_model(), usable_cores()
     return f"{model}, {cores} usable core(s), load average {os.getloadavg()[0]:.2f}"
 
 

@@ -7,7 +7,7 @@ batches (`bitnas.study.estimators.protocol`), as a study's zero-cost trial would
 τ-b and Spearman ρ with 95 % bootstrap intervals per estimator, per seed and for the scores
 averaged over seeds (`bitnas.study.fidelity.fidelity_table`), and the seconds per genotype.
 
-    python benchmarks/zero_cost_fidelity.py docs/results/study_fmnist_cpu/trials.jsonl --seeds 0 1 2
+    python benchmarks/zero_cost_fidelity.py docs/results/study_fmnist_cpu_pilot/trials.jsonl --seeds 0 1 2
 """
 from __future__ import annotations
 

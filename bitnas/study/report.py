@@ -124,10 +124,14 @@ def comparison_rows(spec: StudySpec, records: list[dict[str, Any]]) -> list[dict
     if not spec.control:
         return []
     values: dict[str, list[float]] = {}
+    groups: dict[Any, list[float]] = {}
     for r in records:
         if r["kind"] == "train" and isinstance(r.get("test_top1"), (int, float)):
             values.setdefault(r["arm"], []).append(float(r["test_top1"]))
-    return compare_to_control(values, spec.control)
+            if r["arm"] == spec.control:
+                key = r["index"] if isinstance(r.get("index"), int) else ("training", len(groups))
+                groups.setdefault(key, []).append(float(r["test_top1"]))
+    return compare_to_control(values, spec.control, control_groups=list(groups.values()))
 
 
 def conclusion(spec: StudySpec, comparison: list[dict[str, Any]], incomplete: bool) -> str:
@@ -139,7 +143,7 @@ def conclusion(spec: StudySpec, comparison: list[dict[str, Any]], incomplete: bo
         return ", ".join(f"`{r['arm']}` ({r['difference']:+.2f}, p = {r['p_value']:.2g}, n = {r['n']})" for r in rows)
 
     text = (f"**Conclusion{' so far' if incomplete else ''}** (test top-1 against `{spec.control}`, mean "
-            f"{_fmt(base['control_mean'])} % over {base['n_control']} trainings; better/worse = p < 0.05 and the 95 % "
+            f"{_fmt(base['control_mean'])} % over {_control_count(base)}; better/worse = p < 0.05 and the 95 % "
             "interval on one side of 0): ")
     parts = [f"better than the control: {names(said['better'])}" if said["better"] else "no arm is shown better "
              "than the control"]
@@ -152,17 +156,27 @@ def conclusion(spec: StudySpec, comparison: list[dict[str, Any]], incomplete: bo
 
 def comparison_markdown(spec: StudySpec, rows: list[dict[str, Any]]) -> list[str]:
     first = rows[0]
+    clustered = first.get("control_unit") == "genotype mean"
+    how = ("(arm over its seeds; control in two stages, its genotypes and then each genotype's seeds) and a "
+           "two-sided permutation-test p-value of the arm's trainings against the control's genotype means"
+           if clustered else "(arm and control resampled independently over their trainings) and a two-sided "
+           "permutation-test p-value")
     out = [f"## Against the control `{spec.control}`", "",
-           f"Test top-1 of each arm's trainings against the {first['n_control']} trainings of `{spec.control}` "
-           f"(mean {_fmt(first['control_mean'])} %): difference of the means in points, a 95 % bootstrap interval "
-           "(arm and control resampled independently over seeds and genotypes) and a two-sided permutation-test "
-           "p-value (exact where the splits can be enumerated). Verdict: better / worse when p < 0.05 and the "
+           f"Test top-1 of each arm's trainings against `{spec.control}` ({_control_count(first)}, mean "
+           f"{_fmt(first['control_mean'])} %): difference of the means in points, a 95 % bootstrap interval {how} "
+           "(exact where the splits can be enumerated). Verdict: better / worse when p < 0.05 and the "
            "interval lies on one side of 0, else not shown.", "",
            "| arm | n | mean | difference | 95 % interval | p | verdict |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['arm']} | {r['n']} | {_fmt(r['mean'])} | {r['difference']:+.2f} | {_ci(r['difference_ci'])} "
                    f"| {r['p_value']:.3g}{'' if r['p_method'] == 'exact' else ' (MC)'} | {r['verdict']} |")
     return out
+
+
+def _control_count(row: dict[str, Any]) -> str:
+    if row.get("control_unit") == "genotype mean":
+        return f"{row['n_control']} trainings of {row['control_genotypes']} genotypes"
+    return f"{row['n_control']} trainings"
 
 
 def _ci(c: list[float]) -> str:

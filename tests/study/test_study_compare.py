@@ -72,3 +72,49 @@ def test_control_must_be_a_random_genotypes_arm() -> None:
     with pytest.raises(ConfigError, match="control must name a random_genotypes arm, 'v2' is a genotype arm"):
         parse_spec({"name": "c", "data": "fashion-mnist-embedded", "protocol": {"epochs": 1},
                     "arms": [{"name": "v2", "genotype": "DARTS_V2"}], "control": "v2"})
+
+
+def test_a_control_with_seeds_per_genotype_is_compared_by_genotype() -> None:
+    # genotype means 0.5, 2.5, 4.5 against 11 and 12: of the C(5, 2) = 10 splits of the pooled five
+    # values only {11, 12} is 9 points apart; six independent control values would give 1 / C(8, 2)
+    groups = [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    flat = [v for g in groups for v in g]
+    row = compare_to_control({"c": flat, "arm": [11.0, 12.0]}, "c", control_groups=groups)[0]
+    assert row["p_value"] == pytest.approx(1 / 10) and row["p_method"] == "exact"
+    assert row["control_unit"] == "genotype mean" and row["control_genotypes"] == 3 and row["n_control"] == 6
+    assert compare_to_control({"c": flat, "arm": [11.0, 12.0]}, "c")[0]["p_value"] == pytest.approx(1 / 28)
+    # one seed per genotype: the plain comparison
+    single = compare_to_control({"c": flat, "arm": [11.0, 12.0]}, "c", control_groups=[[v] for v in flat])[0]
+    assert single["control_unit"] == "training" and single["p_value"] == pytest.approx(1 / 28)
+
+
+def test_two_stage_bootstrap_closed_form() -> None:
+    from bitnas.study.compare import cluster_bootstrap_means
+
+    rng = np.random.default_rng(0)
+    # seeds identical within a genotype: two-stage = resampling the 2 genotype means, variance 25 / 2;
+    # the 6 values treated as independent would give 25 / 6
+    means = cluster_bootstrap_means([[0.0] * 3, [10.0] * 3], 40_000, rng)
+    assert set(np.unique(means)) == {0.0, 5.0, 10.0} and np.var(means) == pytest.approx(12.5, rel=0.03)
+    # one genotype: only the seeds vary; [0, 1] resampled → variance 1/8 (0.25 / 2)
+    assert np.var(cluster_bootstrap_means([[0.0, 1.0]], 40_000, rng)) == pytest.approx(0.125, rel=0.03)
+    # unequal group sizes take the general path: means 0 and 10 with a 1-member and a 3-member group
+    uneven = cluster_bootstrap_means([[0.0], [10.0, 10.0, 10.0]], 20_000, rng)
+    assert set(np.unique(uneven)) == {0.0, 5.0, 10.0} and np.var(uneven) == pytest.approx(12.5, rel=0.05)
+    flat_lo, flat_hi = bootstrap_difference([20.0, 21.0], [0.0] * 3 + [10.0] * 3, n=4000)
+    lo, hi = bootstrap_difference([20.0, 21.0], [0.0] * 3 + [10.0] * 3, n=4000, b_groups=[[0.0] * 3, [10.0] * 3])
+    assert hi - lo > flat_hi - flat_lo
+
+
+def test_comparison_rows_group_the_control_by_genotype_index() -> None:
+    spec = parse_spec({"name": "c", "data": "fashion-mnist-embedded", "seeds": [0, 1],
+                       "protocol": {"init_channels": 2, "layers": 2, "epochs": 1},
+                       "arms": [{"name": "v2", "genotype": "DARTS_V2"},
+                                {"name": "rg", "random_genotypes": 3, "seeds": [0, 1]}]})
+    recs = [{"arm": "v2", "kind": "train", "test_top1": v} for v in (11.0, 12.0)]
+    recs += [{"arm": "rg", "kind": "train", "index": i, "seed": s, "test_top1": 2.0 * i + s}
+             for i in range(3) for s in (0, 1)]
+    row = comparison_rows(spec, recs)[0]
+    assert row["control_genotypes"] == 3 and row["p_value"] == pytest.approx(1 / 10)
+    md = table_markdown(spec, [], [], None, [row])
+    assert "6 trainings of 3 genotypes" in md and "genotype means" in md

@@ -95,6 +95,67 @@ def ste_sign_grad(x: Tensor, g: Tensor, clip: float) -> Tensor:
     return x.abs().le_(clip).mul_(g)
 
 
+def _residual_rows(x: Tensor, r: Tensor) -> tuple[int, int, int] | None:
+    """(rows, elements per row, r's row stride in elements) that address r beside a dense x: one
+    row where r is laid like x; rows of C channels where x is channels-last and r a channel slice
+    of a wider channels-last tensor (what a concatenation's backward hands out); else None."""
+    if _same_layout(r, x):
+        return 1, x.numel(), x.numel()
+    if not (_channels_last_float(x) and r.shape == x.shape and r.dtype == torch.float32 and r.device.type == "cpu"):
+        return None
+    n, c, h, w = r.shape
+    sn, sc, sh, sw = r.stride()
+    rs = sw if w > 1 else sh if h > 1 else sn if n > 1 else c
+    if sc == 1 and rs >= c and (w == 1 or sw == rs) and (h == 1 or sh == w * rs) and (n == 1 or sn == h * w * rs):
+        return n * h * w, c, rs
+    return None
+
+
+def sign_grad_add(x: Tensor, g: Tensor, r: Tensor, clip: float | None) -> Tensor:
+    """r + the surrogate gradient of sign at x for the output gradient g: ApproxSign's
+    g · max(0, 2 − 2|x|) (`clip` None) or the clipped STE's g · 1[|x| ≤ clip]. One pass where x
+    and g share a dense layout and r is laid like them or is a channel slice of a wider
+    channels-last tensor; else the two passes and autograd's own sum of the two terms, `r + grad`."""
+    ext = extension()
+    rows = _residual_rows(x, r) if ext is not None and _fusable(x, g) and (clip is None or clip >= 0) else None
+    if rows is not None:
+        out = torch.empty_like(x)
+        if _same_layout(out, x):
+            ext.sign_grad_add(x.data_ptr(), g.data_ptr(), r.data_ptr(), out.data_ptr(), *rows,
+                              -1.0 if clip is None else clip)
+            return out
+    return r + (approx_sign_grad(x, g) if clip is None else ste_sign_grad(x, g, clip))
+
+
+def _rows_fusable(w: Tensor, alpha: Tensor, *others: Tensor) -> bool:
+    """True when the kernels can take `w` as rows (its first dimension) with one α per row."""
+    return (_fusable(w, *others) and w.is_contiguous() and w.dim() >= 1 and w.numel() > 0 and alpha.device.type == "cpu"
+            and alpha.dtype == torch.float32 and alpha.is_contiguous() and alpha.numel() == w.shape[0])
+
+
+def scaled_sign(w: Tensor, alpha: Tensor) -> Tensor:
+    """α · sign(W) with one α per output channel (α shaped C_out×1×…, sign(0) = +1): the kernel
+    in one pass where it applies, else the sign and the product (exact either way)."""
+    ext = extension()
+    if ext is not None and _rows_fusable(w, alpha):
+        out = torch.empty_like(w)
+        ext.scaled_sign(w.data_ptr(), alpha.data_ptr(), out.data_ptr(), w.shape[0], w.numel() // w.shape[0])
+        return out
+    return alpha * sign(w)
+
+
+def scaled_ste_sign_grad(w: Tensor, g: Tensor, alpha: Tensor, clip: float) -> Tensor:
+    """The gradient of α · sign(W) through the clipped STE for the output gradient g:
+    1[|W| ≤ clip] · (g · α), the product's backward rounded first as autograd computes it."""
+    ext = extension()
+    if ext is not None and _rows_fusable(w, alpha, g):
+        out = torch.empty_like(w)
+        ext.scaled_ste_sign_grad(w.data_ptr(), g.data_ptr(), alpha.data_ptr(), out.data_ptr(), w.shape[0],
+                                 w.numel() // w.shape[0], clip)
+        return out
+    return ste_sign_grad(w, g * alpha, clip)
+
+
 # ATen's vectorised channels-last batch-norm loop covers the channels in blocks of 8 with fused
 # multiply-adds; the remaining C mod 8 channels run a scalar loop without them.
 _BN_BLOCK = 8

@@ -50,6 +50,66 @@ BITNAS_CLONES void ste_sign_grad_kernel(const float* __restrict x, const float* 
   }
 }
 
+// The gradient of a sign input that also feeds a residual add, in one pass: the surrogate gradient
+// (ApproxSign's (((|x| · −2) + 2) clamped at 0) · g, or the clipped STE's (|x| ≤ clip ? 1 : 0) · g)
+// plus the residual's gradient r — the sum autograd forms of the two terms (a float add of two
+// terms commutes, so its order of arrival does not matter). x, g and out are `rows` dense rows of
+// c elements; r's rows are `r_stride` elements apart (a channel slice of a wider channels-last
+// gradient, as a concatenation's backward hands out; r_stride == c when dense). clip < 0: ApproxSign.
+BITNAS_CLONES void sign_grad_add_kernel(const float* __restrict x, const float* __restrict g,
+                                        const float* __restrict r, float* __restrict out, std::int64_t rows,
+                                        std::int64_t c, std::int64_t r_stride, float clip) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * c;
+    const float* gr = g + i * c;
+    const float* rr = r + i * r_stride;
+    float* o = out + i * c;
+    if (clip < 0.0f) {
+      for (std::int64_t j = 0; j < c; ++j) {
+        float t = std::fabs(xr[j]) * -2.0f;
+        t = t + 2.0f;
+        t = t < 0.0f ? 0.0f : t;
+        const float u = t * gr[j];
+        o[j] = rr[j] + u;
+      }
+    } else {
+      for (std::int64_t j = 0; j < c; ++j) {
+        const float m = std::fabs(xr[j]) <= clip ? 1.0f : 0.0f;
+        const float u = m * gr[j];
+        o[j] = rr[j] + u;
+      }
+    }
+  }
+}
+
+// The binarised kernel α·sign(W) of `rows` output channels of `per_row` weights each (α one per
+// row): α times ±1 is exact, so this is the torch product bit for bit — α or −α, except that a NaN
+// α stays itself (the product returns its NaN operand; a compiler may turn α·−1 into a sign flip).
+BITNAS_CLONES void scaled_sign_kernel(const float* __restrict w, const float* __restrict alpha,
+                                      float* __restrict out, std::int64_t rows, std::int64_t per_row) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float a = alpha[i];
+    const float na = std::isnan(a) ? a : -a;
+    for (std::int64_t j = 0; j < per_row; ++j) out[i * per_row + j] = w[i * per_row + j] >= 0.0f ? a : na;
+  }
+}
+
+// Its gradient through the clipped STE: (|W| ≤ clip ? 1 : 0) · (g · α), the product's backward
+// (g · α) rounded first, as the two torch backward nodes compute it.
+BITNAS_CLONES void scaled_ste_sign_grad_kernel(const float* __restrict w, const float* __restrict g,
+                                               const float* __restrict alpha, float* __restrict out,
+                                               std::int64_t rows, std::int64_t per_row, float clip) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float a = alpha[i];
+    for (std::int64_t j = 0; j < per_row; ++j) {
+      const std::int64_t k = i * per_row + j;
+      const float m = std::fabs(w[k]) <= clip ? 1.0f : 0.0f;
+      const float t = g[k] * a;
+      out[k] = m * t;
+    }
+  }
+}
+
 // Batch-norm backward of a channels-last (N·H·W rows × C) float tensor in training mode, as
 // ATen's single-threaded CPU kernel computes it: per channel, float sums over the rows in order
 // of Σdy and Σ(x − mean)·dy (a fused multiply-add, as ATen's vectorised loop compiles it), then
@@ -358,6 +418,23 @@ PYBIND11_MODULE(_fused, m) {
     py::gil_scoped_release nogil;
     ste_sign_grad_kernel(ptr<const float>(x), ptr<const float>(g), ptr<float>(out), n, clip);
   }, "out = g * 1[|x| <= clip]");
+  m.def("sign_grad_add", [](std::uintptr_t x, std::uintptr_t g, std::uintptr_t r, std::uintptr_t out,
+                            std::int64_t rows, std::int64_t c, std::int64_t r_stride, float clip) {
+    py::gil_scoped_release nogil;
+    sign_grad_add_kernel(ptr<const float>(x), ptr<const float>(g), ptr<const float>(r), ptr<float>(out), rows, c,
+                         r_stride, clip);
+  }, "out = r + g * max(0, 2 - 2|x|) (clip < 0) or r + g * 1[|x| <= clip]; r's rows r_stride apart");
+  m.def("scaled_sign", [](std::uintptr_t w, std::uintptr_t alpha, std::uintptr_t out, std::int64_t rows,
+                          std::int64_t per_row) {
+    py::gil_scoped_release nogil;
+    scaled_sign_kernel(ptr<const float>(w), ptr<const float>(alpha), ptr<float>(out), rows, per_row);
+  }, "out = alpha[row] * sign(w), sign(0) = +1 (rows x per_row)");
+  m.def("scaled_ste_sign_grad", [](std::uintptr_t w, std::uintptr_t g, std::uintptr_t alpha, std::uintptr_t out,
+                                   std::int64_t rows, std::int64_t per_row, float clip) {
+    py::gil_scoped_release nogil;
+    scaled_ste_sign_grad_kernel(ptr<const float>(w), ptr<const float>(g), ptr<const float>(alpha), ptr<float>(out),
+                                rows, per_row, clip);
+  }, "out = 1[|w| <= clip] * (g * alpha[row])");
   m.def("bn_backward", [](std::uintptr_t x, std::uintptr_t dy, std::uintptr_t mean, std::uintptr_t invstd,
                           std::uintptr_t w, std::uintptr_t dx, std::uintptr_t grad_weight, std::uintptr_t grad_bias,
                           std::int64_t rows, std::int64_t c, std::int64_t fused_c) {

@@ -3,7 +3,10 @@ torch operations they replace.
 
 The kernels compute the same IEEE float operations in the same order as the torch expressions
 (no FMA contraction), so results are bitwise identical either way; the kernels only save
-passes over memory (sign: 3 → 1, ApproxSign gradient: 5 → 1, STE gradient: 3 → 1). They serve
+passes over memory (sign: 3 → 1, ApproxSign gradient: 5 → 1, STE gradient: 3 → 1; a sign's
+gradient plus its residual's in one pass, `sign_grad_add`; α·sign(W) and its STE gradient in
+one pass each, `scaled_sign` / `scaled_ste_sign_grad`). `shared_sign` signs an activation once
+for all its binary convs (or takes the sign a batch norm wrote in its own pass). They serve
 float32 CPU tensors that are dense in one memory layout shared by all operands (NCHW or
 channels-last); anything else (CUDA, other dtypes, mixed layouts, the extension not built, or
 $BITNAS_FUSED=0) takes the torch path.
@@ -69,6 +72,30 @@ def sign(x: Tensor) -> Tensor:
         ext.sign(x.data_ptr(), out.data_ptr(), x.numel())
         return out
     return torch.ge(x, 0, out=out).mul_(2).sub_(1)
+
+
+_SIGN = "_bitnas_sign"
+
+
+def shared_sign(x: Tensor) -> Tensor:
+    """`sign(x)`, computed once per tensor that takes a gradient: an activation that feeds several
+    binary convs (a cell state, a cell's output that both next cells read) is signed once, and the
+    batch norm before a sign may leave it from its own pass (`batch_norm_forward`). The result is
+    kept on `x` beside x's version counter (an in-place change of x recomputes it), for as long as
+    x lives — the convs save it for their backward anyway. Each caller gets its own alias, so each
+    quantizer node still takes its own gradient, as before."""
+    if not x.requires_grad:
+        return sign(x)
+    hit = getattr(x, _SIGN, None)
+    if hit is not None and hit[0] == x._version:
+        return hit[1].detach()
+    out = sign(x)
+    _keep_sign(x, out)
+    return out
+
+
+def _keep_sign(x: Tensor, s: Tensor) -> None:
+    setattr(x, _SIGN, (x._version, s.detach()))
 
 
 def approx_sign_grad(x: Tensor, g: Tensor) -> Tensor:
@@ -188,11 +215,12 @@ def _params_ok(*ts: Tensor | None) -> bool:
 
 def batch_norm_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
                        running_var: Tensor | None, momentum: float, eps: float,
-                       addends: tuple[Tensor, ...] = ()) -> tuple[Tensor, Tensor, Tensor]:
+                       addends: tuple[Tensor, ...] = (), keep_sign: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """(output, save_mean, save_invstd) of training-mode batch norm with the running statistics
     updated in place, as `torch.native_batch_norm` computes them, the output plus each of
     `addends` (at most two) in turn, as following torch adds: the C++ replay of ATen's
-    single-threaded channels-last kernels (one torch thread, x86 AVX2/AVX-512), else that op."""
+    single-threaded channels-last kernels (one torch thread, x86 AVX2/AVX-512), else that op.
+    `keep_sign`: the replay also writes sign(output) in its pass, for `shared_sign` of the output."""
     ext = extension()
     if (ext is not None and len(addends) <= 2 and torch.get_num_threads() == 1 and _channels_last_float(x)
             and x.numel() > x.shape[1] and _aten_vector_kernels() and _params_ok(weight, bias, running_mean, running_var)
@@ -203,11 +231,15 @@ def batch_norm_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, ru
             w = weight.detach() if weight is not None else torch.ones(c, dtype=x.dtype)
             b = bias.detach() if bias is not None else torch.zeros(c, dtype=x.dtype)
             mean, invstd = torch.empty(c, dtype=x.dtype), torch.empty(c, dtype=x.dtype)
+            signs = torch.empty_like(x) if keep_sign else None
             ext.bn_forward(x.data_ptr(), w.data_ptr(), b.data_ptr(),
                            0 if running_mean is None else running_mean.data_ptr(),
                            0 if running_var is None else running_var.data_ptr(), y.data_ptr(), mean.data_ptr(),
                            invstd.data_ptr(), x.numel() // c, c, momentum, eps,
-                           *(t.data_ptr() for t in addends), *(0 for _ in range(2 - len(addends))))
+                           *(t.data_ptr() for t in addends), *(0 for _ in range(2 - len(addends))),
+                           0 if signs is None else signs.data_ptr())
+            if signs is not None:
+                _keep_sign(y, signs)
             return y, mean, invstd
     y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
     for t in addends:

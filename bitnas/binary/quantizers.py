@@ -10,7 +10,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor, nn
 
-from bitnas.binary.fused import (approx_sign_grad, scaled_sign, scaled_ste_sign_grad, sign, sign_grad_add,
+from bitnas.binary.fused import (approx_sign_grad, scaled_sign, scaled_ste_sign_grad, shared_sign, sign, sign_grad_add,
                                  ste_sign_grad)
 from bitnas.errors import ConfigError
 from bitnas.registry import Registry
@@ -21,7 +21,7 @@ class _SteSignFn(torch.autograd.Function):
     def forward(ctx, x: Tensor, clip: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
         ctx.clip = clip
-        return sign(x)
+        return shared_sign(x)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
@@ -33,7 +33,7 @@ class _ApproxSignFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
-        return sign(x)
+        return shared_sign(x)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
@@ -52,7 +52,7 @@ class _SignResidualFn(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x)
         ctx.clip = clip
-        return sign(x), x
+        return shared_sign(x), x
 
     @staticmethod
     def backward(ctx, gs: Tensor | None, gr: Tensor | None):  # type: ignore[override]

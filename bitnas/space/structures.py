@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bitnas.binary.quantizers import LearnableBiasSign
+from bitnas.binary.quantizers import ApproxSign, LearnableBiasSign, SteSign
 from bitnas.registry import Registry
 from bitnas.space.batchnorm import BatchNorm2d
 
@@ -158,12 +158,22 @@ class ResidualBlock(nn.Module):
 def mark_private_inputs(seq: nn.Sequential) -> nn.Sequential:
     """Mark the first residual block of every module after the first in `seq` (a plain
     `nn.Sequential`) as having a private input: there each module's output feeds the next module
-    only. Returns `seq`."""
-    for m in list(seq)[1:]:
+    only. Where the module before ends in a block whose batch norm gives its output and that block
+    signs it, that batch norm also writes the sign in its pass (`BatchNorm2d.keep_sign`). Returns `seq`."""
+    mods = list(seq)
+    for prev, m in zip(mods, mods[1:]):
         while isinstance(m, nn.Sequential) and len(m) > 0:
             m = m[0]
-        if isinstance(m, ResidualBlock):
-            m.private_input = True
+        while isinstance(prev, nn.Sequential) and len(prev) > 0:
+            prev = prev[-1]
+        if not isinstance(m, ResidualBlock):
+            continue
+        m.private_input = True
+        iq = getattr(m.conv, "input_quantizer", None)
+        if (isinstance(prev, ResidualBlock) and isinstance(prev.bn, BatchNorm2d) and isinstance(prev.act, nn.Identity)
+                and isinstance(iq, (ApproxSign, SteSign)) and isinstance(m.bn_in, nn.Identity)
+                and isinstance(m.pre, nn.Identity)):
+            prev.bn.keep_sign = True
     return seq
 
 

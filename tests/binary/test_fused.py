@@ -324,3 +324,18 @@ def test_scaled_sign_and_its_gradient_are_the_product_and_ste(torch_path, shape,
     want = fused.ste_sign_grad(w, g * alpha, clip)
     assert torch.equal(bits(fused.scaled_ste_sign_grad(w, g, alpha, clip)), bits(want))
     assert torch.equal(bits(torch_path(fused.scaled_ste_sign_grad, w, g, alpha, clip)), bits(want))
+
+
+@pytest.mark.parametrize("c,addends", [(8, 1), (16, 2), (32, 0), (12, 1), (64, 0)])
+def test_batch_norm_forward_keeps_the_sign_of_its_output(one_thread, c, addends):
+    """`keep_sign`: the same output, and the sign it leaves is sign(output) (NaN included)."""
+    x, _, w, _, _ = _bn_case((16, c, 5, 7), seed=c)
+    x[0, 0, 0, 0] = float("nan")  # channel 0 all NaN: sign −1
+    adds = tuple(torch.randn(x.shape).contiguous(memory_format=torch.channels_last) for _ in range(addends))
+    b = torch.randn(c)
+    plain = fused.batch_norm_forward(x, w, b, torch.zeros(c), torch.ones(c), 0.1, 1e-5, adds)
+    kept = fused.batch_norm_forward(x, w, b, torch.zeros(c), torch.ones(c), 0.1, 1e-5, adds, keep_sign=True)
+    assert all(torch.equal(bits(u), bits(v)) for u, v in zip(plain, kept))
+    y = kept[0].requires_grad_()
+    assert torch.equal(bits(fused.shared_sign(y)), bits(fused.sign(y)))
+    assert fused.shared_sign(y).data_ptr() == getattr(y, fused._SIGN)[1].data_ptr()

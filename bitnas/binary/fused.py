@@ -3,7 +3,10 @@ torch operations they replace.
 
 The kernels compute the same IEEE float operations in the same order as the torch expressions
 (no FMA contraction), so results are bitwise identical either way; the kernels only save
-passes over memory (sign: 3 → 1, ApproxSign gradient: 5 → 1, STE gradient: 3 → 1). They serve
+passes over memory (sign: 3 → 1, ApproxSign gradient: 5 → 1, STE gradient: 3 → 1; a sign's
+gradient plus its residual's in one pass, `sign_grad_add`; α·sign(W) and its STE gradient in
+one pass each, `scaled_sign` / `scaled_ste_sign_grad`). `shared_sign` signs an activation once
+for all its binary convs (or takes the sign a batch norm wrote in its own pass). They serve
 float32 CPU tensors that are dense in one memory layout shared by all operands (NCHW or
 channels-last); anything else (CUDA, other dtypes, mixed layouts, the extension not built, or
 $BITNAS_FUSED=0) takes the torch path.
@@ -71,6 +74,30 @@ def sign(x: Tensor) -> Tensor:
     return torch.ge(x, 0, out=out).mul_(2).sub_(1)
 
 
+_SIGN = "_bitnas_sign"
+
+
+def shared_sign(x: Tensor) -> Tensor:
+    """`sign(x)`, computed once per tensor that takes a gradient: an activation that feeds several
+    binary convs (a cell state, a cell's output that both next cells read) is signed once, and the
+    batch norm before a sign may leave it from its own pass (`batch_norm_forward`). The result is
+    kept on `x` beside x's version counter (an in-place change of x recomputes it), for as long as
+    x lives — the convs save it for their backward anyway. Each caller gets its own alias, so each
+    quantizer node still takes its own gradient, as before."""
+    if not x.requires_grad:
+        return sign(x)
+    hit = getattr(x, _SIGN, None)
+    if hit is not None and hit[0] == x._version:
+        return hit[1].detach()
+    out = sign(x)
+    _keep_sign(x, out)
+    return out
+
+
+def _keep_sign(x: Tensor, s: Tensor) -> None:
+    setattr(x, _SIGN, (x._version, s.detach()))
+
+
 def approx_sign_grad(x: Tensor, g: Tensor) -> Tensor:
     """g · max(0, 2 − 2|x|) (Bi-Real ApproxSign), in x's memory layout."""
     ext = extension()
@@ -93,6 +120,67 @@ def ste_sign_grad(x: Tensor, g: Tensor, clip: float) -> Tensor:
             return out
     # the mask made in place in x's dtype (no bool tensor, no copy)
     return x.abs().le_(clip).mul_(g)
+
+
+def _residual_rows(x: Tensor, r: Tensor) -> tuple[int, int, int] | None:
+    """(rows, elements per row, r's row stride in elements) that address r beside a dense x: one
+    row where r is laid like x; rows of C channels where x is channels-last and r a channel slice
+    of a wider channels-last tensor (what a concatenation's backward hands out); else None."""
+    if _same_layout(r, x):
+        return 1, x.numel(), x.numel()
+    if not (_channels_last_float(x) and r.shape == x.shape and r.dtype == torch.float32 and r.device.type == "cpu"):
+        return None
+    n, c, h, w = r.shape
+    sn, sc, sh, sw = r.stride()
+    rs = sw if w > 1 else sh if h > 1 else sn if n > 1 else c
+    if sc == 1 and rs >= c and (w == 1 or sw == rs) and (h == 1 or sh == w * rs) and (n == 1 or sn == h * w * rs):
+        return n * h * w, c, rs
+    return None
+
+
+def sign_grad_add(x: Tensor, g: Tensor, r: Tensor, clip: float | None) -> Tensor:
+    """r + the surrogate gradient of sign at x for the output gradient g: ApproxSign's
+    g · max(0, 2 − 2|x|) (`clip` None) or the clipped STE's g · 1[|x| ≤ clip]. One pass where x
+    and g share a dense layout and r is laid like them or is a channel slice of a wider
+    channels-last tensor; else the two passes and autograd's own sum of the two terms, `r + grad`."""
+    ext = extension()
+    rows = _residual_rows(x, r) if ext is not None and _fusable(x, g) and (clip is None or clip >= 0) else None
+    if rows is not None:
+        out = torch.empty_like(x)
+        if _same_layout(out, x):
+            ext.sign_grad_add(x.data_ptr(), g.data_ptr(), r.data_ptr(), out.data_ptr(), *rows,
+                              -1.0 if clip is None else clip)
+            return out
+    return r + (approx_sign_grad(x, g) if clip is None else ste_sign_grad(x, g, clip))
+
+
+def _rows_fusable(w: Tensor, alpha: Tensor, *others: Tensor) -> bool:
+    """True when the kernels can take `w` as rows (its first dimension) with one α per row."""
+    return (_fusable(w, *others) and w.is_contiguous() and w.dim() >= 1 and w.numel() > 0 and alpha.device.type == "cpu"
+            and alpha.dtype == torch.float32 and alpha.is_contiguous() and alpha.numel() == w.shape[0])
+
+
+def scaled_sign(w: Tensor, alpha: Tensor) -> Tensor:
+    """α · sign(W) with one α per output channel (α shaped C_out×1×…, sign(0) = +1): the kernel
+    in one pass where it applies, else the sign and the product (exact either way)."""
+    ext = extension()
+    if ext is not None and _rows_fusable(w, alpha):
+        out = torch.empty_like(w)
+        ext.scaled_sign(w.data_ptr(), alpha.data_ptr(), out.data_ptr(), w.shape[0], w.numel() // w.shape[0])
+        return out
+    return alpha * sign(w)
+
+
+def scaled_ste_sign_grad(w: Tensor, g: Tensor, alpha: Tensor, clip: float) -> Tensor:
+    """The gradient of α · sign(W) through the clipped STE for the output gradient g:
+    1[|W| ≤ clip] · (g · α), the product's backward rounded first as autograd computes it."""
+    ext = extension()
+    if ext is not None and _rows_fusable(w, alpha, g):
+        out = torch.empty_like(w)
+        ext.scaled_ste_sign_grad(w.data_ptr(), g.data_ptr(), alpha.data_ptr(), out.data_ptr(), w.shape[0],
+                                 w.numel() // w.shape[0], clip)
+        return out
+    return ste_sign_grad(w, g * alpha, clip)
 
 
 # ATen's vectorised channels-last batch-norm loop covers the channels in blocks of 8 with fused
@@ -127,11 +215,12 @@ def _params_ok(*ts: Tensor | None) -> bool:
 
 def batch_norm_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
                        running_var: Tensor | None, momentum: float, eps: float,
-                       addends: tuple[Tensor, ...] = ()) -> tuple[Tensor, Tensor, Tensor]:
+                       addends: tuple[Tensor, ...] = (), keep_sign: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """(output, save_mean, save_invstd) of training-mode batch norm with the running statistics
     updated in place, as `torch.native_batch_norm` computes them, the output plus each of
     `addends` (at most two) in turn, as following torch adds: the C++ replay of ATen's
-    single-threaded channels-last kernels (one torch thread, x86 AVX2/AVX-512), else that op."""
+    single-threaded channels-last kernels (one torch thread, x86 AVX2/AVX-512), else that op.
+    `keep_sign`: the replay also writes sign(output) in its pass, for `shared_sign` of the output."""
     ext = extension()
     if (ext is not None and len(addends) <= 2 and torch.get_num_threads() == 1 and _channels_last_float(x)
             and x.numel() > x.shape[1] and _aten_vector_kernels() and _params_ok(weight, bias, running_mean, running_var)
@@ -142,11 +231,15 @@ def batch_norm_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, ru
             w = weight.detach() if weight is not None else torch.ones(c, dtype=x.dtype)
             b = bias.detach() if bias is not None else torch.zeros(c, dtype=x.dtype)
             mean, invstd = torch.empty(c, dtype=x.dtype), torch.empty(c, dtype=x.dtype)
+            signs = torch.empty_like(x) if keep_sign else None
             ext.bn_forward(x.data_ptr(), w.data_ptr(), b.data_ptr(),
                            0 if running_mean is None else running_mean.data_ptr(),
                            0 if running_var is None else running_var.data_ptr(), y.data_ptr(), mean.data_ptr(),
                            invstd.data_ptr(), x.numel() // c, c, momentum, eps,
-                           *(t.data_ptr() for t in addends), *(0 for _ in range(2 - len(addends))))
+                           *(t.data_ptr() for t in addends), *(0 for _ in range(2 - len(addends))),
+                           0 if signs is None else signs.data_ptr())
+            if signs is not None:
+                _keep_sign(y, signs)
             return y, mean, invstd
     y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
     for t in addends:

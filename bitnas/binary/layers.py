@@ -89,7 +89,9 @@ class BinaryConv2d(nn.Conv2d):
             return self.frozen_kernel
         if self.weight_quantizer is None:
             return self.weight
-        return self.alpha() * self.weight_quantizer(self.weight)
+        if self.weight_scale == "learned":  # α takes a gradient: the plain product
+            return self.alpha() * self.weight_quantizer(self.weight)
+        return self.weight_quantizer.scaled(self.weight, self.alpha())
 
     def freeze(self, kernel: Tensor | None = None) -> None:
         """Inference: use a fixed kernel (default: the current α·sign(W)) instead of binarising W
@@ -124,28 +126,30 @@ class BinaryConv2d(nn.Conv2d):
         return (x.device.type == "cpu" and self.kernel_size == (1, 1) and self.stride != (1, 1)
                 and self.padding == (0, 0) and is_channels_last(x))
 
-    def forward(self, x: Tensor, subsampled: bool = False) -> Tensor:
+    def forward(self, x: Tensor, subsampled: bool = False, quantized: bool = False) -> Tensor:
         """The conv of `x`; `subsampled=True`: `x` is already subsampled by the stride
-        (`x[:, :, h0::sh, w0::sw]`, only for the convs `subsamples_first` accepts)."""
+        (`x[:, :, h0::sh, w0::sw]`, only for the convs `subsamples_first` accepts);
+        `quantized=True`: `x` is already the input quantizer's output (`Quantizer.with_residual`)."""
         split = self.integer_kernel()
         if split is None:
-            return self._conv(x, self.binary_weight(), self.bias, subsampled)
+            return self._conv(x, self.binary_weight(), self.bias, subsampled, quantized)
         signs, alpha = split
-        y = self._conv(x, signs, None, subsampled)
+        y = self._conv(x, signs, None, subsampled, quantized)
         if alpha is not None:
             y = y * alpha.reshape(1, -1, 1, 1)
         return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
 
-    def _conv(self, x: Tensor, w: Tensor, bias: Tensor | None, subsampled: bool) -> Tensor:
-        """Input quantizer, padding and the conv with kernel `w` (the forward's paths)."""
+    def _conv(self, x: Tensor, w: Tensor, bias: Tensor | None, subsampled: bool, quantized: bool = False) -> Tensor:
+        """Input quantizer (unless `quantized`), padding and the conv with kernel `w` (the forward's paths)."""
+        iq = None if quantized else self.input_quantizer
         if subsampled or self.subsamples_first(x):
             if not subsampled:
                 x = spatial_slice(x, (0, 0), self.stride)
-            if self.input_quantizer is not None:
-                x = self.input_quantizer(x)
+            if iq is not None:
+                x = iq(x)
             return F.conv2d(x, w, bias, 1, 0, 1, self.groups)
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
+        if iq is not None:
+            x = iq(x)
         if self.pad_value != 0.0 and any(p > 0 for p in self.padding):
             ph, pw = self.padding
             x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)

@@ -10,7 +10,8 @@ from typing import Callable, Union
 import torch
 from torch import Tensor, nn
 
-from bitnas.binary.fused import approx_sign_grad, sign, ste_sign_grad
+from bitnas.binary.fused import (approx_sign_grad, scaled_sign, scaled_ste_sign_grad, shared_sign, sign, sign_grad_add,
+                                 ste_sign_grad)
 from bitnas.errors import ConfigError
 from bitnas.registry import Registry
 
@@ -20,7 +21,7 @@ class _SteSignFn(torch.autograd.Function):
     def forward(ctx, x: Tensor, clip: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
         ctx.clip = clip
-        return sign(x)
+        return shared_sign(x)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
@@ -32,12 +33,52 @@ class _ApproxSignFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
-        return sign(x)
+        return shared_sign(x)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
         return approx_sign_grad(x, g)
+
+
+class _SignResidualFn(torch.autograd.Function):
+    """(sign(x), x) for a block whose input feeds its sign and its residual add and nothing else:
+    one node takes both output gradients and returns their sum in one pass (`sign_grad_add`),
+    the value autograd's accumulation of the two terms gives. `clip` None: ApproxSign's
+    gradient, else the clipped STE's."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, clip: float | None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x)
+        ctx.clip = clip
+        return shared_sign(x), x
+
+    @staticmethod
+    def backward(ctx, gs: Tensor | None, gr: Tensor | None):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        clip = ctx.clip
+        if gs is None:
+            return gr, None
+        if gr is None:
+            return (approx_sign_grad(x, gs) if clip is None else ste_sign_grad(x, gs, clip)), None
+        return sign_grad_add(x, gs, gr, clip), None
+
+
+class _ScaledSteSignFn(torch.autograd.Function):
+    """α · sign(W) with a detached α per output channel, the clipped STE backward: one node and one
+    pass each way for what the product of α and `SteSign` takes two nodes and three passes."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, alpha: Tensor, clip: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(w, alpha)
+        ctx.clip = clip
+        return scaled_sign(w, alpha)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        w, alpha = ctx.saved_tensors
+        return scaled_ste_sign_grad(w, g, alpha, ctx.clip), None, None
 
 
 class _SwishSignFn(torch.autograd.Function):
@@ -68,6 +109,15 @@ class Quantizer(nn.Module):
     def extra_repr(self) -> str:
         return ""
 
+    def with_residual(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(q(x), x) through one node that sums the two gradients of x in one pass (for an input
+        that feeds this quantizer and a residual add only), or None where not offered."""
+        return None
+
+    def scaled(self, w: Tensor, alpha: Tensor) -> Tensor:
+        """α · q(W) for a detached α shaped C_out×1×…: the product, or one fused node where offered."""
+        return alpha * self(w)
+
 
 class SteSign(Quantizer):
     """BNN straight-through sign: gradient 1 where |x| <= clip, else 0."""
@@ -81,6 +131,12 @@ class SteSign(Quantizer):
     def forward(self, x: Tensor) -> Tensor:
         return _SteSignFn.apply(x, self.clip)
 
+    def with_residual(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        return _SignResidualFn.apply(x, self.clip)
+
+    def scaled(self, w: Tensor, alpha: Tensor) -> Tensor:
+        return _ScaledSteSignFn.apply(w, alpha, self.clip)
+
     def extra_repr(self) -> str:
         return f"clip={self.clip}"
 
@@ -92,6 +148,9 @@ class ApproxSign(Quantizer):
 
     def forward(self, x: Tensor) -> Tensor:
         return _ApproxSignFn.apply(x)
+
+    def with_residual(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        return _SignResidualFn.apply(x, None)
 
 
 class SwishSign(Quantizer):

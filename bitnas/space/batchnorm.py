@@ -42,8 +42,9 @@ class _TrainingBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor | None, bias: Tensor | None,
                 running_mean: Tensor | None, running_var: Tensor | None, momentum: float, eps: float,
-                *addends: Tensor) -> Tensor:
-        out, mean, invstd = batch_norm_forward(x, weight, bias, running_mean, running_var, momentum, eps, addends)
+                keep_sign: bool, *addends: Tensor) -> Tensor:
+        out, mean, invstd = batch_norm_forward(x, weight, bias, running_mean, running_var, momentum, eps, addends,
+                                               keep_sign)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps  # type: ignore[attr-defined]
         return out
@@ -54,11 +55,16 @@ class _TrainingBatchNorm(torch.autograd.Function):
         need = ctx.needs_input_grad  # type: ignore[attr-defined]
         mask = (need[0], need[1] and weight is not None, need[2])
         dx, dw, db = batch_norm_backward(grad, x, weight, mean, invstd, ctx.eps, mask)  # type: ignore[attr-defined]
-        return (dx, dw, db, None, None, None, None) + tuple(grad if n else None for n in need[7:])
+        return (dx, dw, db, None, None, None, None, None) + tuple(grad if n else None for n in need[8:])
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    """`nn.BatchNorm2d` with a faster route for channels-last CPU inputs of few channels."""
+    """`nn.BatchNorm2d` with a faster route for channels-last CPU inputs of few channels.
+
+    `keep_sign` (set by `mark_private_inputs` where a sign reads the output next): the training
+    pass also writes sign(output) for that sign (`bitnas.binary.fused.shared_sign`)."""
+
+    keep_sign = False
 
     def forward(self, x: Tensor, residual: Tensor | None = None, addend: Tensor | None = None) -> Tensor:
         """BN(x), + residual, + addend (each when given; one pass where the C++ forward applies, the
@@ -85,4 +91,4 @@ class BatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         return _TrainingBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var, factor,
-                                        self.eps, *addends)
+                                        self.eps, self.keep_sign and x.requires_grad, *addends)

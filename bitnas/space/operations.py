@@ -11,7 +11,7 @@ from bitnas.registry import Registry
 from bitnas.space.batchnorm import BatchNorm2d
 from bitnas.space.config import OpConfig
 from bitnas.space.pooling import MaxPool2d
-from bitnas.space.structures import STRUCTURES, ResidualBlock
+from bitnas.space.structures import STRUCTURES, ResidualBlock, mark_private_inputs
 
 OpBuilder = Callable[[int, int, OpConfig], nn.Module]
 OPS: Registry[OpBuilder] = Registry("operation")
@@ -93,6 +93,7 @@ class SepConv(nn.Sequential):
         s = STRUCTURES.get(cfg.structure)
         self.unit_1 = s.separable(cfg, c, c, k, stride, k // 2, 1)
         self.unit_2 = s.separable(cfg, c, c, k, 1, k // 2, 1)
+        mark_private_inputs(self)  # unit_1's output feeds unit_2 only
 
 
 def skip_connect(c: int, stride: int, cfg: OpConfig) -> nn.Module:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bitnas.binary.quantizers import LearnableBiasSign
+from bitnas.binary.quantizers import ApproxSign, LearnableBiasSign, SteSign
 from bitnas.registry import Registry
 from bitnas.space.batchnorm import BatchNorm2d
 
@@ -119,21 +119,62 @@ class ResidualBlock(nn.Module):
         acts = {"prelu": lambda: nn.PReLU(c_out), "rprelu": lambda: RPReLU(c_out),
                 "relu": lambda: nn.ReLU(inplace=False), "none": nn.Identity}
         self.act = acts[act]()
+        # True when x feeds this block and nothing else (`mark_private_inputs`)
+        self.private_input = False
 
     def forward(self, x: Tensor, addend: Tensor | None = None) -> Tensor:
         """The block of `x`, + `addend` when given (a cell node's other term: summed in the batch
         norm's pass when nothing follows the residual add, as a separate add after it did)."""
-        out = self.conv(self.pre(self.bn_in(x)))
-        if self.shortcut is not None and isinstance(self.bn, BatchNorm2d):
+        signed = self._sign_with_residual(x)
+        if signed is None:
+            out = self.conv(self.pre(self.bn_in(x)))
+            residual = self.shortcut(x) if self.shortcut is not None else None
+        else:
+            s, residual = signed
+            out = self.conv(s, quantized=True)
+        if residual is not None and isinstance(self.bn, BatchNorm2d):
             if isinstance(self.act, nn.Identity):  # BN, the residual add and the addend in one pass
-                return self.bn(out, self.shortcut(x), addend)
-            out = self.act(self.bn(out, residual=self.shortcut(x)))
+                return self.bn(out, residual, addend)
+            out = self.act(self.bn(out, residual=residual))
         else:
             out = self.bn(out)
-            if self.shortcut is not None:
-                out = out + self.shortcut(x)
+            if residual is not None:
+                out = out + residual
             out = self.act(out)
         return out if addend is None else out + addend
+
+    def _sign_with_residual(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(sign(x), x) from the conv's input quantizer through one node when `x` feeds this
+        block's sign and its identity shortcut and nothing else (`private_input`, set by
+        `mark_private_inputs`): the two gradients of x are then summed in the sign's backward pass,
+        the sum autograd would form of two terms. None where that does not apply."""
+        if not (self.private_input and isinstance(self.shortcut, nn.Identity) and isinstance(self.bn_in, nn.Identity)
+                and isinstance(self.pre, nn.Identity) and x.requires_grad and torch.is_grad_enabled()):
+            return None
+        iq = getattr(self.conv, "input_quantizer", None)
+        return None if iq is None else iq.with_residual(x)
+
+
+def mark_private_inputs(seq: nn.Sequential) -> nn.Sequential:
+    """Mark the first residual block of every module after the first in `seq` (a plain
+    `nn.Sequential`) as having a private input: there each module's output feeds the next module
+    only. Where the module before ends in a block whose batch norm gives its output and that block
+    signs it, that batch norm also writes the sign in its pass (`BatchNorm2d.keep_sign`). Returns `seq`."""
+    mods = list(seq)
+    for prev, m in zip(mods, mods[1:]):
+        while isinstance(m, nn.Sequential) and len(m) > 0:
+            m = m[0]
+        while isinstance(prev, nn.Sequential) and len(prev) > 0:
+            prev = prev[-1]
+        if not isinstance(m, ResidualBlock):
+            continue
+        m.private_input = True
+        iq = getattr(m.conv, "input_quantizer", None)
+        if (isinstance(prev, ResidualBlock) and isinstance(prev.bn, BatchNorm2d) and isinstance(prev.act, nn.Identity)
+                and isinstance(iq, (ApproxSign, SteSign)) and isinstance(m.bn_in, nn.Identity)
+                and isinstance(m.pre, nn.Identity)):
+            prev.bn.keep_sign = True
+    return seq
 
 
 class _ResidualStructure(Structure):
@@ -146,10 +187,10 @@ class _ResidualStructure(Structure):
         return self._block(cfg, c_in, c_out, k, stride, pad, dil, 1)
 
     def separable(self, cfg, c_in, c_out, k, stride, pad, dil):
-        return nn.Sequential(
+        return mark_private_inputs(nn.Sequential(
             self._block(cfg, c_in, c_in, k, stride, pad, dil, c_in),
             self._block(cfg, c_in, c_out, 1, 1, 0, 1, 1),
-        )
+        ))
 
 
 class BiRealStructure(_ResidualStructure):

@@ -277,3 +277,65 @@ def test_max_pool_is_atens(one_thread, k, s, p, size, c):
     ya.backward(g)
     yb.backward(g)
     assert torch.equal(bits(xa.grad), bits(xb.grad)) and xa.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("clip", [None, 1.0, 0.7])
+def test_sign_grad_add_is_residual_plus_surrogate(torch_path, fmt, clip):
+    """r + the surrogate gradient: the kernel against the torch sum of the two terms, r laid like x."""
+    x, g = operands((64, 8, 28, 28), fmt)
+    r = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    r.view(-1)[-len(SPECIAL):] = torch.tensor(SPECIAL)
+    r = r.contiguous(memory_format=fmt)
+    got = fused.sign_grad_add(x, g, r, clip)
+    want = r + (fused.approx_sign_grad(x, g) if clip is None else fused.ste_sign_grad(x, g, clip))
+    assert torch.equal(bits(got), bits(want))
+    assert torch.equal(bits(got), bits(torch_path(fused.sign_grad_add, x, g, r, clip)))
+
+
+@pytest.mark.parametrize("c,total,offset,shape", [(8, 32, 8, (16, 7, 6)), (16, 64, 48, (4, 5, 1)),
+                                                  (8, 16, 0, (1, 1, 3))])
+def test_sign_grad_add_takes_a_concat_slice_residual(c, total, offset, shape):
+    """r a channel slice of a wider channels-last gradient (a concatenation's backward): read in place."""
+    n, h, w = shape
+    x, g = operands((n, c, h, w), torch.channels_last, seed=c)
+    big = torch.randn(n, total, h, w, generator=torch.Generator().manual_seed(9)).contiguous(
+        memory_format=torch.channels_last)
+    r = big[:, offset:offset + c]
+    assert fused._residual_rows(x, r) is not None
+    got = fused.sign_grad_add(x, g, r, None)
+    assert torch.equal(bits(got), bits(r + fused.approx_sign_grad(x, g)))
+
+
+def test_sign_grad_add_falls_back_for_other_residual_layouts():
+    x, g = operands((4, 8, 5, 5), torch.channels_last)
+    r = torch.randn(4, 5, 5, 16).permute(0, 3, 1, 2)[:, ::2]  # every other channel: no row structure
+    assert fused._residual_rows(x, r) is None
+    assert torch.equal(bits(fused.sign_grad_add(x, g, r, 1.0)), bits(r + fused.ste_sign_grad(x, g, 1.0)))
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 3, 3), (16, 8, 1, 1), (32, 24, 1, 1), (5, 3, 7, 1), (3,)])
+@pytest.mark.parametrize("clip", [1.0, 0.7])
+def test_scaled_sign_and_its_gradient_are_the_product_and_ste(torch_path, shape, clip):
+    """α·sign(W) and 1[|W| ≤ clip]·(g·α): the kernels against the torch product and STE gradient."""
+    w, g = operands(shape, torch.contiguous_format)
+    alpha = w.abs().reshape(shape[0], -1).mean(1).reshape((shape[0],) + (1,) * (len(shape) - 1)) + 0.1
+    assert torch.equal(bits(fused.scaled_sign(w, alpha)), bits(alpha * fused.sign(w)))
+    want = fused.ste_sign_grad(w, g * alpha, clip)
+    assert torch.equal(bits(fused.scaled_ste_sign_grad(w, g, alpha, clip)), bits(want))
+    assert torch.equal(bits(torch_path(fused.scaled_ste_sign_grad, w, g, alpha, clip)), bits(want))
+
+
+@pytest.mark.parametrize("c,addends", [(8, 1), (16, 2), (32, 0), (12, 1), (64, 0)])
+def test_batch_norm_forward_keeps_the_sign_of_its_output(one_thread, c, addends):
+    """`keep_sign`: the same output, and the sign it leaves is sign(output) (NaN included)."""
+    x, _, w, _, _ = _bn_case((16, c, 5, 7), seed=c)
+    x[0, 0, 0, 0] = float("nan")  # channel 0 all NaN: sign −1
+    adds = tuple(torch.randn(x.shape).contiguous(memory_format=torch.channels_last) for _ in range(addends))
+    b = torch.randn(c)
+    plain = fused.batch_norm_forward(x, w, b, torch.zeros(c), torch.ones(c), 0.1, 1e-5, adds)
+    kept = fused.batch_norm_forward(x, w, b, torch.zeros(c), torch.ones(c), 0.1, 1e-5, adds, keep_sign=True)
+    assert all(torch.equal(bits(u), bits(v)) for u, v in zip(plain, kept))
+    y = kept[0].requires_grad_()
+    assert torch.equal(bits(fused.shared_sign(y)), bits(fused.sign(y)))
+    assert fused.shared_sign(y).data_ptr() == getattr(y, fused._SIGN)[1].data_ptr()

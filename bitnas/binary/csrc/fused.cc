@@ -50,6 +50,66 @@ BITNAS_CLONES void ste_sign_grad_kernel(const float* __restrict x, const float* 
   }
 }
 
+// The gradient of a sign input that also feeds a residual add, in one pass: the surrogate gradient
+// (ApproxSign's (((|x| · −2) + 2) clamped at 0) · g, or the clipped STE's (|x| ≤ clip ? 1 : 0) · g)
+// plus the residual's gradient r — the sum autograd forms of the two terms (a float add of two
+// terms commutes, so its order of arrival does not matter). x, g and out are `rows` dense rows of
+// c elements; r's rows are `r_stride` elements apart (a channel slice of a wider channels-last
+// gradient, as a concatenation's backward hands out; r_stride == c when dense). clip < 0: ApproxSign.
+BITNAS_CLONES void sign_grad_add_kernel(const float* __restrict x, const float* __restrict g,
+                                        const float* __restrict r, float* __restrict out, std::int64_t rows,
+                                        std::int64_t c, std::int64_t r_stride, float clip) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * c;
+    const float* gr = g + i * c;
+    const float* rr = r + i * r_stride;
+    float* o = out + i * c;
+    if (clip < 0.0f) {
+      for (std::int64_t j = 0; j < c; ++j) {
+        float t = std::fabs(xr[j]) * -2.0f;
+        t = t + 2.0f;
+        t = t < 0.0f ? 0.0f : t;
+        const float u = t * gr[j];
+        o[j] = rr[j] + u;
+      }
+    } else {
+      for (std::int64_t j = 0; j < c; ++j) {
+        const float m = std::fabs(xr[j]) <= clip ? 1.0f : 0.0f;
+        const float u = m * gr[j];
+        o[j] = rr[j] + u;
+      }
+    }
+  }
+}
+
+// The binarised kernel α·sign(W) of `rows` output channels of `per_row` weights each (α one per
+// row): α times ±1 is exact, so this is the torch product bit for bit — α or −α, except that a NaN
+// α stays itself (the product returns its NaN operand; a compiler may turn α·−1 into a sign flip).
+BITNAS_CLONES void scaled_sign_kernel(const float* __restrict w, const float* __restrict alpha,
+                                      float* __restrict out, std::int64_t rows, std::int64_t per_row) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float a = alpha[i];
+    const float na = std::isnan(a) ? a : -a;
+    for (std::int64_t j = 0; j < per_row; ++j) out[i * per_row + j] = w[i * per_row + j] >= 0.0f ? a : na;
+  }
+}
+
+// Its gradient through the clipped STE: (|W| ≤ clip ? 1 : 0) · (g · α), the product's backward
+// (g · α) rounded first, as the two torch backward nodes compute it.
+BITNAS_CLONES void scaled_ste_sign_grad_kernel(const float* __restrict w, const float* __restrict g,
+                                               const float* __restrict alpha, float* __restrict out,
+                                               std::int64_t rows, std::int64_t per_row, float clip) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float a = alpha[i];
+    for (std::int64_t j = 0; j < per_row; ++j) {
+      const std::int64_t k = i * per_row + j;
+      const float m = std::fabs(w[k]) <= clip ? 1.0f : 0.0f;
+      const float t = g[k] * a;
+      out[k] = m * t;
+    }
+  }
+}
+
 // Batch-norm backward of a channels-last (N·H·W rows × C) float tensor in training mode, as
 // ATen's single-threaded CPU kernel computes it: per channel, float sums over the rows in order
 // of Σdy and Σ(x − mean)·dy (a fused multiply-add, as ATen's vectorised loop compiles it), then
@@ -144,10 +204,64 @@ void bn_backward(const float* x, const float* dy, const float* mean, const float
 // then the float expressions k = float(Σ(x − mean)·dy)·invstd·invstd/N, t = (x − mean)·k,
 // dx = ((dy − Σdy/N) − t)·invstd·w, with no fused multiply-adds. dy is addressed through its
 // element strides (sn, sc, sh, sw); x and dx are dense channels-last.
+// The generic replay below for a gradient whose rows of C channels are contiguous and `rs`
+// elements apart (a channel slice of a wider channels-last gradient): the same float products
+// and the same double sums per channel in row order, with the channel count known at compile time
+// (CB > 0) so that each row runs as whole vectors.
+template <int CB>
+BITNAS_CLONES void bn_backward_rows(const float* __restrict x, const float* __restrict dy, std::int64_t rows,
+                                    std::int64_t cr, std::int64_t rs, const float* __restrict mean,
+                                    const float* __restrict invstd, const float* __restrict w,
+                                    const float* __restrict sum, float* __restrict dx,
+                                    float* __restrict grad_weight, float* __restrict grad_bias) {
+  const std::int64_t c = CB > 0 ? CB : cr;
+  std::vector<double> dotp_v(c, 0.0);
+  std::vector<float> k_v(c), gmean_v(c);
+  double* dotp = dotp_v.data();
+  float* k = k_v.data();
+  float* gmean = gmean_v.data();
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * c;
+    const float* gr = dy + i * rs;
+    for (std::int64_t j = 0; j < c; ++j) {
+      const float p = (xr[j] - mean[j]) * gr[j];
+      dotp[j] += static_cast<double>(p);
+    }
+  }
+  const float n = static_cast<float>(rows);
+  for (std::int64_t j = 0; j < c; ++j) {
+    k[j] = ((static_cast<float>(dotp[j]) * invstd[j]) * invstd[j]) / n;
+    gmean[j] = sum[j] / n;
+    if (grad_weight) grad_weight[j] = static_cast<float>(dotp[j] * static_cast<double>(invstd[j]));
+    if (grad_bias) grad_bias[j] = sum[j];
+  }
+  if (!dx) return;
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * c;
+    const float* gr = dy + i * rs;
+    float* out = dx + i * c;
+    for (std::int64_t j = 0; j < c; ++j) {
+      const float t = (xr[j] - mean[j]) * k[j];
+      const float u = (gr[j] - gmean[j]) - t;
+      out[j] = (u * invstd[j]) * w[j];
+    }
+  }
+}
+
 void bn_backward_generic(const float* x, const float* dy, const std::int64_t* shape, const std::int64_t* st,
                          const float* mean, const float* invstd, const float* w, const float* sum, float* dx,
                          float* grad_weight, float* grad_bias) {
   const std::int64_t nb = shape[0], c = shape[1], h = shape[2], wd = shape[3], rows = nb * h * wd;
+  const std::int64_t rs = wd > 1 ? st[3] : h > 1 ? st[2] : nb > 1 ? st[0] : c;
+  if (st[1] == 1 && rs >= c && (wd == 1 || st[3] == rs) && (h == 1 || st[2] == wd * rs) &&
+      (nb == 1 || st[0] == h * wd * rs)) {  // rows of contiguous channels, evenly spaced
+    switch (c) {
+      case 8: return bn_backward_rows<8>(x, dy, rows, c, rs, mean, invstd, w, sum, dx, grad_weight, grad_bias);
+      case 16: return bn_backward_rows<16>(x, dy, rows, c, rs, mean, invstd, w, sum, dx, grad_weight, grad_bias);
+      case 32: return bn_backward_rows<32>(x, dy, rows, c, rs, mean, invstd, w, sum, dx, grad_weight, grad_bias);
+      default: return bn_backward_rows<0>(x, dy, rows, c, rs, mean, invstd, w, sum, dx, grad_weight, grad_bias);
+    }
+  }
   std::vector<double> dotp(c, 0.0);
   std::vector<float> k(c), gmean(c);
   auto grad_row = [&](std::int64_t i) {
@@ -210,45 +324,67 @@ BITNAS_CLONES void bn_stats(const float* __restrict x, float* __restrict mean, f
 }
 
 // y = x·alpha + beta per channel (one fused multiply-add for the first `fused_c` channels), then
-// + residual when one is given and + addend after it (separate roundings, as following torch adds).
-BITNAS_CLONES void bn_apply(const float* __restrict x, const float* __restrict alpha, const float* __restrict beta,
-                            float* __restrict y, std::int64_t rows, std::int64_t c, std::int64_t fused_c,
-                            const float* __restrict residual = nullptr, const float* __restrict addend = nullptr) {
-  if (residual && addend) {
-    for (std::int64_t i = 0; i < rows; ++i) {
-      const float* xr = x + i * c;
+// + residual when one is given and + addend after it (separate roundings, as following torch adds);
+// with S, also sign(y) into `sgn` (sign(0) = +1, NaN → −1, as `sign_kernel`) in the same pass.
+template <int CB, bool S>
+BITNAS_CLONES void bn_apply_t(const float* __restrict x, const float* __restrict alpha,
+                              const float* __restrict beta, float* __restrict y, std::int64_t rows, std::int64_t cr,
+                              std::int64_t fused_c, const float* __restrict residual,
+                              const float* __restrict addend, float* __restrict sgn) {
+  const std::int64_t c = CB > 0 ? CB : cr;
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* xr = x + i * c;
+    float* yr = y + i * c;
+    if (residual && addend) {
       const float* rr = residual + i * c;
       const float* ar = addend + i * c;
-      float* yr = y + i * c;
       for (std::int64_t j = 0; j < c; ++j) {
         const float t = std::fma(xr[j], alpha[j], beta[j]);
         const float u = t + rr[j];
         yr[j] = u + ar[j];
       }
-    }
-    return;
-  }
-  if (residual) {
-    for (std::int64_t i = 0; i < rows; ++i) {
-      const float* xr = x + i * c;
+    } else if (residual) {
       const float* rr = residual + i * c;
-      float* yr = y + i * c;
       for (std::int64_t j = 0; j < c; ++j) {
         const float t = std::fma(xr[j], alpha[j], beta[j]);
         yr[j] = t + rr[j];
       }
+    } else if (CB > 0 || fused_c == c) {
+      for (std::int64_t j = 0; j < c; ++j) yr[j] = std::fma(xr[j], alpha[j], beta[j]);
+    } else {
+      for (std::int64_t j = 0; j < fused_c; ++j) yr[j] = std::fma(xr[j], alpha[j], beta[j]);
+      for (std::int64_t j = fused_c; j < c; ++j) {
+        const float t = xr[j] * alpha[j];
+        yr[j] = t + beta[j];
+      }
     }
-    return;
-  }
-  for (std::int64_t i = 0; i < rows; ++i) {
-    const float* xr = x + i * c;
-    float* yr = y + i * c;
-    for (std::int64_t j = 0; j < fused_c; ++j) yr[j] = std::fma(xr[j], alpha[j], beta[j]);
-    for (std::int64_t j = fused_c; j < c; ++j) {
-      const float t = xr[j] * alpha[j];
-      yr[j] = t + beta[j];
+    if (S) {
+      float* sr = sgn + i * c;
+      for (std::int64_t j = 0; j < c; ++j) sr[j] = yr[j] >= 0.0f ? 1.0f : -1.0f;
     }
   }
+}
+
+template <bool S>
+void bn_apply_s(const float* x, const float* alpha, const float* beta, float* y, std::int64_t rows, std::int64_t c,
+                std::int64_t fused_c, const float* residual, const float* addend, float* sgn) {
+  if (fused_c == c) {  // a channel count known at compile time: each row runs as whole vectors
+    switch (c) {
+      case 8: return bn_apply_t<8, S>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+      case 16: return bn_apply_t<16, S>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+      case 32: return bn_apply_t<32, S>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+      case 64: return bn_apply_t<64, S>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+      default: break;
+    }
+  }
+  bn_apply_t<0, S>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+}
+
+void bn_apply(const float* x, const float* alpha, const float* beta, float* y, std::int64_t rows, std::int64_t c,
+              std::int64_t fused_c, const float* residual = nullptr, const float* addend = nullptr,
+              float* sgn = nullptr) {
+  if (sgn) return bn_apply_s<true>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+  bn_apply_s<false>(x, alpha, beta, y, rows, c, fused_c, residual, addend, nullptr);
 }
 
 // Training-mode batch-norm forward of a channels-last float tensor, as ATen's single-threaded
@@ -256,10 +392,11 @@ BITNAS_CLONES void bn_apply(const float* __restrict x, const float* __restrict a
 // running_mean = m·mean + (1 − m)·running_mean (separate roundings), running_var = a fused
 // m·var_sum/(N − 1) + float((1 − m)·running_var); y = x·alpha + beta (fused) with
 // alpha = invstd·w, beta = b − mean·alpha (fused), + residual if given, then + addend if given
-// (only with a residual). Null running statistics are skipped.
+// (only with a residual); sign(y) into `sgn` in the same pass if given. Null running statistics
+// are skipped.
 void bn_forward(const float* x, const float* w, const float* b, float* running_mean, float* running_var, float* y,
                 float* save_mean, float* save_invstd, std::int64_t rows, std::int64_t c, float momentum, double eps,
-                const float* residual, const float* addend) {
+                const float* residual, const float* addend, float* sgn) {
   std::vector<float> var_sum(c), alpha(c), beta(c);
   switch (c) {
     case 8: bn_stats<8>(x, save_mean, var_sum.data(), rows, c); break;
@@ -282,7 +419,7 @@ void bn_forward(const float* x, const float* w, const float* b, float* running_m
     alpha[j] = save_invstd[j] * w[j];
     beta[j] = std::fma(-save_mean[j], alpha[j], b[j]);
   }
-  bn_apply(x, alpha.data(), beta.data(), y, rows, c, c, residual, addend);
+  bn_apply(x, alpha.data(), beta.data(), y, rows, c, c, residual, addend, sgn);
 }
 
 // Max pooling (no dilation, floor mode) of a channels-last float tensor (n, h, w, c) as ATen's
@@ -358,6 +495,23 @@ PYBIND11_MODULE(_fused, m) {
     py::gil_scoped_release nogil;
     ste_sign_grad_kernel(ptr<const float>(x), ptr<const float>(g), ptr<float>(out), n, clip);
   }, "out = g * 1[|x| <= clip]");
+  m.def("sign_grad_add", [](std::uintptr_t x, std::uintptr_t g, std::uintptr_t r, std::uintptr_t out,
+                            std::int64_t rows, std::int64_t c, std::int64_t r_stride, float clip) {
+    py::gil_scoped_release nogil;
+    sign_grad_add_kernel(ptr<const float>(x), ptr<const float>(g), ptr<const float>(r), ptr<float>(out), rows, c,
+                         r_stride, clip);
+  }, "out = r + g * max(0, 2 - 2|x|) (clip < 0) or r + g * 1[|x| <= clip]; r's rows r_stride apart");
+  m.def("scaled_sign", [](std::uintptr_t w, std::uintptr_t alpha, std::uintptr_t out, std::int64_t rows,
+                          std::int64_t per_row) {
+    py::gil_scoped_release nogil;
+    scaled_sign_kernel(ptr<const float>(w), ptr<const float>(alpha), ptr<float>(out), rows, per_row);
+  }, "out = alpha[row] * sign(w), sign(0) = +1 (rows x per_row)");
+  m.def("scaled_ste_sign_grad", [](std::uintptr_t w, std::uintptr_t g, std::uintptr_t alpha, std::uintptr_t out,
+                                   std::int64_t rows, std::int64_t per_row, float clip) {
+    py::gil_scoped_release nogil;
+    scaled_ste_sign_grad_kernel(ptr<const float>(w), ptr<const float>(g), ptr<const float>(alpha), ptr<float>(out),
+                                rows, per_row, clip);
+  }, "out = 1[|w| <= clip] * (g * alpha[row])");
   m.def("bn_backward", [](std::uintptr_t x, std::uintptr_t dy, std::uintptr_t mean, std::uintptr_t invstd,
                           std::uintptr_t w, std::uintptr_t dx, std::uintptr_t grad_weight, std::uintptr_t grad_bias,
                           std::int64_t rows, std::int64_t c, std::int64_t fused_c) {
@@ -383,13 +537,13 @@ PYBIND11_MODULE(_fused, m) {
   m.def("bn_forward", [](std::uintptr_t x, std::uintptr_t w, std::uintptr_t b, std::uintptr_t running_mean,
                          std::uintptr_t running_var, std::uintptr_t y, std::uintptr_t save_mean,
                          std::uintptr_t save_invstd, std::int64_t rows, std::int64_t c, float momentum, double eps,
-                         std::uintptr_t residual, std::uintptr_t addend) {
+                         std::uintptr_t residual, std::uintptr_t addend, std::uintptr_t sgn) {
     py::gil_scoped_release nogil;
     bn_forward(ptr<const float>(x), ptr<const float>(w), ptr<const float>(b), ptr<float>(running_mean),
                ptr<float>(running_var), ptr<float>(y), ptr<float>(save_mean), ptr<float>(save_invstd), rows, c,
-               momentum, eps, ptr<const float>(residual), ptr<const float>(addend));
+               momentum, eps, ptr<const float>(residual), ptr<const float>(addend), ptr<float>(sgn));
   }, "training-mode batch-norm forward of a channels-last float tensor (rows x c), plus residual if not 0, then "
-     "plus addend if not 0 (only with a residual); 0 skips running stats");
+     "plus addend if not 0 (only with a residual), sign of the result into sgn if not 0; 0 skips running stats");
   m.def("bn_backward_generic", [](std::uintptr_t x, std::uintptr_t dy, std::int64_t n, std::int64_t c, std::int64_t h,
                                   std::int64_t w_, std::int64_t sn, std::int64_t sc, std::int64_t sh, std::int64_t sw,
                                   std::uintptr_t mean, std::uintptr_t invstd, std::uintptr_t w, std::uintptr_t sum,

@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Test processes (pytest-xdist): one per core of the 2-core reference machine; each test file stays in
+# one process (its module fixtures, e.g. a tiny study, are built once). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+XDIST  := -n $(TEST_WORKERS) --dist loadfile
 # The C++ inference engine is compiled by the package build; its sources re-trigger the install.
 ENGINE := setup.py $(wildcard bitnas/deploy/csrc/*.cc bitnas/deploy/csrc/*.h bitnas/binary/csrc/*.cc)
 
@@ -21,10 +25,10 @@ demo: $(STAMP)
 	$(VENV)/bin/bitnas demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 test-quick: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(XDIST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache build bitnas/deploy/_engine*.so bitnas/binary/_fused*.so

@@ -10,10 +10,13 @@ for top-two ties within the tolerance).
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -44,14 +47,42 @@ def runtime_network(exp: dict, engine: str, tmp: Path, form: str = "qdq") -> Run
     return load_export(path, engine)
 
 
-def check_exact(exp: dict, x: torch.Tensor, engine: str, tmp: Path, form: str = "qdq") -> int:
+@dataclass(frozen=True)
+class Reference:
+    """An export with its float64 logits, ambiguous-image mask and float-path logits on `x`: what
+    every runtime's cell compares against (read only)."""
+    exp: dict
+    x: torch.Tensor
+    want: torch.Tensor
+    ambiguous: torch.Tensor
+    floats: torch.Tensor
+
+
+@pytest.fixture(scope="module")
+def references(data) -> Callable[..., Reference]:
+    """`references(key, build, n)`: the Reference of the network `build()` returns on the first `n`
+    test images, built once per key in this module. Calibrating a network and its float64 evaluation
+    cost more than a runtime's run, and the two runtimes' cells of one setting check the same ones."""
+    memo: dict[tuple, Reference] = {}
+
+    def get(key: tuple, build: Callable[[], tuple[torch.nn.Module, dict]], n: int) -> Reference:
+        if key not in memo:
+            exp = export_network(*build())
+            floats, x = network_from_export(exp), data["x"][:n]
+            want, ambiguous = float64_reference(floats, x)
+            with torch.no_grad():
+                f = floats(x)[0]
+            memo[key] = Reference(exp, x, want, ambiguous, f)
+        return memo[key]
+
+    return get
+
+
+def check_exact(ref: Reference, engine: str, tmp: Path, form: str = "qdq") -> int:
     """Assert the runtime's logits and top-1 against float64 and the float path; returns the
     number of images checked."""
-    floats = network_from_export(exp)
-    want, ambiguous = float64_reference(floats, x)
-    with torch.no_grad():
-        f = floats(x)[0]
-    got = runtime_network(exp, engine, tmp, form)(x)[0]
+    want, ambiguous, f = ref.want, ref.ambiguous, ref.floats
+    got = runtime_network(ref.exp, engine, tmp, form)(ref.x)[0]
     assert ambiguous.float().mean() < 0.25, "most images must be checked"
     err = relative_error(got, want)
     assert err[~ambiguous].max() < 1e-4, f"{engine}: {err[~ambiguous].max():.2e}"
@@ -72,26 +103,31 @@ def check_exact(exp: dict, x: torch.Tensor, engine: str, tmp: Path, form: str = 
 @pytest.mark.parametrize("engine", RUNTIMES)
 @pytest.mark.parametrize("pad_value", [0.0, 1.0])
 @pytest.mark.parametrize("structure", STRUCTURES.names())
-def test_every_structure_is_exact_on_the_runtimes(structure: str, pad_value: float, engine: str, data, tmp_path) -> None:
-    net, spec = calibrated(structure, pad_value, data, c=4, probe=True)
-    exp = export_network(net, spec)
-    assert check_exact(exp, data["x"][:N_IMAGES], engine, tmp_path) > 0.75 * N_IMAGES
+def test_every_structure_is_exact_on_the_runtimes(structure: str, pad_value: float, engine: str, data, references,
+                                                  tmp_path) -> None:
+    ref = references(("probe", structure, pad_value),
+                     lambda: calibrated(structure, pad_value, data, c=4, probe=True), N_IMAGES)
+    assert check_exact(ref, engine, tmp_path) > 0.75 * N_IMAGES
+
+
+def _hand_designed(blocks: str, pad_value: float, data, references) -> Reference:
+    return references(("hand", blocks, pad_value), lambda: hand_designed(blocks, pad_value, data), N_IMAGES)
 
 
 @pytest.mark.parametrize("engine", RUNTIMES)
 @pytest.mark.parametrize("blocks,pad_value", [("bireal", 0.0), ("bireal", 1.0), ("reactnet", 0.0)])
 def test_hand_designed_networks_are_exact_on_the_runtimes(blocks: str, pad_value: float, engine: str, data,
-                                                          tmp_path) -> None:
+                                                          references, tmp_path) -> None:
     """Widths 16..64 at 3×3: counts up to ±576, beyond what an int8 requantisation could hold."""
-    exp = export_network(*hand_designed(blocks, pad_value, data))
-    assert max(r["shape"][1] * r["shape"][2] * r["shape"][3] for r in exp["binary"]) > 127
-    check_exact(exp, data["x"][:N_IMAGES], engine, tmp_path)
+    ref = _hand_designed(blocks, pad_value, data, references)
+    assert max(r["shape"][1] * r["shape"][2] * r["shape"][3] for r in ref.exp["binary"]) > 127
+    check_exact(ref, engine, tmp_path)
 
 
 @pytest.mark.parametrize("engine", RUNTIMES)
-def test_float_form_is_exact_too(engine: str, data, tmp_path) -> None:
-    net, spec = calibrated("reactnet", 1.0, data, c=4)
-    check_exact(export_network(net, spec), data["x"][:100], engine, tmp_path, form="float")
+def test_float_form_is_exact_too(engine: str, data, references, tmp_path) -> None:
+    ref = references(("plain", "reactnet", 1.0), lambda: calibrated("reactnet", 1.0, data, c=4), 100)
+    check_exact(ref, engine, tmp_path, form="float")
 
 
 @pytest.mark.skipif(not (HAVE["onnx"] and HAVE["openvino"]), reason="openvino not installed (pip install 'bitnas[openvino]')")
@@ -317,19 +353,18 @@ def test_a_missing_runtime_is_named_in_one_line(module: str, argv: list[str], ex
 
 @pytest.mark.skipif(not (HAVE["onnx"] and HAVE["openvino"]), reason="openvino not installed (pip install 'bitnas[openvino]')")
 @pytest.mark.parametrize("pad_value", [0.0, 1.0])
-def test_openvino_binary_convolution_form_is_exact(pad_value: float, data, tmp_path) -> None:
+def test_openvino_binary_convolution_form_is_exact(pad_value: float, data, references, tmp_path) -> None:
     """Bi-Real at widths 16..64: every binary conv a BinaryConvolution with u1 weights."""
     from bitnas.deploy import openvino_export
 
-    exp = export_network(*hand_designed("bireal", pad_value, data))
+    ref = _hand_designed("bireal", pad_value, data, references)
+    exp = copy.deepcopy(ref.exp)
     exp["input"]["image_size"] = 28
     floats = network_from_export(exp)
     ir = openvino_export.ir_model(onnx_model(exp, floats).SerializeToString(), {"bitnas.input": json.dumps(exp["input"])})
     assert openvino_export.binary_convolutions(ir) == len(exp["binary"])
     openvino_export.write_ir(tmp_path / "b.xml", ir)
     assert b"BinaryConvolution" in (tmp_path / "b.xml").read_bytes()
-    x = data["x"][:N_IMAGES]
-    want, ambiguous = float64_reference(floats, x)
-    got = load_export(tmp_path / "b.xml", "openvino")(x)[0]
-    assert ambiguous.float().mean() < 0.25
-    assert relative_error(got, want)[~ambiguous].max() < 1e-4
+    got = load_export(tmp_path / "b.xml", "openvino")(ref.x)[0]
+    assert ref.ambiguous.float().mean() < 0.25
+    assert relative_error(got, ref.want)[~ref.ambiguous].max() < 1e-4

@@ -278,7 +278,7 @@ void dense_fused(const Framed& src, const Geom& g, const void* wts, const std::i
       }
     }
     if (bl.border) correct_tile(g, 0, s.stage, stage_ld, bl.rows, s.n_oob + first, s.oob + first * g.taps(), wsum);
-    epilogue_rows(s.stage, stage_ld, bl.rows, pix_begin + first, og, ep, io);
+    epilogue(s.stage, stage_ld, bl.rows, pix_begin + first, og, ep, io);
   }
 }
 

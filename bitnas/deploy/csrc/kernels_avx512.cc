@@ -48,6 +48,157 @@ void pack_avx512(const float* x, std::int64_t npix, int c, std::int64_t ld, cons
   }
 }
 
+// ------------------------------------------------------------------ output transform
+
+// The output transform of 16 channels from o (m: the valid ones) of one pixel, whose exact dot
+// products are `di`, any combination of outputs: every step in registers, the same float
+// operations in the same order as the reference. Pointers are the pixel's rows (nullptr when
+// absent); `bits` words are ORed into, so the caller zeroes them first (o is a multiple of 16, so
+// 16 bits never cross a word).
+inline void epilogue16(__m512i di, const float* res, const float* post, float* out, std::int32_t* ints, word_t* bits,
+                       int o, __mmask16 m, const EpiParams& p, bool threshold) {
+  const __m512 zero = _mm512_setzero_ps();
+  if (ints) _mm512_mask_storeu_epi32(ints + o, m, di);
+  if (threshold) {
+    if (bits) {
+      const __m512i s = _mm512_mullo_epi32(di, _mm512_maskz_loadu_epi32(m, p.thr_sign + o));
+      const __mmask16 neg = _mm512_mask_cmplt_epi32_mask(m, s, _mm512_maskz_loadu_epi32(m, p.thr + o));
+      bits[o >> 6] |= word_t(neg) << (o & 63);
+    }
+    return;
+  }
+  if (!out && !bits) return;
+  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(di), _mm512_maskz_loadu_ps(m, p.mul + o));
+  v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, p.add + o));
+  if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + o));
+  if (p.act == kActRelu) {
+    v = _mm512_max_ps(v, zero);
+  } else if (p.act == kActPrelu) {
+    const __m512 neg = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p.slope + o), v);
+    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), neg, v);
+  } else if (p.act == kActRprelu) {
+    __m512 u = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(m, p.shift_in + o));
+    const __m512 neg = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p.slope + o), u);
+    u = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(u, zero, _CMP_GT_OQ), neg, u);
+    v = _mm512_add_ps(u, _mm512_maskz_loadu_ps(m, p.shift_out + o));
+  }
+  if (post) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, post + o));
+  if (out) _mm512_mask_storeu_ps(out + o, m, v);
+  if (bits) {
+    if (p.bits_scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, p.bits_scale + o));
+    if (p.bits_shift) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, p.bits_shift + o));
+    bits[o >> 6] |= word_t(_mm512_mask_cmp_ps_mask(m, v, zero, _CMP_LT_OQ)) << (o & 63);
+  }
+}
+
+// One combination of outputs, the pixel loop and the channel loop free of its tests: float
+// outputs (kOut) and/or the next layer's bits (kBits), a residual (kRes), an addend (kPost),
+// activation kAct; the same operations, in the same order, as epilogue16.
+template <bool kRes, bool kPost, bool kOut, bool kBits, int kAct>
+void epilogue_rows(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout,
+                   const EpiParams& p, const EpiIO& io) {
+  const int nw = words_for(cout);
+  const float *mul = p.mul, *add = p.add, *slope = p.slope, *sin = p.shift_in, *sout = p.shift_out;
+  const float *bscale = p.bits_scale, *bshift = p.bits_shift;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int i = 0; i < npix; ++i) {
+    const std::int64_t pix = pix0 + i;
+    const std::int32_t* d = dot + i * dot_ld;
+    const float* res = kRes ? io.res + pix * io.res_ld : nullptr;
+    const float* post = kPost ? io.post + pix * io.post_ld : nullptr;
+    float* out = kOut ? io.out + pix * io.out_ld : nullptr;
+    word_t* bits = kBits ? io.bits + pix * nw : nullptr;
+    word_t word = 0;
+    for (int o = 0; o < cout; o += 16) {
+      const __mmask16 m = lanes16(cout - o);
+      __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, d + o)), _mm512_maskz_loadu_ps(m, mul + o));
+      v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, add + o));
+      if (kRes) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + o));
+      if (kAct == kActRelu) {
+        v = _mm512_max_ps(v, zero);
+      } else if (kAct == kActPrelu) {
+        const __m512 neg = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, slope + o), v);
+        v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), neg, v);
+      } else if (kAct == kActRprelu) {
+        __m512 u = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(m, sin + o));
+        const __m512 neg = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, slope + o), u);
+        u = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(u, zero, _CMP_GT_OQ), neg, u);
+        v = _mm512_add_ps(u, _mm512_maskz_loadu_ps(m, sout + o));
+      }
+      if (kPost) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, post + o));
+      if (kOut) _mm512_mask_storeu_ps(out + o, m, v);
+      if (kBits) {
+        if (bscale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, bscale + o));
+        if (bshift) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bshift + o));
+        word |= word_t(_mm512_mask_cmp_ps_mask(m, v, zero, _CMP_LT_OQ)) << (o & 63);
+        if ((o & 63) == 48 || o + 16 >= cout) {
+          bits[o >> 6] = word;
+          word = 0;
+        }
+      }
+    }
+  }
+}
+
+// Threshold mode without integers: bits straight from the counts (dot * thr_sign < thr).
+void threshold_rows(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout,
+                    const EpiParams& p, const EpiIO& io) {
+  const int nw = words_for(cout);
+  for (int i = 0; i < npix; ++i) {
+    const std::int32_t* d = dot + i * dot_ld;
+    word_t* bits = io.bits + (pix0 + i) * nw;
+    word_t word = 0;
+    for (int o = 0; o < cout; o += 16) {
+      const __mmask16 m = lanes16(cout - o);
+      const __m512i s = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(m, d + o), _mm512_maskz_loadu_epi32(m, p.thr_sign + o));
+      word |= word_t(_mm512_mask_cmplt_epi32_mask(m, s, _mm512_maskz_loadu_epi32(m, p.thr + o))) << (o & 63);
+      if ((o & 63) == 48 || o + 16 >= cout) {
+        bits[o >> 6] = word;
+        word = 0;
+      }
+    }
+  }
+}
+
+// Any combination (integers too): epilogue16 per 16 channels.
+void general_rows(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout,
+                  const EpiParams& p, const EpiIO& io) {
+  const int nw = words_for(cout);
+  for (int i = 0; i < npix; ++i) {
+    const std::int64_t pix = pix0 + i;
+    const float* res = io.res ? io.res + pix * io.res_ld : nullptr;
+    const float* post = io.post ? io.post + pix * io.post_ld : nullptr;
+    float* out = io.out ? io.out + pix * io.out_ld : nullptr;
+    std::int32_t* ints = io.ints ? io.ints + pix * io.ints_ld : nullptr;
+    word_t* bits = io.bits ? io.bits + pix * nw : nullptr;
+    if (bits) std::memset(bits, 0, sizeof(word_t) * nw);
+    for (int o = 0; o < cout; o += 16) {
+      const __mmask16 m = lanes16(cout - o);
+      epilogue16(_mm512_maskz_loadu_epi32(m, dot + i * dot_ld + o), res, post, out, ints, bits, o, m, p, io.threshold);
+    }
+  }
+}
+
+using Rows = void (*)(const std::int32_t*, std::int64_t, int, std::int64_t, int, const EpiParams&, const EpiIO&);
+
+template <int kIndex>
+constexpr Rows rows_at() {
+  return epilogue_rows<(kIndex & 1) != 0, (kIndex & 2) != 0, (kIndex & 4) != 0, (kIndex & 8) != 0, kIndex / 16>;
+}
+
+template <int... kI>
+struct RowsTable {
+  static constexpr Rows table[sizeof...(kI)] = {rows_at<kI>()...};
+};
+
+template <int... kI>
+constexpr Rows RowsTable<kI...>::table[sizeof...(kI)];
+
+// Index: residual 1, addend 2, floats 4, bits 8, plus 16 x activation.
+using AllRows = RowsTable<0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
+                          26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
+                          49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63>;
+
 // ------------------------------------------------------------------ depthwise core
 
 // 64 sign bytes per word: the word is the byte mask of a blend between +1 and -1.
@@ -103,12 +254,26 @@ void depthwise_impl(const std::int8_t* img, int img_w, int cpad, int row0, int c
 }
 
 const Kernels kAvx512 = {
-    "avx512", pack_avx512, epilogue_rows, avx512::dense, avx512::dense_scratch, avx512::prepare_dense,
+    "avx512", pack_avx512, avx512::epilogue, avx512::dense, avx512::dense_scratch, avx512::prepare_dense,
     expand_avx512, depthwise_entry<depthwise_impl<3, 3>, depthwise_impl<5, 5>, depthwise_impl<0, 0>>,
     avx512::dense_fused,
 };
 
 }  // namespace
+
+namespace avx512 {
+
+// The output transform, its combination of outputs chosen once per call.
+void epilogue(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout, const EpiParams& p,
+              const EpiIO& io) {
+  if (io.ints || (io.threshold && !io.bits)) return general_rows(dot, dot_ld, npix, pix0, cout, p, io);
+  if (io.threshold) return threshold_rows(dot, dot_ld, npix, pix0, cout, p, io);
+  if (!io.out && !io.bits) return;
+  const int index = (io.res ? 1 : 0) | (io.post ? 2 : 0) | (io.out ? 4 : 0) | (io.bits ? 8 : 0) | 16 * p.act;
+  AllRows::table[index](dot, dot_ld, npix, pix0, cout, p, io);
+}
+
+}  // namespace avx512
 
 const Kernels* kernels_avx512() { return &kAvx512; }
 

@@ -69,15 +69,23 @@ Scratch carve(void* scratch, const Geom& g, int tile) {
   return s;
 }
 
-// Activation words of block `bl` against B weight vectors over k words: 64-bit popcounts of
-// (activation ^ weight) per pixel and vector.
+// Activation words of block `bl` against B weight vectors over k >= 1 words: 64-bit popcounts of
+// (activation ^ weight) per pixel and vector. The first word sets the sums (no add to zero: an
+// eighth of the work when k = 2, a 1x1 conv over 128 channels).
 template <int B>
 inline void counts(const Block& bl, int k, const word_t* wts, std::int64_t wstride, __m512i (&acc)[kPixels][B]) {
   const word_t* q[kPixels];
   for (int p = 0; p < kPixels; ++p) q[p] = bl.px[p];
-  for (int p = 0; p < kPixels; ++p)
-    for (int b = 0; b < B; ++b) acc[p][b] = _mm512_setzero_si512();
-  for (int i = 0; i < k; ++i) {
+  {
+    const std::int64_t o = bl.off[0];
+    __m512i w[B];
+    for (int b = 0; b < B; ++b) w[b] = _mm512_loadu_si512(wts + b * wstride);
+    for (int p = 0; p < kPixels; ++p) {
+      const __m512i a = _mm512_set1_epi64(static_cast<long long>(q[p][o]));
+      for (int b = 0; b < B; ++b) acc[p][b] = _mm512_popcnt_epi64(_mm512_xor_si512(a, w[b]));
+    }
+  }
+  for (int i = 1; i < k; ++i) {
     const std::int64_t o = bl.off[i];
     __m512i w[B];
     for (int b = 0; b < B; ++b) w[b] = _mm512_loadu_si512(wts + b * wstride + std::int64_t(i) * kLanes);

@@ -1,11 +1,20 @@
-"""The engine network's arena: buffers reused across forwards, never twice within one, per thread."""
+"""The engine network's arena: large buffers reused across forwards, never twice within one, per
+thread; small ones always fresh."""
 from __future__ import annotations
 
 import threading
 
 import numpy as np
+import pytest
 
+from bitnas.deploy import arena as arena_module
 from bitnas.deploy.arena import Arena
+
+
+@pytest.fixture(autouse=True)
+def keep_every_size(monkeypatch) -> None:
+    """These tests use small arrays: keep them all (the size rule has its own test)."""
+    monkeypatch.setattr(arena_module, "MIN_BYTES", 0)
 
 
 def test_a_slot_gets_last_forwards_buffer_when_the_shape_fits() -> None:
@@ -63,3 +72,13 @@ def test_act_is_a_channels_last_view_of_its_nhwc_buffer() -> None:
     assert tuple(t.shape) == (2, 5, 3, 4) and buf.shape == (2, 3, 4, 5)
     buf[1, 2, 3, 4] = 7.0
     assert float(t[1, 4, 2, 3]) == 7.0
+
+
+def test_buffers_below_the_size_floor_are_always_fresh(monkeypatch) -> None:
+    monkeypatch.setattr(arena_module, "MIN_BYTES", 1024)
+    arena = Arena()
+    arena.begin()
+    small, large = arena.array("s", (255,), np.float32), arena.array("l", (256,), np.float32)
+    arena.begin()
+    assert arena.array("s", (255,), np.float32) is not small
+    assert arena.array("l", (256,), np.float32) is large

@@ -20,6 +20,7 @@ from bitnas.binary import BinaryConv2d
 from bitnas.binary.quantizers import LearnableBiasSign
 from bitnas.data import load_dataset
 from bitnas.data.formats.embedded import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from bitnas.deploy import arena as arena_module
 from bitnas.deploy import engine, export_network, network_from_export
 from bitnas.deploy.graph import EngineNetwork
 from bitnas.nets import arch_spec, build_network
@@ -199,10 +200,11 @@ def test_hand_designed_networks_through_the_engine(blocks: str, data) -> None:
 
 
 @pytest.mark.parametrize("structure", ["bireal", "cpnas"])
-def test_reused_buffers_never_leak_between_forwards(structure: str, data) -> None:
-    """The network's arena hands each unit last forward's buffers: forwards of other inputs and
-    other batch sizes in between leave every result equal to a fresh network's, and a repeated
-    forward reuses (does not reallocate) the units' outputs."""
+def test_reused_buffers_never_leak_between_forwards(structure: str, data, monkeypatch) -> None:
+    """The network's arena hands each unit last forward's buffers (every size kept here): forwards
+    of other inputs and other batch sizes in between leave every result equal to a fresh
+    network's, and a repeated forward reuses (does not reallocate) the units' outputs."""
+    monkeypatch.setattr(arena_module, "MIN_BYTES", 0)
     net, spec = calibrated(structure, 0.0, data, c=4, batches=1)
     exp = export_network(net, spec)
     engine_net = EngineNetwork(network_from_export(exp), exp)

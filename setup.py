@@ -25,7 +25,7 @@ from setuptools.errors import CompileError
 CSRC = Path("bitnas") / "deploy" / "csrc"
 FUSED = Path("bitnas") / "binary" / "csrc" / "fused.cc"
 SOURCES = ["bindings.cc", "driver.cc", "isa.cc", "kernels_reference.cc", "kernels_scalar.cc", "kernels_avx2.cc",
-           "kernels_avx512.cc", "kernels_amx.cc"]
+           "kernels_avx512.cc", "dense_avx512.cc", "kernels_amx.cc"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "x64")
 UNIX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-ffp-contract=off", "-pthread"]
 # Per-file instruction-set flags, by the suffix of the kernel file.
@@ -85,7 +85,7 @@ def extensions() -> list:
         "bitnas.deploy._engine",
         sources=[str(CSRC / s) for s in SOURCES],
         include_dirs=[pybind11.get_include(), str(CSRC)],
-        depends=[str(CSRC / h) for h in ("engine.h", "detail.h", "driver.h", "isa.h")],
+        depends=[str(CSRC / h) for h in ("engine.h", "detail.h", "driver.h", "isa.h", "avx512.h")],
         language="c++",
         extra_compile_args=UNIX_FLAGS,
         extra_link_args=["-pthread"],

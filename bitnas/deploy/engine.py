@@ -130,10 +130,12 @@ def words(channels: int) -> int:
 
 
 def pack(x: np.ndarray, scale: np.ndarray | None = None, shift: np.ndarray | None = None, *,
-         isa: str | None = None, threads: int = 1) -> np.ndarray:
-    """Pack float32 NHWC `x` into (N, H, W, words) uint64: bit set where x*scale + shift < 0."""
+         isa: str | None = None, threads: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+    """Pack float32 NHWC `x` into (N, H, W, words) uint64 (into `out` when given): bit set where
+    x*scale + shift < 0."""
     n, h, w, c = x.shape
-    out = np.empty((n, h, w, words(c)), dtype=np.uint64)
+    if out is None:
+        out = np.empty((n, h, w, words(c)), dtype=np.uint64)
     extension().pack(x, out, scale, shift, resolve_isa(isa), threads)
     return out
 

@@ -10,7 +10,8 @@ The network rebuilt from the export (float path) is walked once and every op bec
 - identity (its packed form shared by every consumer), zero, and anything else, which runs as the
   torch module it is (stem, pools, classifier, full-precision convs).
 Activations between units are float NHWC (torch channels-last) with their packed forms cached
-per sign transform, so a state read by several binary ops is packed once.
+per sign transform, so a state read by several binary ops is packed once. The units' outputs
+(floats and packed bits) come from the network's arena (arena.py), reused from forward to forward.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from bitnas.binary import BinaryConv2d
 from bitnas.deploy import engine
+from bitnas.deploy.arena import Arena
 from bitnas.deploy.fold import bn_affine
 from bitnas.deploy.plan import (ChainPlan, ConcatPlan, IdentityPlan, Plan, PostAddPlan, ReducePlan, SequencePlan,
                                 SignTransform, Step, ZeroPlan, act_params, describe, folded, neg_bits)
@@ -44,11 +46,14 @@ class Act:
     def nhwc(self) -> np.ndarray:
         return self.t.permute(0, 2, 3, 1).numpy()
 
-    def packed(self, transform: "SignTransform | None", isa: str, threads: int) -> np.ndarray:
+    def packed(self, transform: "SignTransform | None", isa: str, threads: int, arena: Arena, slot: Any) -> np.ndarray:
+        """The packed form under `transform`, packed on first use into the arena's `slot`."""
         key = id(transform) if transform is not None else None
         if key not in self.packs:
             scale, shift = (transform.scale, transform.shift) if transform is not None else (None, None)
-            self.packs[key] = engine.pack(self.nhwc(), scale, shift, isa=isa, threads=threads)
+            n, c, h, w = self.t.shape
+            out = arena.array(slot, (n, h, w, engine.words(c)), np.uint64)
+            self.packs[key] = engine.pack(self.nhwc(), scale, shift, isa=isa, threads=threads, out=out)
         return self.packs[key]
 
 
@@ -60,19 +65,13 @@ def _nhwc_layout(t: Tensor) -> bool:
     return (c == 1 or sc == 1) and sw >= c and (h == 1 or sh == w * sw) and (n == 1 or sn == h * w * sw)
 
 
-def new_act(n: int, c: int, h: int, w: int) -> tuple[Tensor, np.ndarray]:
-    """An uninitialised float activation: (NCHW channels-last tensor, its NHWC numpy view)."""
-    buf = torch.empty((n, h, w, c), dtype=torch.float32)
-    return buf.permute(0, 3, 1, 2), buf.numpy()
-
-
 class Compiler:
     """Builds units from the modules of the float network and the export's folded constants."""
 
-    def __init__(self, exp: dict[str, Any], isa: str, threads: int) -> None:
+    def __init__(self, exp: dict[str, Any], isa: str, threads: int, arena: Arena) -> None:
         self.rows = {row["name"]: row for row in exp["binary"]}
         self.exp = exp
-        self.isa, self.threads = isa, threads
+        self.isa, self.threads, self.arena = isa, threads, arena
         self.compiled = 0  # binary convs placed on the kernels
         self.kernels: list[engine.BinaryConv] = []
 
@@ -104,7 +103,7 @@ class Compiler:
                 st.conv.set_transform(mul, add, **act_params(st.act, st.conv.out_channels),
                                       bits_scale=sign.scale if sign is not None else None,
                                       bits_shift=sign.shift if sign is not None else None)
-        return Chain(steps, self.isa, self.threads)
+        return Chain(steps, self.isa, self.threads, self.arena)
 
     def unit(self, m: nn.Module, name: str) -> "Unit":
         return self.build(describe(m, name))
@@ -121,7 +120,7 @@ class Compiler:
         if isinstance(p, PostAddPlan):
             return PostAddUnit(self.chain(p.main.steps), TorchUnit(p.side))
         if isinstance(p, ConcatPlan):
-            return ConcatUnit(self.build(p.first), [self.chain(c.steps) for c in p.chains])
+            return ConcatUnit(self.build(p.first), [self.chain(c.steps) for c in p.chains], self.arena)
         if isinstance(p, SequencePlan):
             return SequenceUnit([self.build(q) for q in p.parts])
         return TorchUnit(p.module)
@@ -134,7 +133,7 @@ class Compiler:
             mul, add = self.fold(full)
             k.set_transform(mul, add)
             convs.append(k)
-        return FactorizedReduceUnit(convs, self.isa, self.threads)
+        return FactorizedReduceUnit(convs, self.isa, self.threads, self.arena)
 
 
 class Unit:
@@ -200,14 +199,14 @@ class TorchUnit(Unit):
 class Chain(Unit):
     fuses_post = True
 
-    def __init__(self, steps: list[Step], isa: str, threads: int) -> None:
-        self.steps, self.isa, self.threads = steps, isa, threads
+    def __init__(self, steps: list[Step], isa: str, threads: int, arena: Arena) -> None:
+        self.steps, self.isa, self.threads, self.arena = steps, isa, threads, arena
 
     def __call__(self, x: Act, post: Tensor | None = None, out: tuple[Tensor, np.ndarray] | None = None) -> Act:
         """Run the chain on x; `post` is added last; `out` (an NCHW view and its NHWC array, e.g.
         a channel slice of a larger buffer) receives the result instead of a new tensor."""
         first = self.steps[0]
-        bits = x.packed(first.sign, self.isa, self.threads)
+        bits = x.packed(first.sign, self.isa, self.threads, self.arena, (id(self), "in"))
         prev = x.t
         for i, st in enumerate(self.steps):
             last = i == len(self.steps) - 1
@@ -222,9 +221,10 @@ class Chain(Unit):
             if last and out is not None:
                 out_t, dst = out
             elif st.float_out:
-                out_t, dst = new_act(n, st.conv.out_channels, oh, ow)
+                out_t, dst = self.arena.act((id(self), i, "floats"), n, st.conv.out_channels, oh, ow)
             if not last:
-                out_bits = np.empty((n, oh, ow, engine.words(st.conv.out_channels)), np.uint64)
+                out_bits = self.arena.array((id(self), i, "bits"), (n, oh, ow, engine.words(st.conv.out_channels)),
+                                            np.uint64)
             p = post.permute(0, 2, 3, 1).numpy() if last and post is not None else None
             st.conv.run(bits, (oh, ow), out=dst, out_bits=out_bits, res=res, post=p, threshold=st.threshold,
                         isa=self.isa, threads=self.threads)
@@ -235,15 +235,15 @@ class Chain(Unit):
 class FactorizedReduceUnit(Unit):
     fuses_post = True
 
-    def __init__(self, convs: list[engine.BinaryConv], isa: str, threads: int) -> None:
-        self.convs, self.isa, self.threads = convs, isa, threads
+    def __init__(self, convs: list[engine.BinaryConv], isa: str, threads: int, arena: Arena) -> None:
+        self.convs, self.isa, self.threads, self.arena = convs, isa, threads, arena
 
     def __call__(self, x: Act, post: Tensor | None = None, out: tuple[Tensor, np.ndarray] | None = None) -> Act:
-        bits = x.packed(None, self.isa, self.threads)
+        bits = x.packed(None, self.isa, self.threads, self.arena, (id(self), "in"))
         n, h, w = bits.shape[:3]
         oh, ow = self.convs[0].out_size(h, w)
         half = self.convs[0].out_channels
-        out_t, out = out if out is not None else new_act(n, 2 * half, oh, ow)
+        out_t, out = out if out is not None else self.arena.act((id(self), "floats"), n, 2 * half, oh, ow)
         p = post.permute(0, 2, 3, 1).numpy() if post is not None else None
         for i, conv in enumerate(self.convs):
             sl = slice(i * half, (i + 1) * half)
@@ -278,8 +278,8 @@ class ConcatUnit(Unit):
     """h = first(x), then the chains on h written into the channel blocks of one output (ReActNet's
     widening 1×1 units)."""
 
-    def __init__(self, first: Unit, chains: list[Chain]) -> None:
-        self.first, self.chains = first, chains
+    def __init__(self, first: Unit, chains: list[Chain], arena: Arena) -> None:
+        self.first, self.chains, self.arena = first, chains, arena
 
     def __call__(self, x: Act, post: Tensor | None = None) -> Act:
         h = self.first(x)
@@ -287,7 +287,7 @@ class ConcatUnit(Unit):
             return self.chains[0](h)
         n, _, hh, ww = h.t.shape
         widths = [c.steps[-1].conv.out_channels for c in self.chains]
-        out_t, out = new_act(n, sum(widths), hh, ww)
+        out_t, out = self.arena.act((id(self), "floats"), n, sum(widths), hh, ww)
         start = 0
         for chain, width in zip(self.chains, widths):
             sl = slice(start, start + width)
@@ -308,6 +308,7 @@ class CellUnit:
         self.ops = [compiler.unit(op, f"{name}.ops.{i}") for i, op in enumerate(cell.ops)]
         self.indices, self.steps, self.concat = cell.indices, cell.steps, cell.concat
         self.zero_ops = cell.ops
+        self.arena = compiler.arena
         self.layouts: dict[tuple[int, ...], tuple[int, int, int]] = {}
 
     def _node(self, i: int, states: list[Act], dst: tuple[Tensor, np.ndarray] | None) -> Act:
@@ -344,7 +345,7 @@ class CellUnit:
         buf: tuple[Tensor, np.ndarray] | None = None
         if layout is not None:
             c, h, w = layout
-            buf = new_act(states[0].t.shape[0], c * len(self.concat), h, w)
+            buf = self.arena.act((id(self), "floats"), states[0].t.shape[0], c * len(self.concat), h, w)
         for i in range(self.steps):
             dst = None
             if buf is not None and node_state(i) in self.concat:
@@ -373,7 +374,8 @@ class EngineNetwork(nn.Module):
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.net = model.eval().to(memory_format=CL)
         self.isa, self.threads = engine.resolve_isa(isa), int(threads)
-        compiler = Compiler(exp, engine.isa_spec(isa), self.threads)  # "auto": per-layer kernel choice
+        self.arena = Arena()
+        compiler = Compiler(exp, engine.isa_spec(isa), self.threads, self.arena)  # "auto": per-layer kernel choice
         self.genotype_cells = hasattr(model, "stem_forward")
         self.stems = {n: fold_conv_bn(getattr(model, n)) for n in ("stem", "stem0", "stem1") if hasattr(model, n)}
         if self.genotype_cells:
@@ -394,6 +396,7 @@ class EngineNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, None]:
         with torch.inference_mode():
+            self.arena.begin()
             x = x.float().contiguous(memory_format=CL)
             if self.genotype_cells:
                 if "stem0" in self.stems:

@@ -20,6 +20,7 @@ from bitnas.binary import BinaryConv2d
 from bitnas.binary.quantizers import LearnableBiasSign
 from bitnas.data import load_dataset
 from bitnas.data.formats.embedded import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from bitnas.deploy import arena as arena_module
 from bitnas.deploy import engine, export_network, network_from_export
 from bitnas.deploy.graph import EngineNetwork
 from bitnas.nets import arch_spec, build_network
@@ -196,3 +197,22 @@ def test_hand_designed_networks_through_the_engine(blocks: str, data) -> None:
     err = relative_error(got, want)
     assert ambiguous.float().mean() < 0.25
     assert err[~ambiguous].max() < 1e-4
+
+
+@pytest.mark.parametrize("structure", ["bireal", "cpnas"])
+def test_reused_buffers_never_leak_between_forwards(structure: str, data, monkeypatch) -> None:
+    """The network's arena hands each unit last forward's buffers (every size kept here): forwards
+    of other inputs and other batch sizes in between leave every result equal to a fresh
+    network's, and a repeated forward reuses (does not reallocate) the units' outputs."""
+    monkeypatch.setattr(arena_module, "MIN_BYTES", 0)
+    net, spec = calibrated(structure, 0.0, data, c=4, batches=1)
+    exp = export_network(net, spec)
+    engine_net = EngineNetwork(network_from_export(exp), exp)
+    xs = [data["x"][:16], data["x"][16:48], data["x"][48:64]]
+    fresh = [EngineNetwork(network_from_export(exp), exp)(x)[0] for x in xs]
+    for _ in range(2):
+        for x, want in zip(xs, fresh):
+            assert torch.equal(engine_net(x)[0], want)
+    held = {k: v[1] for k, v in engine_net.arena._local.bufs.items()}
+    engine_net(xs[2])
+    assert held and all(engine_net.arena._local.bufs[k][1] is v for k, v in held.items())

@@ -123,6 +123,36 @@ void pack(const float* x, std::int64_t npix, int c, std::int64_t ld, const float
 
 // ------------------------------------------------------------------ BinaryConv
 
+namespace {
+
+// The framed input of a dense_fused call (engine.h): the input itself when every tap of every
+// output pixel lies inside it, else a copy with the border in zero words, in a buffer each
+// calling thread keeps between calls (no allocation once it has grown).
+Framed frame(const word_t* in, const Geom& g) {
+  const int fh = (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1, fw = (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1;
+  if (g.pt == 0 && g.pl == 0 && fh <= g.h && fw <= g.w) return Framed{in, g.h, g.w};
+  thread_local std::vector<word_t> buf;
+  const std::size_t nw = std::size_t(g.in_words), row = std::size_t(fw) * nw;
+  buf.resize(std::size_t(g.n) * fh * row);
+  const int c_lo = std::min(g.pl, fw), c_hi = std::max(c_lo, std::min(fw, g.pl + g.w));  // framed columns inside
+  for (int n = 0; n < g.n; ++n)
+    for (int r = 0; r < fh; ++r) {
+      word_t* dst = buf.data() + (std::size_t(n) * fh + r) * row;
+      const int iy = r - g.pt;
+      if (iy < 0 || iy >= g.h) {
+        std::memset(dst, 0, row * sizeof(word_t));
+        continue;
+      }
+      std::memset(dst, 0, std::size_t(c_lo) * nw * sizeof(word_t));
+      std::memcpy(dst + std::size_t(c_lo) * nw, in + ((std::size_t(n) * g.h + iy) * g.w + (c_lo - g.pl)) * nw,
+                  std::size_t(c_hi - c_lo) * nw * sizeof(word_t));
+      std::memset(dst + std::size_t(c_hi) * nw, 0, std::size_t(fw - c_hi) * nw * sizeof(word_t));
+    }
+  return Framed{buf.data(), fh, fw};
+}
+
+}  // namespace
+
 EpiParams Transform::params() const {
   auto ptr = [](const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); };
   EpiParams p;
@@ -256,6 +286,15 @@ void BinaryConv::run_dense(const word_t* in, const Geom& g, const EpiIO& io, int
   std::vector<std::vector<std::int64_t>> scratch(nthreads);  // 8-byte aligned storage
   std::vector<std::vector<std::int32_t>> dots(nthreads);
   const EpiParams params = transform_.params();
+  if (k->dense_fused && g.groups == 1 && g.pt >= 0 && g.pl >= 0) {
+    const Framed src = frame(in, g);
+    parallel_for(nthreads, tiles, [&](std::int64_t t, int id) {
+      if (scratch[id].empty()) scratch[id].resize(std::size_t(scratch_bytes / 8 + 8));
+      const std::int64_t p0 = t * tile, p1 = std::min(npix, p0 + tile);
+      k->dense_fused(src, g, r.dense.data(), wsum_.data(), p0, p1, params, io, scratch[id].data());
+    });
+    return;
+  }
   parallel_for(nthreads, tiles, [&](std::int64_t t, int id) {
     if (dots[id].empty()) {
       scratch[id].resize(std::size_t(scratch_bytes / 8 + 8));

@@ -74,6 +74,14 @@ struct EpiIO {
   bool threshold = false;
 };
 
+// The packed input of a `dense_fused` call with its border laid out: an (n, h, w, in_words) image
+// whose pixel (0, 0) is input pixel (-pt, -pl), zero words (+1) outside the input, so that every
+// tap of every output pixel lies inside it (the input itself when the conv has no padding).
+struct Framed {
+  const word_t* img = nullptr;
+  int h = 0, w = 0;
+};
+
 // One ISA's implementations. Weight layouts are private to each ISA (prepared by `prepare`).
 struct DenseWeights;  // defined per ISA
 struct Kernels {
@@ -105,6 +113,14 @@ struct Kernels {
   void (*depthwise)(const std::int8_t* img, int img_h, int img_w, int cpad, int row0, int col0,
                     const std::int8_t* wts, const Geom& g, int oy_begin, int oy_end, std::int32_t* dot,
                     std::int64_t dot_ld);
+  // Dense conv and output transform in one pass, for groups == 1 and pt, pl >= 0 (nullptr:
+  // `dense`, then `epilogue`): output pixels [pix_begin, pix_end) read their taps in place from the
+  // framed input and go through the output transform a register block at a time, so neither a
+  // gathered copy of the activations nor the tile's integers leave L1. `wts`/`scratch` as for
+  // `dense` (scratch sized by `dense_scratch`).
+  void (*dense_fused)(const Framed& src, const Geom& g, const void* wts, const std::int32_t* wsum,
+                      std::int64_t pix_begin, std::int64_t pix_end, const EpiParams& p, const EpiIO& io,
+                      void* scratch) = nullptr;
 };
 
 // One table per ISA file; nullptr when the file is not compiled for this architecture.

@@ -198,6 +198,7 @@ Kernels make_table() {
   t.dense = dense_amx;
   t.dense_scratch = dense_scratch_amx;
   t.prepare_dense = prepare_dense_amx;
+  t.dense_fused = nullptr;  // a forced amx row runs its own dense core on every layer
   return t;
 }
 

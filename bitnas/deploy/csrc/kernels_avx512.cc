@@ -1,11 +1,8 @@
 // AVX-512 kernels (x86-64 with AVX-512 F, BW, VL and VPOPCNTDQ; compiled with
-// -mavx512f -mavx512bw -mavx512vl -mavx512vpopcntdq, chosen at run time from cpuid and XGETBV).
+// -mavx512f -mavx512bw -mavx512vl -mavx512vpopcntdq, chosen at run time from cpuid and XGETBV):
+// packing, the output transform, the depthwise core and the row's table; the dense cores live in
+// dense_avx512.cc.
 //
-// Binary conv core: VPOPCNTQ counts the bits of eight 64-bit words in one instruction. Weights
-// are laid out in vectors of 8 output channels (one 64-bit word per lane, k words per vector);
-// an activation word is broadcast (embedded {1to8} in the XOR), so one output pixel x 8 output
-// channels x 64 input bits costs vpxorq + vpopcntq + vpaddq. Register block: 6 pixels x up to 4
-// vectors (32 output channels) = 24 accumulators + 4 weight registers of the 32 zmm.
 // Packing compares 16 floats to zero into a 16-bit mask; the output transform runs 16 channels
 // per vector with masked loads and stores (tails cost nothing) and writes the next layer's bits
 // from the compare masks; the depthwise core adds 64 int8 lanes per instruction.
@@ -20,12 +17,11 @@
 #include <cstdint>
 #include <cstring>
 
+#include "avx512.h"
 #include "detail.h"
 
 namespace bitnas {
 namespace {
-
-inline __mmask16 lanes16(int valid) { return valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1); }
 
 // ------------------------------------------------------------------ bit-packing of activations
 
@@ -54,12 +50,14 @@ void pack_avx512(const float* x, std::int64_t npix, int c, std::int64_t ld, cons
 
 // ------------------------------------------------------------------ output transform
 
-// 16 channels from o (m: the valid ones) of one pixel, every step in registers, the same float
-// operations in the same order as the reference.
-inline void epilogue16(const std::int32_t* d, const float* res, const float* post, float* out, std::int32_t* ints,
-                       word_t* bits, int o, __mmask16 m, const EpiParams& p, bool threshold) {
+// The output transform of 16 channels from o (m: the valid ones) of one pixel, whose exact dot
+// products are `di`, any combination of outputs: every step in registers, the same float
+// operations in the same order as the reference. Pointers are the pixel's rows (nullptr when
+// absent); `bits` words are ORed into, so the caller zeroes them first (o is a multiple of 16, so
+// 16 bits never cross a word).
+inline void epilogue16(__m512i di, const float* res, const float* post, float* out, std::int32_t* ints, word_t* bits,
+                       int o, __mmask16 m, const EpiParams& p, bool threshold) {
   const __m512 zero = _mm512_setzero_ps();
-  const __m512i di = _mm512_maskz_loadu_epi32(m, d + o);
   if (ints) _mm512_mask_storeu_epi32(ints + o, m, di);
   if (threshold) {
     if (bits) {
@@ -93,8 +91,78 @@ inline void epilogue16(const std::int32_t* d, const float* res, const float* pos
   }
 }
 
-void epilogue_avx512(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout,
-                     const EpiParams& p, const EpiIO& io) {
+// One combination of outputs, the pixel loop and the channel loop free of its tests: float
+// outputs (kOut) and/or the next layer's bits (kBits), a residual (kRes), an addend (kPost),
+// activation kAct; the same operations, in the same order, as epilogue16.
+template <bool kRes, bool kPost, bool kOut, bool kBits, int kAct>
+void epilogue_rows(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout,
+                   const EpiParams& p, const EpiIO& io) {
+  const int nw = words_for(cout);
+  const float *mul = p.mul, *add = p.add, *slope = p.slope, *sin = p.shift_in, *sout = p.shift_out;
+  const float *bscale = p.bits_scale, *bshift = p.bits_shift;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int i = 0; i < npix; ++i) {
+    const std::int64_t pix = pix0 + i;
+    const std::int32_t* d = dot + i * dot_ld;
+    const float* res = kRes ? io.res + pix * io.res_ld : nullptr;
+    const float* post = kPost ? io.post + pix * io.post_ld : nullptr;
+    float* out = kOut ? io.out + pix * io.out_ld : nullptr;
+    word_t* bits = kBits ? io.bits + pix * nw : nullptr;
+    word_t word = 0;
+    for (int o = 0; o < cout; o += 16) {
+      const __mmask16 m = lanes16(cout - o);
+      __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, d + o)), _mm512_maskz_loadu_ps(m, mul + o));
+      v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, add + o));
+      if (kRes) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + o));
+      if (kAct == kActRelu) {
+        v = _mm512_max_ps(v, zero);
+      } else if (kAct == kActPrelu) {
+        const __m512 neg = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, slope + o), v);
+        v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), neg, v);
+      } else if (kAct == kActRprelu) {
+        __m512 u = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(m, sin + o));
+        const __m512 neg = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, slope + o), u);
+        u = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(u, zero, _CMP_GT_OQ), neg, u);
+        v = _mm512_add_ps(u, _mm512_maskz_loadu_ps(m, sout + o));
+      }
+      if (kPost) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, post + o));
+      if (kOut) _mm512_mask_storeu_ps(out + o, m, v);
+      if (kBits) {
+        if (bscale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, bscale + o));
+        if (bshift) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bshift + o));
+        word |= word_t(_mm512_mask_cmp_ps_mask(m, v, zero, _CMP_LT_OQ)) << (o & 63);
+        if ((o & 63) == 48 || o + 16 >= cout) {
+          bits[o >> 6] = word;
+          word = 0;
+        }
+      }
+    }
+  }
+}
+
+// Threshold mode without integers: bits straight from the counts (dot * thr_sign < thr).
+void threshold_rows(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout,
+                    const EpiParams& p, const EpiIO& io) {
+  const int nw = words_for(cout);
+  for (int i = 0; i < npix; ++i) {
+    const std::int32_t* d = dot + i * dot_ld;
+    word_t* bits = io.bits + (pix0 + i) * nw;
+    word_t word = 0;
+    for (int o = 0; o < cout; o += 16) {
+      const __mmask16 m = lanes16(cout - o);
+      const __m512i s = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(m, d + o), _mm512_maskz_loadu_epi32(m, p.thr_sign + o));
+      word |= word_t(_mm512_mask_cmplt_epi32_mask(m, s, _mm512_maskz_loadu_epi32(m, p.thr + o))) << (o & 63);
+      if ((o & 63) == 48 || o + 16 >= cout) {
+        bits[o >> 6] = word;
+        word = 0;
+      }
+    }
+  }
+}
+
+// Any combination (integers too): epilogue16 per 16 channels.
+void general_rows(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout,
+                  const EpiParams& p, const EpiIO& io) {
   const int nw = words_for(cout);
   for (int i = 0; i < npix; ++i) {
     const std::int64_t pix = pix0 + i;
@@ -104,119 +172,32 @@ void epilogue_avx512(const std::int32_t* dot, std::int64_t dot_ld, int npix, std
     std::int32_t* ints = io.ints ? io.ints + pix * io.ints_ld : nullptr;
     word_t* bits = io.bits ? io.bits + pix * nw : nullptr;
     if (bits) std::memset(bits, 0, sizeof(word_t) * nw);
-    for (int o = 0; o < cout; o += 16)
-      epilogue16(dot + i * dot_ld, res, post, out, ints, bits, o, lanes16(cout - o), p, io.threshold);
+    for (int o = 0; o < cout; o += 16) {
+      const __mmask16 m = lanes16(cout - o);
+      epilogue16(_mm512_maskz_loadu_epi32(m, dot + i * dot_ld + o), res, post, out, ints, bits, o, m, p, io.threshold);
+    }
   }
 }
 
-// ------------------------------------------------------------------ dense binary conv core
+using Rows = void (*)(const std::int32_t*, std::int64_t, int, std::int64_t, int, const EpiParams&, const EpiIO&);
 
-constexpr int kLanes = 8;    // output channels per weight vector
-constexpr int kVecs = 4;     // weight vectors per register block
-constexpr int kPixels = 6;   // output pixels per register block
-
-// Weights of one group: ceil(cout_g / 8) vectors, each [k][8] words (zero for missing channels).
-std::int64_t prepare_dense_avx512(const word_t* canon, const Geom& g, word_t* out) {
-  const int og = g.cout_g(), k = g.taps() * g.g_words();
-  const int nv = (og + kLanes - 1) / kLanes;
-  const std::int64_t n = std::int64_t(nv) * k * kLanes;
-  if (!out) return n;
-  for (int v = 0; v < nv; ++v)
-    for (int i = 0; i < k; ++i)
-      for (int j = 0; j < kLanes; ++j) {
-        const int o = v * kLanes + j;
-        out[(std::int64_t(v) * k + i) * kLanes + j] = o < og ? canon[std::int64_t(o) * k + i] : 0;
-      }
-  return n;
+template <int kIndex>
+constexpr Rows rows_at() {
+  return epilogue_rows<(kIndex & 1) != 0, (kIndex & 2) != 0, (kIndex & 4) != 0, (kIndex & 8) != 0, kIndex / 16>;
 }
 
-struct Scratch {
-  word_t* act;  // [tile rounded up to kPixels][k] words
-  int* n_oob;
-  int* oob;
+template <int... kI>
+struct RowsTable {
+  static constexpr Rows table[sizeof...(kI)] = {rows_at<kI>()...};
 };
 
-Scratch carve(void* scratch, const Geom& g, int tile) {
-  const std::int64_t k = std::int64_t(g.taps()) * g.g_words();
-  Scratch s;
-  s.act = static_cast<word_t*>(scratch);
-  s.n_oob = reinterpret_cast<int*>(s.act + k * (tile + kPixels));
-  s.oob = s.n_oob + tile;
-  return s;
-}
+template <int... kI>
+constexpr Rows RowsTable<kI...>::table[sizeof...(kI)];
 
-std::int64_t dense_scratch_avx512(const Geom& g, int tile) {
-  const std::int64_t k = std::int64_t(g.taps()) * g.g_words();
-  return 8 * k * (tile + kPixels) + std::int64_t(tile) * (1 + g.taps()) * 4 + 64;
-}
-
-// kPixels pixels x B weight vectors: popcounts of (activation ^ weight) over k words, then
-// dot = kbits - 2 * count written to rows p of dot (only the first `rows` pixels and the first
-// `valid` of the block's B * 8 channels). Two vectors' 64-bit counts (each < 2^32) become 16
-// int32 in channel order with one vpermt2d.
-template <int B>
-inline void micro_kernel(const word_t* act, int k, const word_t* wts, std::int64_t wstride, int rows, int valid,
-                         std::int32_t* dot, std::int64_t dot_ld, std::int32_t kbits) {
-  __m512i acc[kPixels][B];
-  for (int p = 0; p < kPixels; ++p)
-    for (int b = 0; b < B; ++b) acc[p][b] = _mm512_setzero_si512();
-  for (int i = 0; i < k; ++i) {
-    __m512i w[B];
-    for (int b = 0; b < B; ++b) w[b] = _mm512_loadu_si512(wts + b * wstride + std::int64_t(i) * kLanes);
-    for (int p = 0; p < kPixels; ++p) {
-      const __m512i a = _mm512_set1_epi64(static_cast<long long>(act[std::int64_t(p) * k + i]));
-      for (int b = 0; b < B; ++b) acc[p][b] = _mm512_add_epi64(acc[p][b], _mm512_popcnt_epi64(_mm512_xor_si512(a, w[b])));
-    }
-  }
-  const __m512i kb = _mm512_set1_epi32(kbits);
-  const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  for (int p = 0; p < rows; ++p) {
-    for (int b = 0; b + 1 < B; b += 2) {
-      const __m512i pop = _mm512_permutex2var_epi32(acc[p][b], low_halves, acc[p][b + 1]);
-      const int n = imin(16, valid - b * kLanes);
-      _mm512_mask_storeu_epi32(dot + p * dot_ld + b * kLanes, lanes16(n), _mm512_sub_epi32(kb, _mm512_add_epi32(pop, pop)));
-    }
-    if (B % 2) {
-      const __m256i pop = _mm512_cvtepi64_epi32(acc[p][B - 1]);
-      const int n = valid - (B - 1) * kLanes;
-      _mm256_mask_storeu_epi32(dot + p * dot_ld + (B - 1) * kLanes, __mmask8((1u << n) - 1),
-                               _mm256_sub_epi32(_mm512_castsi512_si256(kb), _mm256_add_epi32(pop, pop)));
-    }
-  }
-}
-
-void dense_avx512(const word_t* in, const Geom& g, int group, const void* wts, const std::int32_t* wsum,
-                  std::int64_t pix_begin, std::int64_t pix_end, std::int32_t* dot, std::int64_t dot_ld,
-                  void* scratch) {
-  const int tile = int(pix_end - pix_begin);
-  const int k = g.taps() * g.g_words(), og = g.cout_g(), o0 = group * og;
-  Scratch s = carve(scratch, g, tile);
-  gather_tile(in, g, group, pix_begin, tile, s.n_oob, s.oob,
-              [&](int p, int i, word_t v) { s.act[std::int64_t(p) * k + i] = v; });
-  const int padded = (tile + kPixels - 1) / kPixels * kPixels;
-  std::memset(s.act + std::int64_t(tile) * k, 0, sizeof(word_t) * k * (padded - tile));
-  const std::int32_t kbits = g.taps() * g.cin_g();
-  const word_t* w = static_cast<const word_t*>(wts);
-  const std::int64_t wstride = std::int64_t(k) * kLanes;
-  const int nv = (og + kLanes - 1) / kLanes;
-  for (int v0 = 0; v0 < nv; v0 += kVecs) {
-    const int nb = imin(kVecs, nv - v0);
-    const int valid = imin(nb * kLanes, og - v0 * kLanes);
-    const word_t* wv = w + v0 * wstride;
-    for (int p = 0; p < tile; p += kPixels) {
-      const word_t* a = s.act + std::int64_t(p) * k;
-      std::int32_t* d = dot + std::int64_t(p) * dot_ld + o0 + v0 * kLanes;
-      const int rows = imin(kPixels, tile - p);
-      switch (nb) {
-        case 4: micro_kernel<4>(a, k, wv, wstride, rows, valid, d, dot_ld, kbits); break;
-        case 3: micro_kernel<3>(a, k, wv, wstride, rows, valid, d, dot_ld, kbits); break;
-        case 2: micro_kernel<2>(a, k, wv, wstride, rows, valid, d, dot_ld, kbits); break;
-        default: micro_kernel<1>(a, k, wv, wstride, rows, valid, d, dot_ld, kbits); break;
-      }
-    }
-  }
-  correct_tile(g, group, dot, dot_ld, tile, s.n_oob, s.oob, wsum);
-}
+// Index: residual 1, addend 2, floats 4, bits 8, plus 16 x activation.
+using AllRows = RowsTable<0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
+                          26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
+                          49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63>;
 
 // ------------------------------------------------------------------ depthwise core
 
@@ -273,11 +254,26 @@ void depthwise_impl(const std::int8_t* img, int img_w, int cpad, int row0, int c
 }
 
 const Kernels kAvx512 = {
-    "avx512", pack_avx512, epilogue_avx512, dense_avx512, dense_scratch_avx512, prepare_dense_avx512,
+    "avx512", pack_avx512, avx512::epilogue, avx512::dense, avx512::dense_scratch, avx512::prepare_dense,
     expand_avx512, depthwise_entry<depthwise_impl<3, 3>, depthwise_impl<5, 5>, depthwise_impl<0, 0>>,
+    avx512::dense_fused,
 };
 
 }  // namespace
+
+namespace avx512 {
+
+// The output transform, its combination of outputs chosen once per call.
+void epilogue(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout, const EpiParams& p,
+              const EpiIO& io) {
+  if (io.ints || (io.threshold && !io.bits)) return general_rows(dot, dot_ld, npix, pix0, cout, p, io);
+  if (io.threshold) return threshold_rows(dot, dot_ld, npix, pix0, cout, p, io);
+  if (!io.out && !io.bits) return;
+  const int index = (io.res ? 1 : 0) | (io.post ? 2 : 0) | (io.out ? 4 : 0) | (io.bits ? 8 : 0) | 16 * p.act;
+  AllRows::table[index](dot, dot_ld, npix, pix0, cout, p, io);
+}
+
+}  // namespace avx512
 
 const Kernels* kernels_avx512() { return &kAvx512; }
 

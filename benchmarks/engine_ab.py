@@ -1,0 +1,122 @@
+"""Two builds of the engine extension side by side in one process, with torch fp32 as the yardstick.
+
+Each build is a folder holding an `_engine*.so` (e.g. `bitnas/deploy` of this tree and of a
+`git worktree` of the parent commit after `python setup.py build_ext --inplace`). Per benchmark
+layer (those of `inference.py`, batch 64): packing the float NHWC input, the conv and the α/BN
+float output on each build, and `F.conv2d` fp32 channels-last, all interleaved over the rounds
+(alternating order), one thread; thread-CPU-time medians. Every build's floats must be equal.
+
+    .venv/bin/python benchmarks/engine_ab.py --build base=/tmp/base/bitnas/deploy --build new=bitnas/deploy
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+
+def fail(message: str) -> None:
+    """One `bitnas: error:` line and exit status 2."""
+    print(f"bitnas: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def benchmark_layers() -> list[tuple[str, int, int, int, int]]:
+    """inference.py's LAYERS, read from its source: importing it would load this tree's engine
+    under its own name, and the same library loaded twice cannot register its types again."""
+    tree = ast.parse((Path(__file__).resolve().parent / "inference.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "LAYERS" for t in node.targets):
+            return [tuple(v) for v in ast.literal_eval(node.value)]
+    fail("benchmarks/inference.py has no LAYERS")
+    return []
+
+
+def load_build(tag: str, folder: Path) -> ModuleType:
+    """The extension in `folder`, imported under its own package name so two builds coexist."""
+    so = sorted(folder.glob("_engine*.so"))
+    if not so:
+        fail(f"no _engine*.so in {folder}")
+    spec = importlib.util.spec_from_file_location(f"{tag}._engine", so[0])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def bench(builds: dict[str, ModuleType], name: str, ci: int, co: int, hw: int, k: int, rounds: int, isa: str) -> str:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, ci, hw, hw, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(co, ci, k, k, generator=g).contiguous(memory_format=torch.channels_last)
+    mul, add = torch.rand(co, generator=g).numpy(), torch.randn(co, generator=g).numpy()
+    xn, neg = x.permute(0, 2, 3, 1).numpy(), (w < 0).numpy().astype(np.uint8)
+    outs: dict[str, np.ndarray] = {}
+
+    def runner(tag: str, mod: ModuleType):
+        conv = mod.BinaryConv(neg, ci, 1, 1, 1, k // 2, k // 2, 1, 1, False)
+        conv.set_transform(mul, add)
+
+        def run() -> None:
+            bits = np.empty((64, hw, hw, (ci + 63) // 64), np.uint64)
+            mod.pack(xn, bits, None, None, isa, 1)
+            out = np.empty((64, hw, hw, co), np.float32)
+            conv.run(bits, hw, hw, out, None, None, None, None, False, isa, 1)
+            outs[tag] = out
+        return run
+
+    fns = {"torch": lambda: F.conv2d(x, w, None, 1, k // 2), **{t: runner(t, m) for t, m in builds.items()}}
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for f in fns.values():
+        f()
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            t0 = time.thread_time()
+            fns[n]()
+            times[n].append(time.thread_time() - t0)
+    first = next(iter(outs.values()))
+    if not all(np.array_equal(first, o) for o in outs.values()):
+        fail(f"the builds' floats differ on {name}")
+    med = {n: statistics.median(v) for n, v in times.items()}
+    macs = 64 * hw * hw * co * ci * k * k
+    tags = list(builds)
+    parts = [f"{t} {med[t] * 1e3:.3f} ms = {med['torch'] / med[t]:.2f}x torch ({macs / med[t] / 1e9:.0f} G/s)" for t in tags]
+    parts += [f"{t}/{tags[0]} {med[tags[0]] / med[t]:.2f}x" for t in tags[1:]]
+    return f"{name}: torch {med['torch'] * 1e3:.2f} ms; " + "; ".join(parts)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--build", action="append", required=True, metavar="TAG=FOLDER",
+                   help="a folder with an _engine*.so; the first is the baseline")
+    p.add_argument("--rounds", type=int, default=21)
+    p.add_argument("--isa", default="avx512", help="the ISA row every build runs (default avx512)")
+    a = p.parse_args()
+    builds = {}
+    for spec in a.build:
+        tag, sep, folder = spec.partition("=")
+        if not sep or not tag.isidentifier():
+            fail(f"--build {spec!r}: expected TAG=FOLDER")
+        builds[tag] = load_build(tag, Path(folder))
+    torch.set_num_threads(1)
+    print(f"{a.isa} row, batch 64, 1 thread, thread-CPU medians of {a.rounds} interleaved rounds; "
+          f"load {os.getloadavg()[0]:.1f}")
+    with torch.inference_mode():
+        for spec in benchmark_layers():
+            print(bench(builds, *spec, rounds=a.rounds, isa=a.isa))
+    print(f"load {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

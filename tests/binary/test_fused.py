@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from bitnas.binary import fused
+from tests.steps import adam_steps
 
 pytestmark = pytest.mark.skipif(fused.extension() is None, reason="bitnas.binary._fused not built")
 
@@ -75,17 +76,7 @@ def test_training_steps_bitwise_with_and_without_extension(torch_path, activatio
         torch.manual_seed(0)
         net = build_network(load_genotype("DARTS_V2"), structure="bireal", activation=activation, init_channels=8,
                             layers=3, num_classes=10, in_channels=1)
-        opt = torch.optim.Adam(net.parameters(), 5e-3)
-        gen = torch.Generator().manual_seed(1)
-        losses = []
-        for _ in range(3):
-            x, y = torch.randn(16, 1, 28, 28, generator=gen), torch.randint(10, (16,), generator=gen)
-            loss = F.cross_entropy(net(x)[0], y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-        return torch.stack(losses), [p.detach().clone() for p in net.parameters()]
+        return adam_steps(net)
 
     (la, pa), (lb, pb) = run(), torch_path(run)
     assert torch.equal(bits(la), bits(lb))

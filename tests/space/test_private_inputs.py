@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bitnas.binary import BinaryConv2d, fused, quantizers
@@ -13,6 +12,7 @@ from bitnas.nets import build_network
 from bitnas.space import OpConfig, build_op
 from bitnas.space.genotypes import load_genotype
 from bitnas.space.structures import ResidualBlock
+from tests.steps import adam_steps
 
 torch.set_num_threads(1)
 
@@ -87,17 +87,7 @@ def test_protocol_network_steps_equal_the_separate_nodes(monkeypatch):
                             init_channels=8, layers=3, num_classes=10, in_channels=1)
         if not fuse:
             _unfused(net, monkeypatch)
-        opt = torch.optim.Adam(net.parameters(), 5e-3)
-        gen = torch.Generator().manual_seed(1)
-        losses = []
-        for _ in range(3):
-            x, y = torch.randn(16, 1, 28, 28, generator=gen), torch.randint(10, (16,), generator=gen)
-            loss = F.cross_entropy(net(x)[0], y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-        runs.append((torch.stack(losses), [p.detach().clone() for p in net.parameters()]))
+        runs.append(adam_steps(net))
     (la, pa), (lb, pb) = runs
     assert torch.equal(bits(la), bits(lb))
     assert all(torch.equal(bits(u), bits(v)) for u, v in zip(pa, pb))

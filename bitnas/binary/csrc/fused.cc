@@ -197,6 +197,19 @@ void bn_backward(const float* x, const float* dy, const float* mean, const float
   bn_backward_c<0>(x, dy, mean, invstd, w, dx, grad_weight, grad_bias, rows, c, fused_c);
 }
 
+// The per-channel coefficients of the generic replay from its double sums Σ(x − mean)·dy (dotp)
+// and Σdy (sum): k, Σdy/N and the parameter gradients, in the float expressions ATen uses.
+inline void bn_backward_coefficients(const double* dotp, const float* invstd, const float* sum, std::int64_t rows,
+                                     std::int64_t c, float* k, float* gmean, float* grad_weight, float* grad_bias) {
+  const float n = static_cast<float>(rows);
+  for (std::int64_t j = 0; j < c; ++j) {
+    k[j] = ((static_cast<float>(dotp[j]) * invstd[j]) * invstd[j]) / n;
+    gmean[j] = sum[j] / n;
+    if (grad_weight) grad_weight[j] = static_cast<float>(dotp[j] * static_cast<double>(invstd[j]));
+    if (grad_bias) grad_bias[j] = sum[j];
+  }
+}
+
 // The same backward when the output gradient is not laid out like the input (a channel slice of
 // a larger channels-last gradient, as the backward of a concatenation hands out, or an NCHW one):
 // ATen then runs its generic loops, which this replays — Σ(x − mean)·dy accumulated in double
@@ -228,13 +241,7 @@ BITNAS_CLONES void bn_backward_rows(const float* __restrict x, const float* __re
       dotp[j] += static_cast<double>(p);
     }
   }
-  const float n = static_cast<float>(rows);
-  for (std::int64_t j = 0; j < c; ++j) {
-    k[j] = ((static_cast<float>(dotp[j]) * invstd[j]) * invstd[j]) / n;
-    gmean[j] = sum[j] / n;
-    if (grad_weight) grad_weight[j] = static_cast<float>(dotp[j] * static_cast<double>(invstd[j]));
-    if (grad_bias) grad_bias[j] = sum[j];
-  }
+  bn_backward_coefficients(dotp, invstd, sum, rows, c, k, gmean, grad_weight, grad_bias);
   if (!dx) return;
   for (std::int64_t i = 0; i < rows; ++i) {
     const float* xr = x + i * c;
@@ -276,13 +283,7 @@ void bn_backward_generic(const float* x, const float* dy, const std::int64_t* sh
       dotp[j] += static_cast<double>(p);
     }
   }
-  const float n = static_cast<float>(rows);
-  for (std::int64_t j = 0; j < c; ++j) {
-    k[j] = ((static_cast<float>(dotp[j]) * invstd[j]) * invstd[j]) / n;
-    gmean[j] = sum[j] / n;
-    if (grad_weight) grad_weight[j] = static_cast<float>(dotp[j] * static_cast<double>(invstd[j]));
-    if (grad_bias) grad_bias[j] = sum[j];
-  }
+  bn_backward_coefficients(dotp.data(), invstd, sum, rows, c, k.data(), gmean.data(), grad_weight, grad_bias);
   if (!dx) return;
   for (std::int64_t i = 0; i < rows; ++i) {
     const float* xr = x + i * c;

@@ -40,6 +40,13 @@ struct Block {
   const std::int64_t* off;
   int first, rows;
   bool border;
+
+  // Block b of a tile of `tile` pixels, no border correction yet.
+  void start(int b, int tile) {
+    first = b * kPixels;
+    rows = imin(kPixels, tile - first);
+    border = false;
+  }
 };
 
 struct Scratch {
@@ -142,9 +149,7 @@ int plan_blocks(const word_t* in, const Geom& g, int group, std::int64_t pix_beg
   PixelWalk at(g, pix_begin);
   for (int b = 0; b < nblocks; ++b) {
     Block& bl = s.blocks[b];
-    bl.first = b * kPixels;
-    bl.rows = imin(kPixels, tile - bl.first);
-    bl.border = false;
+    bl.start(b, tile);
     bool inside = aligned;
     PixelWalk w = at;
     for (int p = 0; p < bl.rows && inside; ++p, w.next(g)) {
@@ -183,9 +188,7 @@ int plan_framed(const Framed& src, const Geom& g, std::int64_t pix_begin, int ti
   PixelWalk at(g, pix_begin);
   for (int b = 0; b < nblocks; ++b) {
     Block& bl = s.blocks[b];
-    bl.first = b * kPixels;
-    bl.rows = imin(kPixels, tile - bl.first);
-    bl.border = false;
+    bl.start(b, tile);
     bl.off = s.img_off;
     for (int p = 0; p < bl.rows; ++p, at.next(g)) {
       bl.px[p] = src.img + ((std::int64_t(at.n) * src.h + at.oy * g.sh) * src.w + std::int64_t(at.ox) * g.sw) * g.in_words;

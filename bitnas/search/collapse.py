@@ -1,7 +1,7 @@
 """Remedies against the collapse of differentiable binary searches to parameter-free cells.
 
-Binary PC-DARTS and UBNAS returned all-pooling cells in `study_fmnist_cpu` — the failure BATS
-and BARS describe for binary differentiable search (METHODS §7). Two published remedies, each
+Binary PC-DARTS and UBNAS returned all-pooling cells in the pilot run of `study_fmnist_cpu` — the
+failure BATS and BARS describe for binary differentiable search (METHODS §7). Two published remedies, each
 an option of the shared DARTS loop whose default is the unchanged search:
 
 - **A cap on parameter-free ops per cell** at genotype derivation (P-DARTS, DARTS+: at most M

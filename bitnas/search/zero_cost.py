@@ -9,7 +9,7 @@ of the training half of the search's split (`bitnas.study.estimators`). One unit
 candidate: metrics.jsonl holds every candidate's genotype and score, genotype.json the best
 (ties: the earlier draw). The default estimator, synflow, is the one Abdelfattah et al. found
 best on NAS-Bench-201, and the least inverse of the five on the 12 ground-truth genotypes of
-`study_fmnist_cpu` (τ −0.23; all five rank them inversely there, see the README).
+the pilot run of `study_fmnist_cpu` (τ −0.23; all five rank them inversely there, see the README).
 """
 from __future__ import annotations
 

@@ -4,6 +4,7 @@
 // are bitwise those of the torch path. Buffers are dense and share one memory layout (the caller
 // checks); the GIL is released while a kernel runs.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "layout.h"
 
@@ -480,6 +481,23 @@ PYBIND11_MODULE(_fused, m) {
     scaled_ste_sign_grad_kernel(ptr<const float>(w), ptr<const float>(g), ptr<const float>(alpha), ptr<float>(out),
                                 rows, per_row, clip);
   }, "out = 1[|w| <= clip] * (g * alpha[row])");
+  // The two above over many weight tensors in one call (a network's binary convs, once per step).
+  m.def("scaled_sign_many", [](std::vector<std::uintptr_t> w, std::vector<std::uintptr_t> alpha,
+                               std::vector<std::uintptr_t> out, std::vector<std::int64_t> rows,
+                               std::vector<std::int64_t> per_row) {
+    py::gil_scoped_release nogil;
+    for (std::size_t i = 0; i < w.size(); ++i)
+      scaled_sign_kernel(ptr<const float>(w[i]), ptr<const float>(alpha[i]), ptr<float>(out[i]), rows[i], per_row[i]);
+  }, "scaled_sign over lists of buffers (w, alpha, out, rows, per_row)");
+  m.def("scaled_ste_sign_grad_many", [](std::vector<std::uintptr_t> w, std::vector<std::uintptr_t> g,
+                                        std::vector<std::uintptr_t> alpha, std::vector<std::uintptr_t> out,
+                                        std::vector<std::int64_t> rows, std::vector<std::int64_t> per_row,
+                                        std::vector<float> clip) {
+    py::gil_scoped_release nogil;
+    for (std::size_t i = 0; i < w.size(); ++i)
+      scaled_ste_sign_grad_kernel(ptr<const float>(w[i]), ptr<const float>(g[i]), ptr<const float>(alpha[i]),
+                                  ptr<float>(out[i]), rows[i], per_row[i], clip[i]);
+  }, "scaled_ste_sign_grad over lists of buffers (w, g, alpha, out, rows, per_row, clip)");
   m.def("bn_backward", [](std::uintptr_t x, std::uintptr_t dy, std::uintptr_t mean, std::uintptr_t invstd,
                           std::uintptr_t w, std::uintptr_t dx, std::uintptr_t grad_weight, std::uintptr_t grad_bias,
                           std::int64_t rows, std::int64_t c, std::int64_t fused_c) {

@@ -17,7 +17,8 @@ vectorised loops have them), or ATen's generic loops for a gradient laid out oth
 results are bitwise ATen's; they serve x86 CPUs where ATen runs its AVX2 or AVX-512 kernels
 (checked at run time), the channels-last replays one torch thread only, and the ATen operators
 everywhere else. `max_pool_forward` / `max_pool_backward` replay ATen's channels-last max
-pooling (the same maxima, the same scatter-add order) for one torch thread.
+pooling (the same maxima, the same scatter-add order) for one torch thread; `grid_gradient`
+writes the gradient of a factorised reduce's stride-2 grids in one pass (csrc/layout.cc).
 """
 from __future__ import annotations
 

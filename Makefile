@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TEST_WORKERS ?= 2
 XDIST  := -n $(TEST_WORKERS) --dist loadfile
 # The C++ inference engine is compiled by the package build; its sources re-trigger the install.
-ENGINE := setup.py $(wildcard bitnas/deploy/csrc/*.cc bitnas/deploy/csrc/*.h bitnas/binary/csrc/*.cc)
+ENGINE := setup.py $(wildcard bitnas/deploy/csrc/*.cc bitnas/deploy/csrc/*.h bitnas/binary/csrc/*.cc bitnas/binary/csrc/*.h)
 
 .PHONY: demo test test-quick install clean bench
 

@@ -23,7 +23,8 @@ from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError
 
 CSRC = Path("bitnas") / "deploy" / "csrc"
-FUSED = Path("bitnas") / "binary" / "csrc" / "fused.cc"
+FUSED = Path("bitnas") / "binary" / "csrc"
+FUSED_SOURCES = ["fused.cc", "layout.cc"]
 SOURCES = ["bindings.cc", "driver.cc", "isa.cc", "kernels_reference.cc", "kernels_scalar.cc", "kernels_avx2.cc",
            "kernels_avx512.cc", "dense_avx512.cc", "kernels_amx.cc"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "x64")
@@ -91,8 +92,9 @@ def extensions() -> list:
         extra_link_args=["-pthread"],
     ), Extension(
         "bitnas.binary._fused",
-        sources=[str(FUSED)],
-        include_dirs=[pybind11.get_include()],
+        sources=[str(FUSED / s) for s in FUSED_SOURCES],
+        include_dirs=[pybind11.get_include(), str(FUSED)],
+        depends=[str(FUSED / "layout.h")],
         language="c++",
         extra_compile_args=UNIX_FLAGS,
         extra_link_args=["-pthread"],

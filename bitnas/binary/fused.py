@@ -17,7 +17,8 @@ vectorised loops have them), or ATen's generic loops for a gradient laid out oth
 results are bitwise ATen's; they serve x86 CPUs where ATen runs its AVX2 or AVX-512 kernels
 (checked at run time), the channels-last replays one torch thread only, and the ATen operators
 everywhere else. `max_pool_forward` / `max_pool_backward` replay ATen's channels-last max
-pooling (the same maxima, the same scatter-add order) for one torch thread.
+pooling (the same maxima, the same scatter-add order) for one torch thread; `grid_gradient`
+writes the gradient of a factorised reduce's stride-2 grids in one pass (csrc/layout.cc).
 """
 from __future__ import annotations
 
@@ -130,11 +131,18 @@ def _residual_rows(x: Tensor, r: Tensor) -> tuple[int, int, int] | None:
         return 1, x.numel(), x.numel()
     if not (_channels_last_float(x) and r.shape == x.shape and r.dtype == torch.float32 and r.device.type == "cpu"):
         return None
+    rs = _channel_row_stride(r)
+    return None if rs is None else (x.numel() // x.shape[1], x.shape[1], rs)
+
+
+def _channel_row_stride(r: Tensor) -> int | None:
+    """The distance in elements between r's rows of C contiguous channels where r (4-d) is
+    channels-last or a channel slice of a wider channels-last tensor; else None."""
     n, c, h, w = r.shape
     sn, sc, sh, sw = r.stride()
     rs = sw if w > 1 else sh if h > 1 else sn if n > 1 else c
     if sc == 1 and rs >= c and (w == 1 or sw == rs) and (h == 1 or sh == w * rs) and (n == 1 or sn == h * w * rs):
-        return n * h * w, c, rs
+        return rs
     return None
 
 
@@ -317,11 +325,40 @@ def max_pool_forward(x: Tensor, k: int, s: int, p: int) -> tuple[Tensor, Tensor]
 
 def max_pool_backward(grad: Tensor, idx: Tensor, shape: torch.Size) -> Tensor:
     """The input gradient of `max_pool_forward` (channels-last, the input of `shape`), bitwise
-    ATen's: zeros, then each output gradient added at its maximum, output positions in row order."""
+    ATen's: zeros, then each output gradient added at its maximum, output positions in row order.
+    A gradient that is a channel slice of a wider channels-last tensor (a concatenation's
+    backward) is read in place."""
     ext = extension()
     assert ext is not None
-    grad = grad.to(torch.float32).contiguous(memory_format=torch.channels_last)
+    rs = (_channel_row_stride(grad) if grad.dtype == torch.float32 and grad.device.type == "cpu"
+          and grad.shape == idx.shape else None)
+    if rs is None:
+        grad = grad.to(torch.float32).contiguous(memory_format=torch.channels_last)
+        rs = grad.shape[1]
     n, c, h, w = shape
     out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
-    ext.max_pool_backward(grad.data_ptr(), idx.data_ptr(), out.data_ptr(), n, h * w, c, idx.shape[2] * idx.shape[3])
+    ext.max_pool_backward(grad.data_ptr(), idx.data_ptr(), out.data_ptr(), n, h * w, c, idx.shape[2] * idx.shape[3],
+                          rs)
+    return out
+
+
+def grid_gradient(grads: tuple[Tensor | None, ...], starts: tuple[tuple[int, int], ...], step: tuple[int, int],
+                  shape: torch.Size) -> Tensor | None:
+    """The gradient of the non-overlapping grids x[:, :, h0::sh, w0::sw] of a channels-last float32
+    CPU tensor of `shape` from their dense channels-last gradients, in one pass: bitwise the zero
+    fill and one add per grid it replaces. None where the kernel does not apply (a grid without a
+    gradient, other layouts or dtypes, several torch threads, the extension not built)."""
+    ext = extension()
+    if (ext is None or torch.get_num_threads() != 1 or len(shape) != 4
+            or not all(g is not None and g.dtype == torch.float32 and g.device.type == "cpu"
+                       and g.is_contiguous(memory_format=torch.channels_last) for g in grads)):
+        return None
+    n, c, h, w = shape
+    (sh, sw) = step
+    for g, (h0, w0) in zip(grads, starts):
+        if tuple(g.shape) != (n, c, -(-(h - h0) // sh), -(-(w - w0) // sw)):
+            return None
+    out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+    ext.grid_scatter([g.data_ptr() for g in grads], [h0 for h0, _ in starts], [w0 for _, w0 in starts], sh, sw,
+                     out.data_ptr(), n, h, w, c)
     return out

@@ -83,8 +83,15 @@ class BinaryConv2d(nn.Conv2d):
             return self.scale
         return torch.ones(w.shape[0], 1, 1, 1, dtype=w.dtype, device=w.device)
 
+    # A kernel computed ahead for this forward (`bitnas.binary.kernels.batched_kernels`), taken once.
+    ready_kernel: Tensor | None = None
+
     def binary_weight(self) -> Tensor:
         """The reconstructed kernel α·sign(W) actually used in forward (W itself if fp32)."""
+        ready = self.ready_kernel
+        if ready is not None:
+            self.ready_kernel = None
+            return ready
         if self.frozen_kernel is not None:
             return self.frozen_kernel
         if self.weight_quantizer is None:

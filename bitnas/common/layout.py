@@ -79,7 +79,9 @@ class _SpatialSlices(torch.autograd.Function):
     """Several `_SpatialSlice` grids of one channels-last tensor with one backward: the gradients
     are added into one zero tensor in the order given, which gives bit for bit what autograd's
     sum of one zero-filled scatter per grid gives (each value + 0, an exact identity but for
-    −0 → +0, which the sum of scatters also produces), with one fill and no full-size sum."""
+    −0 → +0, which the sum of scatters also produces), with one fill and no full-size sum; with
+    one torch thread and the C++ extension, one pass writing every element once
+    (`bitnas.binary.fused.grid_gradient`)."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, starts: tuple[tuple[int, int], ...],
@@ -91,6 +93,11 @@ class _SpatialSlices(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, *grads: Tensor | None) -> tuple[Tensor, None, None]:
         shape, starts, (sh, sw) = ctx.meta  # type: ignore[attr-defined]
+        from bitnas.binary.fused import grid_gradient  # here: bitnas.binary imports this module
+
+        fast = grid_gradient(grads, starts, (sh, sw), shape)
+        if fast is not None:
+            return fast, None, None
         g0 = next(g for g in grads if g is not None)
         out = torch.empty(shape, dtype=g0.dtype, device=g0.device, memory_format=torch.channels_last).zero_()
         for (h0, w0), g in zip(starts, grads):

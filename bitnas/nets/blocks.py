@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bitnas.binary.kernels import batched_kernels
 from bitnas.common.layout import relayout, use_channels_last
 from bitnas.errors import ConfigError
 from bitnas.registry import Registry
@@ -111,8 +112,9 @@ class BlockNetwork(nn.Module):
         cl = use_channels_last(self.channels_last, x)
         if cl:  # the stem's gradient comes back NCHW, as its kernels run
             h = relayout(h, torch.channels_last, torch.contiguous_format)
-        for cell in self.cells:
-            h = cell(h)
+        with batched_kernels(self):  # in training, the binary kernels of all cells from one node
+            for cell in self.cells:
+                h = cell(h)
         if cl:  # global pooling's gradient would come back NCHW into the last cell
             h = relayout(h, torch.channels_last, torch.channels_last)
         pooled = F.adaptive_avg_pool2d(h, 1).flatten(1)

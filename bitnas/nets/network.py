@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bitnas.binary.kernels import batched_kernels
 from bitnas.common.layout import relayout, use_channels_last
 from bitnas.errors import BitnasError, ConfigError
 from bitnas.registry import Registry
@@ -96,8 +97,10 @@ class _GenotypeNetwork(nn.Module):
         return s1, aux
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(logits, auxiliary logits or None), as in DARTS."""
-        feat, aux = self.forward_features(x)
+        """(logits, auxiliary logits or None), as in DARTS; in training, the binary kernels of all
+        cells come from one node (`batched_kernels`)."""
+        with batched_kernels(self):
+            feat, aux = self.forward_features(x)
         pooled = F.adaptive_avg_pool2d(feat, 1).flatten(1)
         self.last_features = pooled
         return self.classifier(pooled), aux

@@ -330,3 +330,29 @@ def test_batch_norm_forward_keeps_the_sign_of_its_output(one_thread, c, addends)
     y = kept[0].requires_grad_()
     assert torch.equal(bits(fused.shared_sign(y)), bits(fused.sign(y)))
     assert fused.shared_sign(y).data_ptr() == getattr(y, fused._SIGN)[1].data_ptr()
+
+
+@pytest.mark.parametrize("starts", [((0, 0), (1, 1)), ((1, 1), (0, 0), (0, 1))], ids=["reduce", "three"])
+@pytest.mark.parametrize("size", [(7, 7), (8, 9), (28, 28)])
+@pytest.mark.parametrize("c", [1, 8, 32])
+def test_grid_gradient_is_zero_fill_plus_adds(one_thread, starts, size, c):
+    """The gradient of stride-2 grids of one channels-last tensor in one pass (a factorised
+    reduce's two grids): bit for bit zeros plus one add per grid (−0 → +0, NaN and ±inf kept);
+    None (the torch path) where a grid has no gradient."""
+    gen = torch.Generator().manual_seed(c + size[1])
+    n, step = 3, (2, 2)
+    shape = torch.Size((n, c, *size))
+    grads = []
+    for h0, w0 in starts:
+        g = torch.randn(n, c, -(-(size[0] - h0) // 2), -(-(size[1] - w0) // 2), generator=gen)
+        k = min(len(SPECIAL), g.numel())
+        g.view(-1)[:k] = torch.tensor(SPECIAL[:k])
+        g.masked_fill_(torch.rand(g.shape, generator=gen) < 0.3, -0.0)
+        grads.append(g.contiguous(memory_format=torch.channels_last))
+    got = fused.grid_gradient(tuple(grads), starts, step, shape)
+    want = torch.zeros(shape).contiguous(memory_format=torch.channels_last)
+    for (h0, w0), g in zip(starts, grads):
+        want[:, :, h0::2, w0::2].add_(g)
+    assert got is not None and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(bits(got), bits(want))
+    assert fused.grid_gradient((grads[0], None, *grads[2:]), starts, step, shape) is None

@@ -4,6 +4,9 @@
 // are bitwise those of the torch path. Buffers are dense and share one memory layout (the caller
 // checks); the GIL is released while a kernel runs.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "layout.h"
 
 #include <algorithm>
 #include <cmath>
@@ -326,66 +329,88 @@ BITNAS_CLONES void bn_stats(const float* __restrict x, float* __restrict mean, f
 
 // y = x·alpha + beta per channel (one fused multiply-add for the first `fused_c` channels), then
 // + residual when one is given and + addend after it (separate roundings, as following torch adds);
-// with S, also sign(y) into `sgn` (sign(0) = +1, NaN → −1, as `sign_kernel`) in the same pass.
-template <int CB, bool S>
+// with S, also sign(y) into `sgn` (sign(0) = +1, NaN → −1, as `sign_kernel`) in the same pass,
+// from the value just computed. Every element is computed on its own, so with a channel count CB
+// known at compile time and below 16 the rows are taken R = 16 / CB at a time (one 16-float
+// vector) with alpha and beta repeated R times: the same operations per element.
+template <int CB, bool S, int NA>
 BITNAS_CLONES void bn_apply_t(const float* __restrict x, const float* __restrict alpha,
                               const float* __restrict beta, float* __restrict y, std::int64_t rows, std::int64_t cr,
                               std::int64_t fused_c, const float* __restrict residual,
                               const float* __restrict addend, float* __restrict sgn) {
+  constexpr int R = CB > 0 && CB < 16 && 16 % CB == 0 ? 16 / CB : 1;
   const std::int64_t c = CB > 0 ? CB : cr;
-  for (std::int64_t i = 0; i < rows; ++i) {
-    const float* xr = x + i * c;
-    float* yr = y + i * c;
-    if (residual && addend) {
-      const float* rr = residual + i * c;
-      const float* ar = addend + i * c;
-      for (std::int64_t j = 0; j < c; ++j) {
-        const float t = std::fma(xr[j], alpha[j], beta[j]);
-        const float u = t + rr[j];
-        yr[j] = u + ar[j];
-      }
-    } else if (residual) {
-      const float* rr = residual + i * c;
-      for (std::int64_t j = 0; j < c; ++j) {
-        const float t = std::fma(xr[j], alpha[j], beta[j]);
-        yr[j] = t + rr[j];
-      }
-    } else if (CB > 0 || fused_c == c) {
-      for (std::int64_t j = 0; j < c; ++j) yr[j] = std::fma(xr[j], alpha[j], beta[j]);
-    } else {
-      for (std::int64_t j = 0; j < fused_c; ++j) yr[j] = std::fma(xr[j], alpha[j], beta[j]);
-      for (std::int64_t j = fused_c; j < c; ++j) {
-        const float t = xr[j] * alpha[j];
-        yr[j] = t + beta[j];
+  if (CB > 0) {
+    constexpr int W = CB > 0 ? R * CB : 1;
+    float a[W], b[W];
+    for (int j = 0; j < W; ++j) { a[j] = alpha[j % c]; b[j] = beta[j % c]; }
+    const std::int64_t blocks = rows / R;
+    for (std::int64_t i = 0; i < blocks; ++i) {
+      const std::int64_t o = i * W;
+      for (int j = 0; j < W; ++j) {
+        float v = std::fma(x[o + j], a[j], b[j]);
+        if (NA >= 1) v = v + residual[o + j];
+        if (NA >= 2) v = v + addend[o + j];
+        y[o + j] = v;
+        if (S) sgn[o + j] = v >= 0.0f ? 1.0f : -1.0f;
       }
     }
-    if (S) {
-      float* sr = sgn + i * c;
-      for (std::int64_t j = 0; j < c; ++j) sr[j] = yr[j] >= 0.0f ? 1.0f : -1.0f;
+    for (std::int64_t k = blocks * W; k < rows * c; ++k) {
+      const std::int64_t j = k % c;
+      float v = std::fma(x[k], alpha[j], beta[j]);
+      if (NA >= 1) v = v + residual[k];
+      if (NA >= 2) v = v + addend[k];
+      y[k] = v;
+      if (S) sgn[k] = v >= 0.0f ? 1.0f : -1.0f;
+    }
+    return;
+  }
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const std::int64_t o = i * c;
+    for (std::int64_t j = 0; j < c; ++j) {
+      float v;
+      if (j < fused_c) {
+        v = std::fma(x[o + j], alpha[j], beta[j]);
+      } else {
+        const float t = x[o + j] * alpha[j];
+        v = t + beta[j];
+      }
+      if (NA >= 1) v = v + residual[o + j];
+      if (NA >= 2) v = v + addend[o + j];
+      y[o + j] = v;
+      if (S) sgn[o + j] = v >= 0.0f ? 1.0f : -1.0f;
     }
   }
 }
 
-template <bool S>
+template <bool S, int NA>
 void bn_apply_s(const float* x, const float* alpha, const float* beta, float* y, std::int64_t rows, std::int64_t c,
                 std::int64_t fused_c, const float* residual, const float* addend, float* sgn) {
   if (fused_c == c) {  // a channel count known at compile time: each row runs as whole vectors
     switch (c) {
-      case 8: return bn_apply_t<8, S>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
-      case 16: return bn_apply_t<16, S>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
-      case 32: return bn_apply_t<32, S>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
-      case 64: return bn_apply_t<64, S>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+      case 8: return bn_apply_t<8, S, NA>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+      case 16: return bn_apply_t<16, S, NA>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+      case 32: return bn_apply_t<32, S, NA>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+      case 64: return bn_apply_t<64, S, NA>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
       default: break;
     }
   }
-  bn_apply_t<0, S>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+  bn_apply_t<0, S, NA>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+}
+
+template <bool S>
+void bn_apply_n(const float* x, const float* alpha, const float* beta, float* y, std::int64_t rows, std::int64_t c,
+                std::int64_t fused_c, const float* residual, const float* addend, float* sgn) {
+  if (residual && addend) return bn_apply_s<S, 2>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+  if (residual) return bn_apply_s<S, 1>(x, alpha, beta, y, rows, c, fused_c, residual, nullptr, sgn);
+  bn_apply_s<S, 0>(x, alpha, beta, y, rows, c, fused_c, nullptr, nullptr, sgn);
 }
 
 void bn_apply(const float* x, const float* alpha, const float* beta, float* y, std::int64_t rows, std::int64_t c,
               std::int64_t fused_c, const float* residual = nullptr, const float* addend = nullptr,
               float* sgn = nullptr) {
-  if (sgn) return bn_apply_s<true>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
-  bn_apply_s<false>(x, alpha, beta, y, rows, c, fused_c, residual, addend, nullptr);
+  if (sgn) return bn_apply_n<true>(x, alpha, beta, y, rows, c, fused_c, residual, addend, sgn);
+  bn_apply_n<false>(x, alpha, beta, y, rows, c, fused_c, residual, addend, nullptr);
 }
 
 // Training-mode batch-norm forward of a channels-last float tensor, as ATen's single-threaded
@@ -423,63 +448,6 @@ void bn_forward(const float* x, const float* w, const float* b, float* running_m
   bn_apply(x, alpha.data(), beta.data(), y, rows, c, c, residual, addend, sgn);
 }
 
-// Max pooling (no dilation, floor mode) of a channels-last float tensor (n, h, w, c) as ATen's
-// channels-last CPU kernel takes it: per output position the window is clipped to the image, the
-// running maximum starts at −inf with the window's first in-image index, and an element replaces
-// it when greater or NaN (so ties keep the first element in row order and the last NaN wins).
-// Outputs are elements of x (no rounding); `idx` holds the flat h·w index of each maximum.
-BITNAS_CLONES void max_pool_forward(const float* __restrict x, float* __restrict y, std::int32_t* __restrict idx,
-                                    std::int64_t n, std::int64_t h, std::int64_t w, std::int64_t c,
-                                    std::int64_t oh, std::int64_t ow, std::int64_t k, std::int64_t s,
-                                    std::int64_t p) {
-  for (std::int64_t b = 0; b < n; ++b) {
-    for (std::int64_t i = 0; i < oh; ++i) {
-      std::int64_t ih0 = i * s - p;
-      const std::int64_t ih1 = std::min(ih0 + k, h);
-      while (ih0 < 0) ++ih0;
-      for (std::int64_t j = 0; j < ow; ++j) {
-        std::int64_t iw0 = j * s - p;
-        const std::int64_t iw1 = std::min(iw0 + k, w);
-        while (iw0 < 0) ++iw0;
-        float* yo = y + ((b * oh + i) * ow + j) * c;
-        std::int32_t* io = idx + ((b * oh + i) * ow + j) * c;
-        const std::int32_t first = static_cast<std::int32_t>(ih0 * w + iw0);
-        for (std::int64_t ch = 0; ch < c; ++ch) {
-          yo[ch] = -std::numeric_limits<float>::infinity();
-          io[ch] = first;
-        }
-        for (std::int64_t ih = ih0; ih < ih1; ++ih) {
-          for (std::int64_t iw = iw0; iw < iw1; ++iw) {
-            const float* xr = x + ((b * h + ih) * w + iw) * c;
-            const std::int32_t at = static_cast<std::int32_t>(ih * w + iw);
-            for (std::int64_t ch = 0; ch < c; ++ch) {
-              const float v = xr[ch];
-              const bool take = (v > yo[ch]) || std::isnan(v);
-              yo[ch] = take ? v : yo[ch];
-              io[ch] = take ? at : io[ch];
-            }
-          }
-        }
-      }
-    }
-  }
-}
-
-// Its backward as ATen's channels-last kernel takes it: grad_input zero, then every output
-// gradient added at its maximum's index, output positions in row order (the same float sums).
-void max_pool_backward(const float* go, const std::int32_t* idx, float* gi, std::int64_t n, std::int64_t hw,
-                       std::int64_t c, std::int64_t ohw) {
-  std::fill(gi, gi + n * hw * c, 0.0f);
-  for (std::int64_t b = 0; b < n; ++b) {
-    float* g = gi + b * hw * c;
-    for (std::int64_t o = 0; o < ohw; ++o) {
-      const float* gr = go + (b * ohw + o) * c;
-      const std::int32_t* ir = idx + (b * ohw + o) * c;
-      for (std::int64_t ch = 0; ch < c; ++ch) g[ir[ch] * c + ch] += gr[ch];
-    }
-  }
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_fused, m) {
@@ -513,6 +481,23 @@ PYBIND11_MODULE(_fused, m) {
     scaled_ste_sign_grad_kernel(ptr<const float>(w), ptr<const float>(g), ptr<const float>(alpha), ptr<float>(out),
                                 rows, per_row, clip);
   }, "out = 1[|w| <= clip] * (g * alpha[row])");
+  // The two above over many weight tensors in one call (a network's binary convs, once per step).
+  m.def("scaled_sign_many", [](std::vector<std::uintptr_t> w, std::vector<std::uintptr_t> alpha,
+                               std::vector<std::uintptr_t> out, std::vector<std::int64_t> rows,
+                               std::vector<std::int64_t> per_row) {
+    py::gil_scoped_release nogil;
+    for (std::size_t i = 0; i < w.size(); ++i)
+      scaled_sign_kernel(ptr<const float>(w[i]), ptr<const float>(alpha[i]), ptr<float>(out[i]), rows[i], per_row[i]);
+  }, "scaled_sign over lists of buffers (w, alpha, out, rows, per_row)");
+  m.def("scaled_ste_sign_grad_many", [](std::vector<std::uintptr_t> w, std::vector<std::uintptr_t> g,
+                                        std::vector<std::uintptr_t> alpha, std::vector<std::uintptr_t> out,
+                                        std::vector<std::int64_t> rows, std::vector<std::int64_t> per_row,
+                                        std::vector<float> clip) {
+    py::gil_scoped_release nogil;
+    for (std::size_t i = 0; i < w.size(); ++i)
+      scaled_ste_sign_grad_kernel(ptr<const float>(w[i]), ptr<const float>(g[i]), ptr<const float>(alpha[i]),
+                                  ptr<float>(out[i]), rows[i], per_row[i], clip[i]);
+  }, "scaled_ste_sign_grad over lists of buffers (w, g, alpha, out, rows, per_row, clip)");
   m.def("bn_backward", [](std::uintptr_t x, std::uintptr_t dy, std::uintptr_t mean, std::uintptr_t invstd,
                           std::uintptr_t w, std::uintptr_t dx, std::uintptr_t grad_weight, std::uintptr_t grad_bias,
                           std::int64_t rows, std::int64_t c, std::int64_t fused_c) {
@@ -555,15 +540,5 @@ PYBIND11_MODULE(_fused, m) {
                         ptr<const float>(invstd), ptr<const float>(w), ptr<const float>(sum), ptr<float>(dx),
                         ptr<float>(grad_weight), ptr<float>(grad_bias));
   }, "the same backward for dy of any strides (ATen's generic path); sum = dy summed per channel");
-  m.def("max_pool_forward", [](std::uintptr_t x, std::uintptr_t y, std::uintptr_t idx, std::int64_t n,
-                               std::int64_t h, std::int64_t w, std::int64_t c, std::int64_t oh, std::int64_t ow,
-                               std::int64_t k, std::int64_t s, std::int64_t p) {
-    py::gil_scoped_release nogil;
-    max_pool_forward(ptr<const float>(x), ptr<float>(y), ptr<std::int32_t>(idx), n, h, w, c, oh, ow, k, s, p);
-  }, "k x k max pooling (stride s, padding p, floor mode) of a channels-last float tensor; int32 indices");
-  m.def("max_pool_backward", [](std::uintptr_t go, std::uintptr_t idx, std::uintptr_t gi, std::int64_t n,
-                                std::int64_t hw, std::int64_t c, std::int64_t ohw) {
-    py::gil_scoped_release nogil;
-    max_pool_backward(ptr<const float>(go), ptr<const std::int32_t>(idx), ptr<float>(gi), n, hw, c, ohw);
-  }, "gradient of max_pool_forward (bitwise ATen's scatter-add into zeros)");
+  bind_layout(m);
 }

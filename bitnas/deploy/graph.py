@@ -48,13 +48,27 @@ class Act:
 
     def packed(self, transform: "SignTransform | None", isa: str, threads: int, arena: Arena, slot: Any) -> np.ndarray:
         """The packed form under `transform`, packed on first use into the arena's `slot`."""
-        key = id(transform) if transform is not None else None
+        key = pack_key(transform)
         if key not in self.packs:
             scale, shift = (transform.scale, transform.shift) if transform is not None else (None, None)
             n, c, h, w = self.t.shape
             out = arena.array(slot, (n, h, w, engine.words(c)), np.uint64)
             self.packs[key] = engine.pack(self.nhwc(), scale, shift, isa=isa, threads=threads, out=out)
         return self.packs[key]
+
+
+def pack_key(transform: "SignTransform | None") -> Any:
+    """The key of a packed form in `Act.packs`: the sign transform's identity (None: plain sign)."""
+    return id(transform) if transform is not None else None
+
+
+def _set_output(st: Step, sign: SignTransform | None) -> None:
+    """Set `st`'s float output transform (α/BN, residual, activation); when it also writes packed bits,
+    they are the signs `sign` (the next conv's input transform) takes of its floats."""
+    mul, add = st.fold
+    st.conv.set_transform(mul, add, **act_params(st.act, st.conv.out_channels),
+                          bits_scale=sign.scale if sign is not None else None,
+                          bits_shift=sign.shift if sign is not None else None)
 
 
 def _nhwc_layout(t: Tensor) -> bool:
@@ -91,7 +105,7 @@ class Compiler:
         for i, st in enumerate(steps):
             nxt = steps[i + 1] if i + 1 < len(steps) else None
             st.conv = self.kernel(st.layer, st.name)
-            mul, add = self.fold(st.name)
+            st.fold = mul, add = self.fold(st.name)
             st.float_out = nxt is None or nxt.shortcut is not None
             st.threshold = not st.float_out and st.shortcut is None and st.act is None
             sign = nxt.sign if nxt is not None else None
@@ -100,9 +114,7 @@ class Compiler:
                 t = sign.shift.astype(np.float64) if sign is not None and sign.shift is not None else 0.0
                 st.conv.set_transform(threshold=engine.thresholds(s * mul, s * add + t, st.conv.k))
             else:
-                st.conv.set_transform(mul, add, **act_params(st.act, st.conv.out_channels),
-                                      bits_scale=sign.scale if sign is not None else None,
-                                      bits_shift=sign.shift if sign is not None else None)
+                _set_output(st, sign)
         return Chain(steps, self.isa, self.threads, self.arena)
 
     def unit(self, m: nn.Module, name: str) -> "Unit":
@@ -143,6 +155,24 @@ class Unit:
 
     def __call__(self, x: Act, post: Tensor | None = None) -> Any:
         raise NotImplementedError
+
+    def wants(self) -> list[SignTransform | None]:
+        """The sign transforms this unit packs its input under (empty: it reads floats only)."""
+        return []
+
+    def emit(self, sign: SignTransform | None) -> bool:
+        """Have the output's last binary conv also write the output's packed form under `sign` (into
+        the returned Act's packs), so that its consumer skips a packing pass; False when it cannot."""
+        return False
+
+
+def emit_for(producer: Unit, consumers: list[Unit]) -> bool:
+    """Let `producer` write the packed bits its `consumers` read, when they all pack under one sign
+    transform (the epilogue writes one packed form)."""
+    wanted = [s for c in consumers for s in c.wants()]
+    if not wanted or len({pack_key(s) for s in wanted}) != 1:
+        return False
+    return producer.emit(wanted[0])
 
 
 ZERO = object()
@@ -201,6 +231,16 @@ class Chain(Unit):
 
     def __init__(self, steps: list[Step], isa: str, threads: int, arena: Arena) -> None:
         self.steps, self.isa, self.threads, self.arena = steps, isa, threads, arena
+        self.emits = False  # the last conv writes the output's packed form too
+        self.emit_key: Any = None
+
+    def wants(self) -> list[SignTransform | None]:
+        return [self.steps[0].sign]
+
+    def emit(self, sign: SignTransform | None) -> bool:
+        _set_output(self.steps[-1], sign)
+        self.emits, self.emit_key = True, pack_key(sign)
+        return True
 
     def __call__(self, x: Act, post: Tensor | None = None, out: tuple[Tensor, np.ndarray] | None = None) -> Act:
         """Run the chain on x; `post` is added last; `out` (an NCHW view and its NHWC array, e.g.
@@ -222,14 +262,17 @@ class Chain(Unit):
                 out_t, dst = out
             elif st.float_out:
                 out_t, dst = self.arena.act((id(self), i, "floats"), n, st.conv.out_channels, oh, ow)
-            if not last:
+            if not last or self.emits:
                 out_bits = self.arena.array((id(self), i, "bits"), (n, oh, ow, engine.words(st.conv.out_channels)),
                                             np.uint64)
             p = post.permute(0, 2, 3, 1).numpy() if last and post is not None else None
             st.conv.run(bits, (oh, ow), out=dst, out_bits=out_bits, res=res, post=p, threshold=st.threshold,
                         isa=self.isa, threads=self.threads)
             bits, prev = out_bits, out_t
-        return Act(prev)
+        y = Act(prev)
+        if self.emits:
+            y.packs[self.emit_key] = bits
+        return y
 
 
 class FactorizedReduceUnit(Unit):
@@ -237,6 +280,9 @@ class FactorizedReduceUnit(Unit):
 
     def __init__(self, convs: list[engine.BinaryConv], isa: str, threads: int, arena: Arena) -> None:
         self.convs, self.isa, self.threads, self.arena = convs, isa, threads, arena
+
+    def wants(self) -> list[SignTransform | None]:
+        return [None]
 
     def __call__(self, x: Act, post: Tensor | None = None, out: tuple[Tensor, np.ndarray] | None = None) -> Act:
         bits = x.packed(None, self.isa, self.threads, self.arena, (id(self), "in"))
@@ -260,6 +306,12 @@ class PostAddUnit(Unit):
     def __init__(self, main: Chain, side: Unit) -> None:
         self.main, self.side = main, side
 
+    def wants(self) -> list[SignTransform | None]:
+        return self.main.wants()
+
+    def emit(self, sign: SignTransform | None) -> bool:
+        return self.main.emit(sign)
+
     def __call__(self, x: Act, post: Tensor | None = None) -> Act:
         return self.main(x, self.side(x).t)
 
@@ -267,6 +319,14 @@ class PostAddUnit(Unit):
 class SequenceUnit(Unit):
     def __init__(self, units: list[Unit]) -> None:
         self.units = units
+        for producer, consumer in zip(units, units[1:]):
+            emit_for(producer, [consumer])
+
+    def wants(self) -> list[SignTransform | None]:
+        return self.units[0].wants() if self.units else []
+
+    def emit(self, sign: SignTransform | None) -> bool:
+        return bool(self.units) and self.units[-1].emit(sign)
 
     def __call__(self, x: Act, post: Tensor | None = None) -> Act:
         for u in self.units:
@@ -280,6 +340,12 @@ class ConcatUnit(Unit):
 
     def __init__(self, first: Unit, chains: list[Chain], arena: Arena) -> None:
         self.first, self.chains, self.arena = first, chains, arena
+
+    def wants(self) -> list[SignTransform | None]:
+        return self.first.wants()
+
+    def emit(self, sign: SignTransform | None) -> bool:
+        return len(self.chains) == 1 and self.chains[0].emit(sign)
 
     def __call__(self, x: Act, post: Tensor | None = None) -> Act:
         h = self.first(x)
@@ -310,11 +376,31 @@ class CellUnit:
         self.zero_ops = cell.ops
         self.arena = compiler.arena
         self.layouts: dict[tuple[int, ...], tuple[int, int, int]] = {}
+        readers = [[op for op, k in zip(self.ops, self.indices) if k == s] for s in range(2 + self.steps)]
+        emit_for(self.pre0, readers[0])
+        emit_for(self.pre1, readers[1])
+        for i in range(self.steps):
+            producer = self._producer(i)
+            if producer is not None:
+                emit_for(producer, readers[node_state(i)])
 
-    def _node(self, i: int, states: list[Act], dst: tuple[Tensor, np.ndarray] | None) -> Act:
+    def _order(self, i: int) -> tuple[int, int]:
+        """Node i's ops (a, b): b is the one that adds a's output in its epilogue when one can."""
         a, b = 2 * i, 2 * i + 1
         if not self.ops[b].fuses_post and self.ops[a].fuses_post:
             a, b = b, a
+        return a, b
+
+    def _producer(self, i: int) -> Unit | None:
+        """The op whose output is node i's value (its epilogue adds the other's), None when the
+        node sums two outputs in torch."""
+        a, b = self._order(i)
+        if isinstance(self.ops[a], ZeroUnit) or self.ops[b].fuses_post:
+            return self.ops[b]
+        return self.ops[a] if isinstance(self.ops[b], ZeroUnit) else None
+
+    def _node(self, i: int, states: list[Act], dst: tuple[Tensor, np.ndarray] | None) -> Act:
+        a, b = self._order(i)
         ha = self.ops[a](states[self.indices[a]])
         xb = states[self.indices[b]]
         fused = self.ops[b].fuses_post
@@ -335,7 +421,9 @@ class CellUnit:
             hb = Act(self.zero_ops[b](xb.t))
         if dst is not None and hb.t.data_ptr() != dst[0].data_ptr():
             dst[0].copy_(hb.t)
-            return Act(dst[0])
+            copied = Act(dst[0])
+            copied.packs = hb.packs  # the same values
+            return copied
         return hb
 
     def __call__(self, s0: Act, s1: Act) -> Act:
@@ -382,6 +470,8 @@ class EngineNetwork(nn.Module):
             self.cells: list[Any] = [CellUnit(c, f"cells.{i}", compiler) for i, c in enumerate(model.cells)]
         else:
             self.cells = [compiler.unit(c, f"cells.{i}") for i, c in enumerate(model.cells)]
+            for producer, consumer in zip(self.cells, self.cells[1:]):
+                emit_for(producer, [consumer])
         self.units = compiler.compiled
         self.kernels = compiler.kernels
 

@@ -22,7 +22,7 @@ from bitnas.data import load_dataset
 from bitnas.data.formats.embedded import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from bitnas.deploy import arena as arena_module
 from bitnas.deploy import engine, export_network, network_from_export
-from bitnas.deploy.graph import EngineNetwork
+from bitnas.deploy.network import EngineNetwork
 from bitnas.nets import arch_spec, build_network
 from bitnas.space.genotypes import GENOTYPES
 from bitnas.space.structures import STRUCTURES

@@ -103,6 +103,7 @@ class Compiler:
         self.isa, self.threads, self.arena = isa, threads, arena
         self.compiled = 0  # binary convs placed on the kernels
         self.kernels: list[engine.BinaryConv] = []
+        self.layers: set[int] = set()  # ids of the modules placed on the kernels
 
     def fold(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         return folded(self.exp, self.rows[name])
@@ -114,6 +115,7 @@ class Compiler:
                                  padding=padding or tuple(layer.padding), dilation=tuple(layer.dilation),
                                  groups=layer.groups, pad_value=layer.pad_value if any(layer.padding) else 0.0)
         self.kernels.append(conv)
+        self.layers.add(id(layer))
         return conv
 
     def chain(self, steps: list[Step]) -> "Chain":

@@ -16,11 +16,12 @@ give the same integers.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from functools import lru_cache
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -220,6 +221,12 @@ class BinaryConv:
         """Convolve packed `bits` (N, H, W, words); write into the given NHWC outputs."""
         oh, ow = out_hw or self.out_size(bits.shape[1], bits.shape[2])
         self._conv.run(bits, oh, ow, out, out_bits, out_ints, res, post, threshold, isa_spec(isa), threads)
+
+    def runner(self, isa: str | None = None, threads: int = 1) -> Callable[..., None]:
+        """`run` with the ISA checked once, for a graph's per-forward loop (a batch-1 DARTS_V2
+        forward makes ~440 calls): f(bits, oh, ow, out, out_bits, out_ints, res, post, threshold),
+        all positional, output size given."""
+        return functools.partial(self._conv.run, isa=isa_spec(isa), threads=threads)
 
     @property
     def last_isa(self) -> str | None:

@@ -425,7 +425,7 @@ def load_export(path: str | Path, engine: str = "torch", *, threads: int = 1, is
     from bitnas.deploy import engine as kernels
 
     if engine == "bitpack" or (engine == "auto" and kernels.available()):
-        from bitnas.deploy.graph import EngineNetwork
+        from bitnas.deploy.network import EngineNetwork
 
         model, name = EngineNetwork(model, exp, threads=threads, isa=isa), "bitpack"
     else:

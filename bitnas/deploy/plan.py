@@ -66,6 +66,7 @@ class Step:
     conv: Any = field(default=None, repr=False)  # the engine's kernel, set by graph.Compiler
     float_out: bool = True
     threshold: bool = False
+    fold: Any = field(default=None, repr=False)  # (mul, add) of the output transform, set by graph.Compiler
 
 
 def _binary_input(layer: nn.Module, pre: nn.Module | None = None) -> bool:

@@ -130,7 +130,7 @@ def evaluate_checkpoint(path: str, data: str, batch_size: int = 256, device: str
         raise ConfigError(f"--engine bitpack runs on the CPU, not --device {device}")
     model = (network_from_export(ck, str(path)) if exported else network_from_checkpoint(ck, str(path))).to(info.device)
     if engine == "bitpack":
-        from bitnas.deploy.graph import EngineNetwork
+        from bitnas.deploy.network import EngineNetwork
 
         model = EngineNetwork(model, ck, threads=threads)
     loader = streamed if streamed is not None else BatchLoader(test, batch_size, shuffle=False, seed=0)

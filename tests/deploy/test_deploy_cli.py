@@ -17,7 +17,7 @@ from bitnas.cli import main
 from bitnas.data import load_dataset
 from bitnas.data.formats.embedded import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from bitnas.deploy import container, engine, read_export
-from bitnas.deploy.graph import EngineNetwork
+from bitnas.deploy.network import EngineNetwork
 from bitnas.deploy.export import network_from_export
 from bitnas.nets import arch_spec, build_network
 from bitnas.space.genotypes import GENOTYPES

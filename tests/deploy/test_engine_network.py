@@ -22,7 +22,7 @@ from bitnas.data import load_dataset
 from bitnas.data.formats.embedded import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from bitnas.deploy import arena as arena_module
 from bitnas.deploy import engine, export_network, network_from_export
-from bitnas.deploy.graph import EngineNetwork
+from bitnas.deploy.network import EngineNetwork
 from bitnas.nets import arch_spec, build_network
 from bitnas.space.genotypes import GENOTYPES
 from bitnas.space.structures import STRUCTURES
@@ -216,3 +216,28 @@ def test_reused_buffers_never_leak_between_forwards(structure: str, data, monkey
     held = {k: v[1] for k, v in engine_net.arena._local.bufs.items()}
     engine_net(xs[2])
     assert held and all(engine_net.arena._local.bufs[k][1] is v for k, v in held.items())
+
+
+def test_sub_batches_give_the_whole_batch_logits_bit_for_bit(data) -> None:
+    """A memory-bound network runs its cells a few images at a time; every row and thread count
+    gives the logits of one pass over the whole batch (a remainder chunk included)."""
+    net, spec = calibrated("bireal", 0.0, data, c=8, batches=1)
+    exp = export_network(net, spec)
+    x = data["x"][:11]
+    for isa in ISAS:
+        for threads in (1, 2):
+            chunked = EngineNetwork(network_from_export(exp), exp, isa=isa, threads=threads)
+            whole = EngineNetwork(network_from_export(exp), exp, isa=isa, threads=threads)
+            assert 0 < chunked.chunk < len(x) and len(x) % chunked.chunk
+            whole.chunk = 0
+            with torch.no_grad():
+                assert torch.equal(chunked(x)[0], whole(x)[0]), (isa, threads)
+
+
+def test_cells_with_a_float_conv_run_the_whole_batch_at_once(data) -> None:
+    """Bi-Real's downsample shortcut is an fp32 conv, whose result may depend on the batch size:
+    such cells are never split."""
+    net, spec = hand_designed("bireal", 0.0, data)
+    exp = export_network(net, spec)
+    assert any(type(m) is nn.Conv2d for m in network_from_export(exp).cells.modules())
+    assert EngineNetwork(network_from_export(exp), exp).chunk == 0

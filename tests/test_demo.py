@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -91,9 +89,9 @@ def test_every_shipped_recipe_resolves(recipe: str) -> None:
         check_strategy_keys(cfg, STRATEGIES.get(cfg.strategy))
 
 
-def test_recipes_command_lists_recipes() -> None:
-    r = subprocess.run([sys.executable, "-m", "bitnas", "recipes"], capture_output=True, text=True, check=True)
-    names = [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
+def test_recipes_command_lists_recipes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recipes"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert names == sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) and names
 
 

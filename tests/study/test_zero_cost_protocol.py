@@ -53,21 +53,16 @@ def test_scores_read_no_test_image_and_are_seeded(monkeypatch: pytest.MonkeyPatc
     assert a["scores"][0]["synflow"] != c["scores"][0]["synflow"]  # another seed, another initialisation
 
 
-def test_worker_writes_scores_and_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                    process_state) -> None:
-    """The worker as the study starts it (a process of its own) writes the scores; a misspelt
-    estimator is refused in one line (its `main` called here: no process boundary to test)."""
+def test_worker_writes_scores_and_refuses_bad_input(tmp_path: Path) -> None:
     cfg, gts = tmp_path / "trial.yaml", tmp_path / "genotypes.json"
     cfg.write_text(yaml.safe_dump(CFG))
     gts.write_text(json.dumps([load_genotype("DARTS_V2").to_dict()]))
-    args = [str(cfg), str(gts), "--out", str(tmp_path / "s.json")]
-    p = subprocess.run([sys.executable, "-m", "bitnas.study.estimators.protocol", *args, "--estimators",
-                        "params,naswot"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "bitnas.study.estimators.protocol", str(cfg), str(gts),
+                                         "--out", str(tmp_path / "s.json"), *extra], cwd=REPO, capture_output=True,
+                                        text=True, timeout=300)
+    p = run("--estimators", "params,naswot")
     assert p.returncode == 0, p.stderr
     res = json.loads((tmp_path / "s.json").read_text())
     assert res["estimators"] == ["params", "naswot"] and len(res["scores"]) == 1
-    process_state.detach()
-    capsys.readouterr()
-    assert protocol.main([*args, "--estimators", "params,nasowt"]) == 2
-    err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1].startswith("bitnas: error:") and "naswot" in err
+    p = run("--estimators", "params,nasowt")
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("bitnas: error:") and "naswot" in p.stderr

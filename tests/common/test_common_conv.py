@@ -58,11 +58,24 @@ def test_strided_1x1_equals_conv2d(stride, padding):
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("channels", [2, 3, 4, 7])
-def test_reproduction_shapes_run_under_avx2(channels):
+CHANNELS = [2, 3, 4, 7]
+
+
+@pytest.fixture(scope="module")
+def reproductions_under_avx2() -> subprocess.CompletedProcess:
+    """The reproduction through bitnas' conv2d for every channel count of CHANNELS, one after the
+    other in one AVX2 process (one interpreter start); each prints `done` and its count."""
+    code = "from bitnas.common.conv import conv2d\n" + "".join(
+        REPRO.format(c=c, conv="conv2d").replace('print("done")', f'print("done", {c})') for c in CHANNELS)
+    return _run(code, timeout=120 * len(CHANNELS))
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_reproduction_shapes_run_under_avx2(channels, reproductions_under_avx2):
     """The reproduction's convolutions through bitnas' conv2d: no crash with the AVX2 kernels."""
-    r = _run("from bitnas.common.conv import conv2d\n" + REPRO.format(c=channels, conv="conv2d"))
-    assert r.returncode == 0 and "done" in r.stdout, r.stderr[-2000:]
+    r = reproductions_under_avx2
+    assert f"done {channels}" in r.stdout.splitlines(), r.stderr[-2000:]
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_factorized_reduce_backward_under_avx2():

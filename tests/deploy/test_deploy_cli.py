@@ -336,10 +336,15 @@ def test_infer_with_an_export_without_input_size_runs_small_images_at_their_size
 
 
 def test_infer_batches_are_bounded_by_pixels(exported, tmp_path, capsys, monkeypatch) -> None:
-    """An export claiming 448×448 inputs decodes 64·224² / 448² = 16 images per forward pass, not 64."""
+    """An export claiming 448×448 inputs decodes 64·224² / 448² = 16 images per forward pass, not 64.
+    The rule runs here at a 64th of the pixels (a budget of 64·28², a 56×56 export: 16 images per
+    pass), so the network's forward passes stay small; the real budget gives 16 at 448×448."""
     from bitnas.data.formats import imagefolder
+    from bitnas.deploy import cli as deploy_cli
 
-    big = _craft(exported["model"], tmp_path / "big.bitnas", lambda h, s: h["input"].update(image_size=448))
+    assert deploy_cli.MAX_BATCH_PIXELS // (448 * 448) == 16
+    monkeypatch.setattr(deploy_cli, "MAX_BATCH_PIXELS", deploy_cli.MAX_BATCH_PIXELS // 64)
+    big = _craft(exported["model"], tmp_path / "big.bitnas", lambda h, s: h["input"].update(image_size=56))
     pics = tmp_path / "pics"
     pics.mkdir()
     for i in range(20):

@@ -151,8 +151,9 @@ def test_engine_top1_equals_float_path_on_the_embedded_test_images(structure: st
     accuracy = (e.argmax(1) == data["y"]).float().mean().item()
     assert accuracy > 0.4, "the probe-trained network should classify far better than chance"
     assert torch.equal(e.argmax(1), f.argmax(1))
-    want, ambiguous = float64_reference(floats, x[:500])
-    err = relative_error(e[:500], want)
+    # the probe-fitted logits against float64 too, on the first 200 (float64 costs more than the rest)
+    want, ambiguous = float64_reference(floats, x[:200])
+    err = relative_error(e[:200], want)
     assert ambiguous.float().mean() < 0.25, "most images must be checked"
     assert err[~ambiguous].max() < 1e-4
 

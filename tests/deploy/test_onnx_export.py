@@ -38,7 +38,7 @@ RUNTIMES = [pytest.param("onnxruntime", marks=pytest.mark.skipif(
                 not (HAVE["onnx"] and HAVE["onnxruntime"]), reason="onnxruntime not installed (pip install 'bitnas[onnx]')")),
             pytest.param("openvino", marks=pytest.mark.skipif(
                 not (HAVE["onnx"] and HAVE["openvino"]), reason="openvino not installed (pip install 'bitnas[openvino]')"))]
-N_IMAGES = 200
+N_IMAGES = 100
 
 
 def runtime_network(exp: dict, engine: str, tmp: Path, form: str = "qdq") -> RuntimeNetwork:

@@ -97,7 +97,9 @@ def closed_form(t0: float, t1: float, kind: str, steps: int, s: int) -> float:
     return t0 * (t1 / t0) ** p if kind == "exponential" else t0 + (t1 - t0) * p
 
 
-TINY = dict(data="fashion-mnist-embedded", train_subset=64, batch_size=16, init_channels=4, layers=2, progress="off",
+# Two weight steps an epoch (16 of the 32 images train the weights, batch 8): enough to tell a per-step
+# schedule from a per-epoch one, at half the images of a batch of 16.
+TINY = dict(data="fashion-mnist-embedded", train_subset=32, batch_size=8, init_channels=4, layers=2, progress="off",
             threads=1)
 
 
@@ -121,7 +123,7 @@ def test_temperature_at_every_step_is_the_closed_form(tmp_path: Path, monkeypatc
     cfg = SearchConfig(strategy="pcdarts", epochs=3, warmup_epochs=1, alpha_temperature=4.0, alpha_temperature_end=0.25,
                        alpha_temperature_schedule=kind, out=str(tmp_path / "run"), **TINY)
     run_search(cfg)
-    per_epoch = 2  # 32 weight images / batch 16
+    per_epoch = 2  # 16 weight images / batch 8
     steps = 3 * per_epoch
     want = [closed_form(4.0, 0.25, kind, steps, s) for s in range(steps)]
     assert seen["weight"] == pytest.approx(want, rel=1e-12) and seen["weight"][-1] == 0.25

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bitnas.cli import main
 from bitnas.study.records import WALL_CLOCK
 from bitnas.study.runner import run_study
 from bitnas.study.spec import parse_spec
@@ -92,15 +93,14 @@ def test_report_files_and_records(reference: Path) -> None:
     assert f"Machines: {cpu_model()} ({len(ran)} trials)" in table
 
 
-def test_fidelity_run_keeps_the_other_trials_records(tmp_path: Path, reference: Path) -> None:
+def test_fidelity_run_keeps_the_other_trials_records(tmp_path: Path, reference: Path, process_state) -> None:
     """`--fidelity` on a study folder runs only the fidelity trials but rewrites trials.jsonl with
-    every record it found (here: nothing left to run, so the file must come back unchanged)."""
+    every record it found (here: nothing left to run, so the file must come back unchanged; called
+    in this process, as no trial process starts)."""
     out = tmp_path / "study"
     shutil.copytree(reference, out)
     before = (out / "trials.jsonl").read_text()
-    p = _start(_study(tmp_path), out, "--fidelity")
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err[-2000:]
+    assert main(["study", str(_study(tmp_path)), "--out", str(out), "--fidelity"]) == 0
     assert (out / "trials.jsonl").read_text() == before and len(before.splitlines()) == 7
 
 
@@ -151,15 +151,24 @@ def test_interrupted_study_reruns_to_the_same_records(tmp_path: Path, reference:
     assert _records(out) == _records(reference)
 
 
-def test_changed_spec_is_refused(tmp_path: Path, reference: Path) -> None:
-    p = _start(_study(tmp_path, seeds=[1]), reference)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 2 and "holds a study with other settings (seeds" in err
+def _refusal(capsys: pytest.CaptureFixture[str], spec: Path, out: Path, *extra: str) -> list[str]:
+    """`bitnas study SPEC --out OUT EXTRA` called in this process, which must refuse it (exit 2):
+    its stderr lines. (A refusal comes before any trial starts: no process boundary to test.)"""
+    assert main(["study", str(spec), "--out", str(out), *extra]) == 2
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def test_changed_spec_is_refused(tmp_path: Path, reference: Path, capsys: pytest.CaptureFixture[str],
+                                 process_state) -> None:
+    process_state.detach()
+    before = (reference / "trials.jsonl").read_text()
+    err = _refusal(capsys, _study(tmp_path, seeds=[1]), reference)
+    assert len(err) == 1 and "holds a study with other settings (seeds" in err[0]
     arms = [dict(TINY["arms"][0]), *TINY["arms"][1:]]
     arms[0]["search"] = {"epochs": 1, "random_samples": 3}
-    p = _start(_study(tmp_path, arms=arms), reference)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 2 and "(arm random differ)" in err
+    err = _refusal(capsys, _study(tmp_path, arms=arms), reference)
+    assert len(err) == 1 and "(arm random differ)" in err[0]
+    assert (reference / "trials.jsonl").read_text() == before
 
 
 def test_ray_executor_gives_the_same_records(tmp_path: Path, reference: Path) -> None:
@@ -232,9 +241,9 @@ def test_reuse_skips_trainings_under_other_settings(tmp_path: Path, reference: P
                               "random_genotypes/g02/train"]  # never a search arm's training
 
 
-def test_reuse_of_a_folder_that_is_no_study_is_refused(tmp_path: Path, reference: Path) -> None:
-    p = _start(_study(tmp_path), tmp_path / "new", "--reuse", str(tmp_path))
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 2 and err.strip().splitlines() == [
+def test_reuse_of_a_folder_that_is_no_study_is_refused(tmp_path: Path, reference: Path,
+                                                       capsys: pytest.CaptureFixture[str], process_state) -> None:
+    process_state.detach()
+    assert _refusal(capsys, _study(tmp_path), tmp_path / "new", "--reuse", str(tmp_path)) == [
         f"bitnas: error: --reuse {tmp_path}: not a study folder (no trials.jsonl)"]
     assert not (tmp_path / "new").exists()

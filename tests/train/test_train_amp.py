@@ -19,7 +19,7 @@ from bitnas.train.config import TrainConfig
 from bitnas.train.job import train
 from bitnas.train.sums import EpochSums
 
-from train_helpers import TINY, TINY_KV, run_bitnas
+from train_helpers import TINY, TINY_KV
 
 # Largest gap between the per-epoch mean training loss of a bf16-autocast run and of the float32 run of the
 # same seed (3 epochs, 512 images): measured 0.009 at most over seeds 0 and 1 (torch 2.13, CPU).
@@ -75,18 +75,21 @@ def test_bf16_training_runs_lowers_its_loss_and_stays_near_float32(tmp_path: Pat
 
 @pytest.mark.slow  # tens of seconds: a run killed and resumed, a study, or two ranks
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_a_mixed_precision_run_stopped_mid_epoch_resumes_bitwise(tmp_path: Path, amp: str) -> None:
+def test_a_mixed_precision_run_stopped_mid_epoch_resumes_bitwise(tmp_path: Path, amp: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM after step 2 of epoch 1, then --resume: the metrics and weights are bitwise those of an
     uninterrupted run; under fp16 the loss scale has moved off its start value, so the checkpoint's scaler
-    state is what keeps the resume exact."""
+    state is what keeps the resume exact. (The three runs are `bitnas train` called in this process: the
+    checkpoint, not the process boundary, carries the state; tests/test_crash_resume.py kills processes.)"""
     args = [*TINY, "--epochs", "2", "--train-subset", "256", *TINY_KV, f"amp={amp}"]
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    assert run_bitnas(["train", "--out", str(whole), *args]).returncode == 0
+    assert main(["train", "--out", str(whole), *args]) == 0
     rule = {"at": "train.step", "index": 2, "do": "signal", "signal": "SIGTERM"}
-    assert run_bitnas(["train", "--out", str(stopped), *args], env={faults.ENV: json.dumps([rule])}).returncode == 143
+    monkeypatch.setenv(faults.ENV, json.dumps([rule]))
+    assert main(["train", "--out", str(stopped), *args]) == 143
+    monkeypatch.delenv(faults.ENV)
     assert load_checkpoint(stopped / "last.pt")["partial"] is not None
-    p = run_bitnas(["train", "--resume", "--out", str(stopped), *args])
-    assert p.returncode == 0, p.stderr[-2000:]
+    assert main(["train", "--resume", "--out", str(stopped), *args]) == 0
     timing = ("seconds", "train_seconds", "images_per_second")
     a, b = ([{k: v for k, v in r.items() if k not in timing} for r in read_jsonl(d / "metrics.jsonl")]
             for d in (whole, stopped))
@@ -134,10 +137,13 @@ def test_epoch_sums_are_the_host_sums_they_replace() -> None:
 
 
 @pytest.mark.parametrize("kv", ["amp=fp8", "sync_every=-1"])
-def test_bad_amp_settings_are_refused_in_one_line(tmp_path: Path, kv: str) -> None:
-    p = run_bitnas(["train", *TINY, "--out", str(tmp_path / "o"), *TINY_KV, kv])
-    lines = p.stderr.strip().splitlines()
+def test_bad_amp_settings_are_refused_in_one_line(tmp_path: Path, kv: str, capsys: pytest.CaptureFixture,
+                                                  process_state) -> None:
+    process_state.detach()
+    rc = main(["train", *TINY, "--out", str(tmp_path / "o"), *TINY_KV, kv])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
     key, value = kv.split("=")
-    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("bitnas: error: "), p.stderr
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("bitnas: error: "), err
     assert key in lines[0] and value in lines[0], lines
     assert not (tmp_path / "o").exists()

@@ -204,6 +204,40 @@ int plan_framed(const Framed& src, const Geom& g, std::int64_t pix_begin, int ti
   return nblocks;
 }
 
+// The output rows of a dense_fused call are written a 6-pixel block at a time, in pixel order.
+// Stores to lines in no cache stall once the store buffer fills, so the rows of the float output
+// (and of the residual and addend read beside it) are prefetched into L2 about kAheadBytes of
+// output ahead of the block being written, and their misses overlap the counting (3-10 % on the
+// batch-64 benchmark layers of a Sapphire Rapids core; 16-128 KB ahead and PREFETCHW measured
+// the same).
+constexpr std::int64_t kAheadBytes = 32768;
+
+struct Ahead {
+  std::int64_t next, dist, end;  // next pixel to request, distance and limit in pixels
+
+  // A tile from pix_begin: with one thread the previous tile requested this one's first `dist`
+  // pixels already; with several it ran elsewhere, and those stay unrequested (as without this).
+  Ahead(const Geom& g, const EpiIO& io, std::int64_t pix_begin) {
+    const bool any = io.out || io.res || io.post;
+    dist = any ? kAheadBytes / (4 * std::int64_t(g.cout)) + 1 : 0;
+    end = any ? g.out_pixels() : 0;
+    next = pix_begin == 0 ? 0 : pix_begin + dist;
+  }
+
+  // Request the rows of every pixel before `upto` + dist not yet requested.
+  inline void run(std::int64_t upto, const EpiIO& io, int cout) {
+    const std::int64_t last = upto + dist < end ? upto + dist : end;
+    const std::int64_t bytes = 4 * std::int64_t(cout);
+    for (; next < last; ++next) {
+      for (std::int64_t b = 0; b < bytes; b += 64) {
+        if (io.out) _mm_prefetch(reinterpret_cast<const char*>(io.out + next * io.out_ld) + b, _MM_HINT_T1);
+        if (io.res) _mm_prefetch(reinterpret_cast<const char*>(io.res + next * io.res_ld) + b, _MM_HINT_T1);
+        if (io.post) _mm_prefetch(reinterpret_cast<const char*>(io.post + next * io.post_ld) + b, _MM_HINT_T1);
+      }
+    }
+  }
+};
+
 }  // namespace
 
 namespace avx512 {
@@ -272,9 +306,11 @@ void dense_fused(const Framed& src, const Geom& g, const void* wts, const std::i
   const word_t* w = static_cast<const word_t*>(wts);
   const std::int64_t wstride = std::int64_t(k) * kLanes, stage_ld = stage_columns(og);
   const int nv = (og + kLanes - 1) / kLanes;
+  Ahead ahead(g, io, pix_begin);
   for (int b = 0; b < nblocks; ++b) {
     Block bl = s.blocks[b];
     const int first = bl.first;
+    ahead.run(pix_begin + first, io, og);
     bl.first = 0;  // rows of the stage
     for (int v0 = 0; v0 < nv; v0 += kVecs) {
       const int nb = imin(kVecs, nv - v0);
@@ -291,6 +327,7 @@ void dense_fused(const Framed& src, const Geom& g, const void* wts, const std::i
     if (bl.border) correct_tile(g, 0, s.stage, stage_ld, bl.rows, s.n_oob + first, s.oob + first * g.taps(), wsum);
     epilogue(s.stage, stage_ld, bl.rows, pix_begin + first, og, ep, io);
   }
+  ahead.run(pix_end, io, og);
 }
 
 }  // namespace avx512

@@ -151,6 +151,38 @@ Framed frame(const word_t* in, const Geom& g) {
   return Framed{buf.data(), fh, fw};
 }
 
+// The zero-padding correction of a framed input (engine.h): per output position its row of
+// summed weight sums over the taps outside the input, computed once per call (one image's border)
+// into buffers each calling thread keeps between calls.
+void border_fix(const Geom& g, const std::int32_t* wsum, Framed& src) {
+  if (g.pad_one) return;
+  thread_local std::vector<std::int32_t> fix, rows;
+  fix.assign(std::size_t(g.oh) * g.ow, -1);
+  rows.clear();
+  for (int oy = 0; oy < g.oh; ++oy)
+    for (int ox = 0; ox < g.ow; ++ox) {
+      const int iy0 = oy * g.sh - g.pt, ix0 = ox * g.sw - g.pl;
+      std::size_t row = 0;
+      bool any = false;
+      for (int ky = 0; ky < g.kh; ++ky)
+        for (int kx = 0; kx < g.kw; ++kx) {
+          const int iy = iy0 + ky * g.dh, ix = ix0 + kx * g.dw;
+          if (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w) continue;
+          if (!any) {
+            any = true;
+            row = rows.size();
+            fix[std::size_t(oy) * g.ow + ox] = int(row / g.cout);
+            rows.resize(row + std::size_t(g.cout), 0);
+          }
+          const std::int32_t* ws = wsum + std::size_t(ky * g.kw + kx) * g.cout;
+          for (int o = 0; o < g.cout; ++o) rows[row + o] += ws[o];
+        }
+    }
+  if (rows.empty()) return;
+  src.fix = fix.data();
+  src.fix_rows = rows.data();
+}
+
 }  // namespace
 
 EpiParams Transform::params() const {
@@ -287,11 +319,12 @@ void BinaryConv::run_dense(const word_t* in, const Geom& g, const EpiIO& io, int
   std::vector<std::vector<std::int32_t>> dots(nthreads);
   const EpiParams params = transform_.params();
   if (k->dense_fused && g.groups == 1 && g.pt >= 0 && g.pl >= 0) {
-    const Framed src = frame(in, g);
+    Framed src = frame(in, g);
+    border_fix(g, wsum_.data(), src);
     parallel_for(nthreads, tiles, [&](std::int64_t t, int id) {
       if (scratch[id].empty()) scratch[id].resize(std::size_t(scratch_bytes / 8 + 8));
       const std::int64_t p0 = t * tile, p1 = std::min(npix, p0 + tile);
-      k->dense_fused(src, g, r.dense.data(), wsum_.data(), p0, p1, params, io, scratch[id].data());
+      k->dense_fused(src, g, r.dense.data(), p0, p1, params, io, scratch[id].data());
     });
     return;
   }

@@ -18,8 +18,8 @@ Contenders, batch 1 and 64, 3×32×32 inputs (the `bireal` network of `benchmark
   (OpenVINO, through `openvino.convert_model`, may then run the unquantised parts in bf16 on AMX
   CPUs, as a deployer would get); ov_twin_int8_micro: the twin in the same micro-batches as ov_int8.
 
-All contenders of one batch size are timed interleaved in one process (the order alternates
-between rounds, one warm-up); figures are wall-clock medians and "cpu" the medians of the
+All contenders of one batch size are timed interleaved in one process (a seeded random order per
+round, one warm-up); figures are wall-clock medians and "cpu" the medians of the
 process's CPU time (the runtimes compute on their own worker threads; with one compute thread
 this leaves out the time other jobs of a shared machine take the core).
 The goal of issue 20: the exported network on its faster runtime within 1.2× of that runtime's

@@ -23,7 +23,7 @@ CPU amx or its rival avx512, timed per layer on first use), per network the coun
 on each row. `--also-isa avx2` times that row of the engine too, interleaved in the same rounds
 (`also_isa`), so a faster row's gain and a slower row's regressions show on the same machine load.
 
-All contenders of a row are timed interleaved in one process (alternating the order), one thread
+All contenders of a row are timed interleaved in one process (random order per round), one thread
 each; the figures are wall-clock medians and "ratio" is median(torch) / median(engine);
 "paired" is the median of the per-round ratios, "cpu" the same ratio of thread-CPU-time
 medians (it leaves out time other jobs take the core on a shared machine) and "best" the ratio
@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -71,15 +72,19 @@ NETWORKS = {
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[tuple[float, float]]]:
-    """(wall, process CPU) seconds of each function per round; the order alternates between rounds;
+    """(wall, process CPU) seconds of each function per round, in a seeded random order per round;
     one warm-up. CPU time leaves out the time other jobs of a shared machine take the core, and
-    counts the worker threads of ONNX Runtime / OpenVINO / the engine's pool (one thread each here)."""
+    counts the worker threads of ONNX Runtime / OpenVINO / the engine's pool (one thread each here).
+    The random order lets each contender follow each other about equally often: the alternating
+    order it replaced ran the first contender (torch) twice in a row every other round, on its own
+    warm caches, and the second (the engine) always after it, on caches torch had just swept."""
     names = list(fns)
     for n in names:
         fns[n]()
     times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
-    for r in range(rounds):
-        for n in (names if r % 2 == 0 else names[::-1]):
+    order = random.Random(",".join(names))
+    for _ in range(rounds):
+        for n in order.sample(names, len(names)):
             t0, c0 = time.perf_counter(), time.process_time()
             fns[n]()
             times[n].append((time.perf_counter() - t0, time.process_time() - c0))

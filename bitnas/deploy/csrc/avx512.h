@@ -24,8 +24,8 @@ std::int64_t prepare_dense(const word_t* canon, const Geom& g, word_t* out);
 std::int64_t dense_scratch(const Geom& g, int tile);
 void dense(const word_t* in, const Geom& g, int group, const void* wts, const std::int32_t* wsum,
            std::int64_t pix_begin, std::int64_t pix_end, std::int32_t* dot, std::int64_t dot_ld, void* scratch);
-void dense_fused(const Framed& src, const Geom& g, const void* wts, const std::int32_t* wsum, std::int64_t pix_begin,
-                 std::int64_t pix_end, const EpiParams& p, const EpiIO& io, void* scratch);
+void dense_fused(const Framed& src, const Geom& g, const void* wts, std::int64_t pix_begin, std::int64_t pix_end,
+                 const EpiParams& p, const EpiIO& io, void* scratch);
 }  // namespace avx512
 
 }  // namespace bitnas

@@ -52,20 +52,6 @@ inline bool taps_inside(const Geom& g, const PixelWalk& at) {
   return iy0 >= 0 && iy0 + (g.kh - 1) * g.dh < g.h && ix0 >= 0 && ix0 + (g.kw - 1) * g.dw < g.w;
 }
 
-// The taps of output pixel `at` outside the image, listed in `oob`; returns their number.
-inline int taps_outside(const Geom& g, const PixelWalk& at, int* oob) {
-  const int iy0 = at.oy * g.sh - g.pt, ix0 = at.ox * g.sw - g.pl;
-  int n = 0;
-  for (int ky = 0; ky < g.kh; ++ky) {
-    const int iy = iy0 + ky * g.dh;
-    for (int kx = 0; kx < g.kw; ++kx) {
-      const int ix = ix0 + kx * g.dw;
-      if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) oob[n++] = ky * g.kw + kx;
-    }
-  }
-  return n;
-}
-
 // Gather the taps of output pixel `at` for group `group`: calls put(k, word) for every one of the
 // taps*g_words words in (tap, word) order (zero words outside the image, i.e. +1), and returns the
 // number of taps outside the image, listing them in `oob`.

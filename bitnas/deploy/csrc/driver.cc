@@ -269,6 +269,35 @@ int BinaryConv::pick_row(const word_t* in, const Geom& g, int isa, int threads) 
   return row;
 }
 
+const BinaryConv::BorderFix& BinaryConv::border_fix(const Geom& g) const {
+  std::lock_guard<std::mutex> lk(fix_mutex_);
+  const std::array<int, 4> key = {g.h, g.w, g.oh, g.ow};
+  const auto found = fixes_.find(key);
+  if (found != fixes_.end()) return found->second;
+  BorderFix& f = fixes_[key];
+  f.fix.assign(std::size_t(g.oh) * g.ow, -1);
+  for (int oy = 0; oy < g.oh; ++oy)
+    for (int ox = 0; ox < g.ow; ++ox) {
+      const int iy0 = oy * g.sh - g.pt, ix0 = ox * g.sw - g.pl;
+      std::size_t row = 0;
+      bool any = false;
+      for (int ky = 0; ky < g.kh; ++ky)
+        for (int kx = 0; kx < g.kw; ++kx) {
+          const int iy = iy0 + ky * g.dh, ix = ix0 + kx * g.dw;
+          if (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w) continue;
+          if (!any) {
+            any = true;
+            row = f.rows.size();
+            f.fix[std::size_t(oy) * g.ow + ox] = int(row / g.cout);
+            f.rows.resize(row + std::size_t(g.cout), 0);
+          }
+          const std::int32_t* ws = wsum_.data() + std::size_t(ky * g.kw + kx) * g.cout;
+          for (int o = 0; o < g.cout; ++o) f.rows[row + o] += ws[o];
+        }
+    }
+  return f;
+}
+
 void BinaryConv::run_dense(const word_t* in, const Geom& g, const EpiIO& io, int isa, int threads) const {
   const Kernels* k = isa_row(isa).kernels();
   const Layout& lay = isa_row(isa).layout;
@@ -287,11 +316,18 @@ void BinaryConv::run_dense(const word_t* in, const Geom& g, const EpiIO& io, int
   std::vector<std::vector<std::int32_t>> dots(nthreads);
   const EpiParams params = transform_.params();
   if (k->dense_fused && g.groups == 1 && g.pt >= 0 && g.pl >= 0) {
-    const Framed src = frame(in, g);
+    Framed src = frame(in, g);
+    if (!g.pad_one && src.img != in) {  // the input itself: every tap inside
+      const BorderFix& f = border_fix(g);
+      if (!f.rows.empty()) {
+        src.fix = f.fix.data();
+        src.fix_rows = f.rows.data();
+      }
+    }
     parallel_for(nthreads, tiles, [&](std::int64_t t, int id) {
       if (scratch[id].empty()) scratch[id].resize(std::size_t(scratch_bytes / 8 + 8));
       const std::int64_t p0 = t * tile, p1 = std::min(npix, p0 + tile);
-      k->dense_fused(src, g, r.dense.data(), wsum_.data(), p0, p1, params, io, scratch[id].data());
+      k->dense_fused(src, g, r.dense.data(), p0, p1, params, io, scratch[id].data());
     });
     return;
   }

@@ -56,6 +56,12 @@ class BinaryConv {
   void run_depthwise(const word_t* in, const Geom& g, const EpiIO& io, int isa, int threads) const;
   void prepare(int isa) const;
   int pick_row(const word_t* in, const Geom& g, int isa, int threads) const;
+  // The zero-padding correction of a framed input (engine.h: Framed::fix / fix_rows) for this
+  // geometry, built on the first call with it and kept (it depends on the weights and sizes only).
+  struct BorderFix {
+    std::vector<std::int32_t> fix, rows;
+  };
+  const BorderFix& border_fix(const Geom& g) const;
 
   Geom base_;
   std::vector<word_t> canon_;        // [cout][taps][g_words]
@@ -76,6 +82,9 @@ class BinaryConv {
   // pick's choices: (n, h, w, oh, ow, threads) -> row.
   mutable std::map<std::array<int, 6>, int> choices_;
   mutable std::mutex choice_mutex_;
+  // border_fix's tables: (h, w, oh, ow) -> table; map nodes never move, so references stay valid.
+  mutable std::map<std::array<int, 4>, BorderFix> fixes_;
+  mutable std::mutex fix_mutex_;
   mutable std::atomic<int> last_row_{-1};
 };
 

@@ -77,9 +77,15 @@ struct EpiIO {
 // The packed input of a `dense_fused` call with its border laid out: an (n, h, w, in_words) image
 // whose pixel (0, 0) is input pixel (-pt, -pl), zero words (+1) outside the input, so that every
 // tap of every output pixel lies inside it (the input itself when the conv has no padding).
+// With zero padding (a ternary border) the +1 words outside add each such tap's weight sums,
+// which output position (oy, ox) takes back out in one step: when fix[oy * ow + ox] = r >= 0, its
+// dot products lose fix_rows[r * cout + o], the sums of wsum[tap][o] over its taps outside the
+// input (fix is null when no position has any: pad_one, or no padding).
 struct Framed {
   const word_t* img = nullptr;
   int h = 0, w = 0;
+  const std::int32_t* fix = nullptr;       // [oh * ow]
+  const std::int32_t* fix_rows = nullptr;  // [rows][cout]
 };
 
 // One ISA's implementations. Weight layouts are private to each ISA (prepared by `prepare`).
@@ -116,10 +122,10 @@ struct Kernels {
   // Dense conv and output transform in one pass, for groups == 1 and pt, pl >= 0 (nullptr:
   // `dense`, then `epilogue`): output pixels [pix_begin, pix_end) read their taps in place from the
   // framed input and go through the output transform a register block at a time, so neither a
-  // gathered copy of the activations nor the tile's integers leave L1. `wts`/`scratch` as for
-  // `dense` (scratch sized by `dense_scratch`).
-  void (*dense_fused)(const Framed& src, const Geom& g, const void* wts, const std::int32_t* wsum,
-                      std::int64_t pix_begin, std::int64_t pix_end, const EpiParams& p, const EpiIO& io,
+  // gathered copy of the activations nor the tile's integers leave L1; zero padding is taken out
+  // with the framed input's fix rows. `wts`/`scratch` as for `dense` (scratch sized by
+  // `dense_scratch`).
+  void (*dense_fused)(const Framed& src, const Geom& g, const void* wts, std::int64_t pix_begin, std::int64_t pix_end, const EpiParams& p, const EpiIO& io,
                       void* scratch) = nullptr;
 };
 

@@ -91,16 +91,61 @@ inline void epilogue16(__m512i di, const float* res, const float* post, float* o
   }
 }
 
+// Loads and stores of 16 lanes: whole vectors (kFull: plain, so loads fold into the arithmetic)
+// or the masked tail of a row.
+template <bool kFull>
+struct Lanes {
+  __mmask16 m;
+  __m512 load(const float* p) const { return kFull ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p); }
+  __m512i load(const std::int32_t* p) const { return kFull ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi32(m, p); }
+  void store(float* p, __m512 v) const {
+    if (kFull)
+      _mm512_storeu_ps(p, v);
+    else
+      _mm512_mask_storeu_ps(p, m, v);
+  }
+};
+
 // One combination of outputs, the pixel loop and the channel loop free of its tests: float
 // outputs (kOut) and/or the next layer's bits (kBits), a residual (kRes), an addend (kPost),
-// activation kAct; the same operations, in the same order, as epilogue16.
+// activation kAct; the same operations, in the same order, as epilogue16. Channels o .. o + 15
+// of one pixel; `word` gathers the bits of the current 64 channels.
+template <bool kRes, bool kPost, bool kOut, bool kBits, int kAct, bool kFull>
+inline void epilogue_step(Lanes<kFull> l, int o, int cout, const std::int32_t* d, const float* res, const float* post,
+                          float* out, word_t* bits, word_t& word, const EpiParams& p) {
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(l.load(d + o)), l.load(p.mul + o));
+  v = _mm512_add_ps(v, l.load(p.add + o));
+  if (kRes) v = _mm512_add_ps(v, l.load(res + o));
+  if (kAct == kActRelu) {
+    v = _mm512_max_ps(v, zero);
+  } else if (kAct == kActPrelu) {
+    const __m512 neg = _mm512_mul_ps(l.load(p.slope + o), v);
+    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), neg, v);
+  } else if (kAct == kActRprelu) {
+    __m512 u = _mm512_sub_ps(v, l.load(p.shift_in + o));
+    const __m512 neg = _mm512_mul_ps(l.load(p.slope + o), u);
+    u = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(u, zero, _CMP_GT_OQ), neg, u);
+    v = _mm512_add_ps(u, l.load(p.shift_out + o));
+  }
+  if (kPost) v = _mm512_add_ps(v, l.load(post + o));
+  if (kOut) l.store(out + o, v);
+  if (kBits) {
+    if (p.bits_scale) v = _mm512_mul_ps(v, l.load(p.bits_scale + o));
+    if (p.bits_shift) v = _mm512_add_ps(v, l.load(p.bits_shift + o));
+    word |= word_t(_mm512_mask_cmp_ps_mask(l.m, v, zero, _CMP_LT_OQ)) << (o & 63);
+    if ((o & 63) == 48 || o + 16 >= cout) {
+      bits[o >> 6] = word;
+      word = 0;
+    }
+  }
+}
+
 template <bool kRes, bool kPost, bool kOut, bool kBits, int kAct>
 void epilogue_rows(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::int64_t pix0, int cout,
-                   const EpiParams& p, const EpiIO& io) {
+                   const EpiParams& params, const EpiIO& io) {
   const int nw = words_for(cout);
-  const float *mul = p.mul, *add = p.add, *slope = p.slope, *sin = p.shift_in, *sout = p.shift_out;
-  const float *bscale = p.bits_scale, *bshift = p.bits_shift;
-  const __m512 zero = _mm512_setzero_ps();
+  const EpiParams p = params;  // a local copy: the float stores cannot alias its pointers
   for (int i = 0; i < npix; ++i) {
     const std::int64_t pix = pix0 + i;
     const std::int32_t* d = dot + i * dot_ld;
@@ -109,34 +154,12 @@ void epilogue_rows(const std::int32_t* dot, std::int64_t dot_ld, int npix, std::
     float* out = kOut ? io.out + pix * io.out_ld : nullptr;
     word_t* bits = kBits ? io.bits + pix * nw : nullptr;
     word_t word = 0;
-    for (int o = 0; o < cout; o += 16) {
-      const __mmask16 m = lanes16(cout - o);
-      __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, d + o)), _mm512_maskz_loadu_ps(m, mul + o));
-      v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, add + o));
-      if (kRes) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + o));
-      if (kAct == kActRelu) {
-        v = _mm512_max_ps(v, zero);
-      } else if (kAct == kActPrelu) {
-        const __m512 neg = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, slope + o), v);
-        v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), neg, v);
-      } else if (kAct == kActRprelu) {
-        __m512 u = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(m, sin + o));
-        const __m512 neg = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, slope + o), u);
-        u = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(u, zero, _CMP_GT_OQ), neg, u);
-        v = _mm512_add_ps(u, _mm512_maskz_loadu_ps(m, sout + o));
-      }
-      if (kPost) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, post + o));
-      if (kOut) _mm512_mask_storeu_ps(out + o, m, v);
-      if (kBits) {
-        if (bscale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, bscale + o));
-        if (bshift) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bshift + o));
-        word |= word_t(_mm512_mask_cmp_ps_mask(m, v, zero, _CMP_LT_OQ)) << (o & 63);
-        if ((o & 63) == 48 || o + 16 >= cout) {
-          bits[o >> 6] = word;
-          word = 0;
-        }
-      }
-    }
+    int o = 0;
+    for (; o + 16 <= cout; o += 16)
+      epilogue_step<kRes, kPost, kOut, kBits, kAct>(Lanes<true>{0xffff}, o, cout, d, res, post, out, bits, word, p);
+    if (o < cout)
+      epilogue_step<kRes, kPost, kOut, kBits, kAct>(Lanes<false>{lanes16(cout - o)}, o, cout, d, res, post, out, bits,
+                                                    word, p);
   }
 }
 

@@ -94,7 +94,7 @@ def extensions() -> list:
         "bitnas.binary._fused",
         sources=[str(FUSED / s) for s in FUSED_SOURCES],
         include_dirs=[pybind11.get_include(), str(FUSED)],
-        depends=[str(FUSED / "layout.h")],
+        depends=[str(FUSED / h) for h in ("layout.h", "kernel_util.h")],
         language="c++",
         extra_compile_args=UNIX_FLAGS,
         extra_link_args=["-pthread"],

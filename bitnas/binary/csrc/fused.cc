@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include "layout.h"
+#include "kernel_util.h"
 
 #include <algorithm>
 #include <cmath>
@@ -16,16 +17,9 @@
 
 namespace py = pybind11;
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define BITNAS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define BITNAS_CLONES
-#endif
-
 namespace {
 
-template <class T>
-T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
+using bitnas_kernels::ptr;
 
 // sign with sign(0) = +1: torch.ge(x, 0) written as 1.0/0.0, then ·2 − 1 (NaN → −1 as there).
 BITNAS_CLONES void sign_kernel(const float* __restrict x, float* __restrict out, std::int64_t n) {

@@ -2,6 +2,7 @@
 // (bitwise ATen's channels-last kernels) and the gradient of a set of strided grids of one tensor
 // (bitwise the zero fill plus one add per grid that it replaces). Raw buffers, GIL released.
 #include "layout.h"
+#include "kernel_util.h"
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -14,16 +15,9 @@
 
 namespace py = pybind11;
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define BITNAS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define BITNAS_CLONES
-#endif
-
 namespace {
 
-template <class T>
-T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
+using bitnas_kernels::ptr;
 
 // Max pooling (no dilation, floor mode) of a channels-last float tensor (n, h, w, c) as ATen's
 // channels-last CPU kernel takes it: per output position the window is clipped to the image, the

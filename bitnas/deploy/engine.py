@@ -16,10 +16,9 @@ give the same integers.
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
-from functools import lru_cache
+from functools import lru_cache, partial
 from types import ModuleType
 from typing import Any, Callable
 
@@ -226,7 +225,7 @@ class BinaryConv:
         """`run` with the ISA checked once, for a graph's per-forward loop (a batch-1 DARTS_V2
         forward makes ~440 calls): f(bits, oh, ow, out, out_bits, out_ints, res, post, threshold),
         all positional, output size given."""
-        return functools.partial(self._conv.run, isa=isa_spec(isa), threads=threads)
+        return partial(self._conv.run, isa=isa_spec(isa), threads=threads)
 
     @property
     def last_isa(self) -> str | None:

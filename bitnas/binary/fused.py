@@ -162,7 +162,7 @@ def sign_grad_add(x: Tensor, g: Tensor, r: Tensor, clip: float | None) -> Tensor
     return r + (approx_sign_grad(x, g) if clip is None else ste_sign_grad(x, g, clip))
 
 
-def _rows_fusable(w: Tensor, alpha: Tensor, *others: Tensor) -> bool:
+def rows_fusable(w: Tensor, alpha: Tensor, *others: Tensor) -> bool:
     """True when the kernels can take `w` as rows (its first dimension) with one α per row."""
     return (_fusable(w, *others) and w.is_contiguous() and w.dim() >= 1 and w.numel() > 0 and alpha.device.type == "cpu"
             and alpha.dtype == torch.float32 and alpha.is_contiguous() and alpha.numel() == w.shape[0])
@@ -172,7 +172,7 @@ def scaled_sign(w: Tensor, alpha: Tensor) -> Tensor:
     """α · sign(W) with one α per output channel (α shaped C_out×1×…, sign(0) = +1): the kernel
     in one pass where it applies, else the sign and the product (exact either way)."""
     ext = extension()
-    if ext is not None and _rows_fusable(w, alpha):
+    if ext is not None and rows_fusable(w, alpha):
         out = torch.empty_like(w)
         ext.scaled_sign(w.data_ptr(), alpha.data_ptr(), out.data_ptr(), w.shape[0], w.numel() // w.shape[0])
         return out
@@ -183,7 +183,7 @@ def scaled_ste_sign_grad(w: Tensor, g: Tensor, alpha: Tensor, clip: float) -> Te
     """The gradient of α · sign(W) through the clipped STE for the output gradient g:
     1[|W| ≤ clip] · (g · α), the product's backward rounded first as autograd computes it."""
     ext = extension()
-    if ext is not None and _rows_fusable(w, alpha, g):
+    if ext is not None and rows_fusable(w, alpha, g):
         out = torch.empty_like(w)
         ext.scaled_ste_sign_grad(w.data_ptr(), g.data_ptr(), alpha.data_ptr(), out.data_ptr(), w.shape[0],
                                  w.numel() // w.shape[0], clip)

@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from bitnas.binary.fused import _rows_fusable, extension, scaled_ste_sign_grad
+from bitnas.binary.fused import rows_fusable, extension, scaled_ste_sign_grad
 from bitnas.binary.layers import BinaryConv2d
 from bitnas.binary.quantizers import SteSign
 
@@ -47,7 +47,7 @@ class _ScaledSteSignMany(torch.autograd.Function):
         for i, (w, g, a, clip) in enumerate(zip(weights, grads, ctx.alphas, ctx.clips)):
             if g is None:
                 continue
-            if _rows_fusable(w, a, g):
+            if rows_fusable(w, a, g):
                 outs[i] = torch.empty_like(w)
                 batch.append(i)
             else:
@@ -87,7 +87,7 @@ def batched_kernels(net: nn.Module) -> Iterator[None]:
         return
     convs = [c for c in _binary_convs(net) if _served(c)]
     alphas = [c.alpha() for c in convs]
-    keep = [i for i, (c, a) in enumerate(zip(convs, alphas)) if _rows_fusable(c.weight, a)]
+    keep = [i for i, (c, a) in enumerate(zip(convs, alphas)) if rows_fusable(c.weight, a)]
     convs = [convs[i] for i in keep]
     if not convs:
         yield
